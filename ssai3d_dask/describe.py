@@ -1,0 +1,50 @@
+"""``ssai3d info``: what a volume is, from metadata alone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import zarr
+
+from .volume import open_volume, read_multiscales
+
+
+def disk_usage_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def describe(path: str | os.PathLike, voxel_size_um=None, channel=None, time=None, level: int = 0) -> dict:
+    """Shape, dtype, chunks, voxel size, anisotropy, pyramid levels and size on disk. Reads no voxels."""
+    path = Path(path)
+    vol = open_volume(path, voxel_size_um, channel, time, level)
+    levels = [list(vol.shape)]
+    if path.is_dir() and any((path / n).exists() for n in ("zarr.json", ".zattrs", ".zgroup")):
+        node = zarr.open(str(path), mode="r")
+        ms = read_multiscales(node) if isinstance(node, zarr.Group) else None
+        if ms:
+            levels = [list(node[d["path"]].shape) for d in ms["datasets"]]
+    size = disk_usage_bytes(path)
+    return {
+        "path": str(path),
+        "shape (z, y, x)": list(vol.shape),
+        "dtype": str(vol.dtype),
+        "chunks": [int(c[0]) for c in vol.data.chunks],
+        "voxel size (um)": list(vol.voxel_size_um),
+        "anisotropy dz/dx": round(vol.anisotropy, 4),
+        "isotropic shape": [int(round(vol.shape[0] * vol.anisotropy)), vol.shape[1], vol.shape[2]],
+        "levels": levels,
+        "selection": vol.selection,
+        "uncompressed": _human(vol.nbytes),
+        "on disk": _human(size),
+    }

@@ -1,0 +1,188 @@
+"""PSF kernels, the PSF bank and the axial forward model.
+
+The axial forward model of one stack: a lateral image is blurred along one
+in-plane axis (the stand-in for z) and, when the z step ``dz`` is larger than
+the lateral pixel ``dx``, sampled every ``dz/dx`` pixels along that axis and
+interpolated back onto the ``dx`` grid with :func:`resample_linear` -- the very
+function restoration uses to put z onto the lateral grid. The network thus
+learns to undo exactly the degradation that inference feeds it.
+
+Axis conventions: 2D kernels are (rows, cols) = (axis 0, axis 1); "angle 0"
+elongates a kernel along axis 0, positive angles rotate it towards axis 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+
+def gaussian_kernel2d(
+    sigma_major: float, sigma_minor: float = 0.0, angle_deg: float = 0.0, size: int | None = None
+) -> np.ndarray:
+    """Normalised 2D Gaussian elongated along axis 0, rotated by ``angle_deg``.
+
+    ``sigma_minor = 0`` gives a line-shaped (1D) Gaussian sampled on the grid
+    (a tiny minor sigma keeps it well defined after rotation).
+    """
+    smin = max(float(sigma_minor), 0.3)
+    smaj = max(float(sigma_major), smin)
+    if size is None:
+        size = 2 * int(math.ceil(3 * smaj)) + 1
+    r = size // 2
+    y, x = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float64)
+    t = math.radians(angle_deg)
+    u = y * math.cos(t) + x * math.sin(t)  # along the major axis
+    v = -y * math.sin(t) + x * math.cos(t)
+    k = np.exp(-0.5 * ((u / smaj) ** 2 + (v / smin) ** 2))
+    return (k / k.sum()).astype(np.float32)
+
+
+def line_kernel2d(length: float, angle_deg: float = 0.0, size: int | None = None) -> np.ndarray:
+    """Normalised uniform line (motion-like) blur of ``length`` px along axis 0, rotated."""
+    size = size or (2 * int(math.ceil(length / 2)) + 3)
+    r = size // 2
+    y, x = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float64)
+    t = math.radians(angle_deg)
+    u = y * math.cos(t) + x * math.sin(t)
+    v = -y * math.sin(t) + x * math.cos(t)
+    k = np.clip(length / 2 + 0.5 - np.abs(u), 0, 1) * np.clip(1.0 - np.abs(v), 0, 1)
+    return (k / k.sum()).astype(np.float32)
+
+
+def disc_kernel2d(radius: float) -> np.ndarray:
+    """Normalised defocus disc with anti-aliased edge."""
+    r = int(math.ceil(radius)) + 1
+    y, x = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float64)
+    k = np.clip(radius + 0.5 - np.hypot(y, x), 0, 1)
+    return (k / k.sum()).astype(np.float32)
+
+
+def pad_kernel(k: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad a square odd kernel to ``size`` (odd)."""
+    p = (size - k.shape[0]) // 2
+    return np.pad(k, p) if p > 0 else k
+
+
+@dataclass(frozen=True)
+class PSFBank:
+    """The paper's bank: Gaussian widths x orientations along one axis.
+
+    Parameters
+    ----------
+    sigmas_px : tuple of float
+        Axial Gaussian sd (px of the lateral grid); paper: 3..7.
+    angles_deg : tuple of float
+        Orientations relative to the axis; paper: -45..45.
+    sigma_lateral_px : float
+        Minor-axis sd (the in-focus lateral PSF).
+    """
+
+    sigmas_px: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0, 7.0)
+    angles_deg: tuple[float, ...] = (-45.0, -22.5, 0.0, 22.5, 45.0)
+    sigma_lateral_px: float = 0.5
+    _kernels: tuple = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.sigmas_px or not self.angles_deg:
+            raise ValueError("the PSF bank needs at least one sigma and one angle")
+        if min(self.sigmas_px) <= 0:
+            raise ValueError("PSF sigmas must be positive (px)")
+
+    @classmethod
+    def scaled(cls, n_sigmas: int = 5, n_angles: int = 5, sigma_range=(3.0, 7.0), angle_range=(-45.0, 45.0),
+               sigma_lateral_px: float = 0.5) -> PSFBank:
+        return cls(
+            tuple(float(s) for s in np.linspace(*sigma_range, n_sigmas)),
+            tuple(float(a) for a in np.linspace(*angle_range, n_angles)),
+            sigma_lateral_px,
+        )
+
+    def __len__(self) -> int:
+        return len(self.sigmas_px) * len(self.angles_deg)
+
+    def kernels(self) -> np.ndarray:
+        """All kernels, (n_psf, K, K), elongated along axis 0, padded to one size."""
+        ks = [gaussian_kernel2d(s, self.sigma_lateral_px, a) for s in self.sigmas_px for a in self.angles_deg]
+        size = max(k.shape[0] for k in ks)
+        return np.stack([pad_kernel(k, size) for k in ks])
+
+    def to_dict(self) -> dict:
+        return {"sigmas_px": list(self.sigmas_px), "angles_deg": list(self.angles_deg),
+                "sigma_lateral_px": self.sigma_lateral_px}
+
+
+def conv2d_per_sample(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Convolve each image with its own kernel, reflect-padded, same size.
+
+    Parameters
+    ----------
+    x : (B, C, H, W) tensor
+    kernels : (B, K, K) tensor, K odd
+
+    Returns
+    -------
+    (B, C, H, W) tensor
+    """
+    b, c, h, w = x.shape
+    k = kernels.shape[-1]
+    r = k // 2
+    mode = "reflect" if r < h and r < w else "replicate"
+    xp = F.pad(x.reshape(1, b * c, h, w), (r, r, r, r), mode=mode)
+    weight = kernels.to(x.dtype).repeat_interleave(c, dim=0)[:, None].flip(-1, -2)
+    return F.conv2d(xp, weight, groups=b * c).reshape(b, c, h, w)
+
+
+def linear_positions(n_in: int, factor: float, n_out: int | None = None, start: int = 0) -> torch.Tensor:
+    """Input coordinates of output samples ``start..start+n_out`` on a grid ``factor`` x finer."""
+    n_out = int(round(n_in * factor)) if n_out is None else n_out
+    return (torch.arange(start, start + n_out, dtype=torch.float64)) / float(factor)
+
+
+def resample_linear(x, dim: int, positions, offset: float = 0.0):
+    """Sample ``x`` along ``dim`` at fractional ``positions`` by linear interpolation.
+
+    ``positions`` are global input coordinates; ``offset`` is the global
+    coordinate of ``x``'s first sample along ``dim`` (for blocks cut from a
+    larger volume). Positions outside the covered range are clamped to the
+    nearest edge sample, the same convention for a block as for the whole.
+    Accepts torch tensors or numpy arrays (returned as the same type).
+    """
+    if isinstance(x, np.ndarray):
+        return resample_linear(torch.from_numpy(np.ascontiguousarray(x)), dim, torch.as_tensor(positions),
+                               offset).numpy()
+    n = x.shape[dim]
+    p = (positions.to(torch.float64) - offset).clamp(0, n - 1)
+    i0 = p.floor().long().clamp(max=n - 1)
+    i1 = (i0 + 1).clamp(max=n - 1)
+    wt = (p - i0.to(torch.float64)).to(x.dtype)
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    a = x.index_select(dim, i0)
+    b = x.index_select(dim, i1)
+    return a + (b - a) * wt.view(shape)
+
+
+def axial_forward(x: torch.Tensor, factor: float, dim: int = -2, phase: float = 0.0) -> torch.Tensor:
+    """Subsample along ``dim`` every ``factor`` px and interpolate back (the axial sampling model).
+
+    ``phase`` in [0, factor) shifts the sampling grid (random in training so
+    the network does not learn one grid position).
+    """
+    if factor <= 1.0:
+        return x
+    dim = dim % x.ndim
+    n = x.shape[dim]
+    n_coarse = int(math.floor((n - 1 - phase) / factor)) + 1
+    coarse_pos = phase + factor * torch.arange(n_coarse, dtype=torch.float64)
+    coarse = resample_linear(x, dim, coarse_pos)
+    # Back onto the fine grid with the inference interpolation: fine pixel i sits at coarse coordinate (i - phase)/factor.
+    fine_pos = (torch.arange(n, dtype=torch.float64) - phase) / factor
+    return resample_linear(coarse, dim, fine_pos)

@@ -1,0 +1,87 @@
+"""The ssai3d command: help, simulate -> info -> evaluate, and one-line errors with exit status 2."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+from ssai3d_dask.cli import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_help_lists_subcommands_and_units(runner):
+    res = runner.invoke(main, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("info", "simulate", "evaluate", "pretrain"):
+        assert cmd in res.output
+    res = runner.invoke(main, ["simulate", "--help"])
+    assert "micrometres" in res.output and "--anisotropy" in res.output
+
+
+def test_simulate_info_evaluate(runner, tmp_path):
+    out = tmp_path / "sim"
+    res = runner.invoke(main, ["simulate", "beads", str(out), "--shape", "32", "48", "48", "--anisotropy", "4",
+                               "--voxel-size", "0.1", "0.1", "0.1", "--seed", "2"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["info", str(out / "raw.ome.zarr"), "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["shape (z, y, x)"] == [8, 48, 48]
+    assert d["voxel size (um)"] == [0.4, 0.1, 0.1]
+    assert d["anisotropy dz/dx"] == 4.0 and d["isotropic shape"] == [32, 48, 48]
+    res = runner.invoke(main, ["evaluate", str(out / "truth.ome.zarr"), "--truth", str(out / "truth.ome.zarr"),
+                               "--raw", str(out / "raw.ome.zarr"), "--json", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    table = json.loads((tmp_path / "m.json").read_text())
+    assert table["prediction"]["ssim"] == pytest.approx(1.0)
+    assert table["raw (linear z)"]["psnr_db"] < 40
+    assert table["raw (linear z)"]["fourier_res_z_um"] > table["truth"]["fourier_res_z_um"]
+
+
+def test_simulate_tiff_output(runner, tmp_path):
+    res = runner.invoke(main, ["simulate", "strands", str(tmp_path / "s.tif"), "--shape", "16", "32", "32",
+                               "--anisotropy", "2", "--dtype", "uint16"])
+    assert res.exit_code == 0, res.output
+    raw = tifffile.imread(tmp_path / "s.tif")
+    assert raw.shape == (8, 32, 32) and raw.dtype == np.uint16
+    assert (tmp_path / "s_truth.tif").exists() and (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["info", "does-not-exist.tif"], "not found"),
+    (["info", "x.txt"], "unsupported input"),
+    (["info", "plane.tif", "--voxel-size", "1", "1", "1"], "not a 3D volume"),
+    (["info", "plain.zarr"], "--voxel-size"),
+    (["info", "plain.zarr", "--voxel-size", "0", "1", "1"], "positive"),
+    (["info", "plain.zarr", "--voxel-size", "nan", "1", "1"], "NaN or Inf"),
+    (["info", "tc.ome.zarr"], "--time"),
+])
+def test_bad_input_one_line_exit_2(runner, tmp_path, monkeypatch, args, msg):
+    import zarr
+
+    from tests.test_volume import _write_5d
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.txt").write_text("hello")
+    tifffile.imwrite(tmp_path / "plane.tif", np.zeros((8, 8), np.uint16))
+    zarr.save_array(str(tmp_path / "plain.zarr"), np.zeros((4, 8, 8), np.uint16))
+    _write_5d(tmp_path / "tc.ome.zarr")
+    res = runner.invoke(main, args)
+    assert res.exit_code == 2
+    assert msg in res.output
+    assert "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_existing_output_refused(runner, tmp_path):
+    args = ["simulate", "spheres", str(tmp_path / "o"), "--shape", "16", "16", "16"]
+    assert runner.invoke(main, args).exit_code == 0
+    res = runner.invoke(main, args)
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert runner.invoke(main, [*args, "--overwrite"]).exit_code == 0

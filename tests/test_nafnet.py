@@ -1,0 +1,166 @@
+"""NAFNet: official key names/shapes and parameter counts, checkpoint I/O and errors, tile invariance."""
+
+import pickle
+
+import pytest
+import torch
+
+from ssai3d_dask.checkpoint import load_model, save_model, shipped_path
+from ssai3d_dask.errors import CheckpointError
+from ssai3d_dask.nafnet import (PRESETS, build, count_parameters, gray_forward, receptive_radius_px,
+                                tiled_forward)
+
+
+def official_state_shapes(width, enc, middle, dec, img_channel=3):
+    """Key names and shapes of the official NAFNet implementation, written out from its structure."""
+    shapes = {"intro.weight": (width, img_channel, 3, 3), "intro.bias": (width,),
+              "ending.weight": (img_channel, width, 3, 3), "ending.bias": (img_channel,)}
+
+    def block(prefix, c):
+        d = 2 * c
+        shapes.update({
+            f"{prefix}.conv1.weight": (d, c, 1, 1), f"{prefix}.conv1.bias": (d,),
+            f"{prefix}.conv2.weight": (d, 1, 3, 3), f"{prefix}.conv2.bias": (d,),
+            f"{prefix}.conv3.weight": (c, d // 2, 1, 1), f"{prefix}.conv3.bias": (c,),
+            f"{prefix}.sca.1.weight": (d // 2, d // 2, 1, 1), f"{prefix}.sca.1.bias": (d // 2,),
+            f"{prefix}.conv4.weight": (2 * c, c, 1, 1), f"{prefix}.conv4.bias": (2 * c,),
+            f"{prefix}.conv5.weight": (c, c, 1, 1), f"{prefix}.conv5.bias": (c,),
+            f"{prefix}.norm1.weight": (c,), f"{prefix}.norm1.bias": (c,),
+            f"{prefix}.norm2.weight": (c,), f"{prefix}.norm2.bias": (c,),
+            f"{prefix}.beta": (1, c, 1, 1), f"{prefix}.gamma": (1, c, 1, 1)})
+
+    c = width
+    for i, n in enumerate(enc):
+        for j in range(n):
+            block(f"encoders.{i}.{j}", c)
+        shapes[f"downs.{i}.weight"] = (2 * c, c, 2, 2)
+        shapes[f"downs.{i}.bias"] = (2 * c,)
+        c *= 2
+    for j in range(middle):
+        block(f"middle_blks.{j}", c)
+    for i, n in enumerate(dec):
+        shapes[f"ups.{i}.0.weight"] = (2 * c, c, 1, 1)
+        c //= 2
+        for j in range(n):
+            block(f"decoders.{i}.{j}", c)
+    return shapes
+
+
+@pytest.mark.parametrize("preset,params", [("paper", 67_888_835), ("gopro-width32", 17_111_907)])
+def test_official_keys_shapes_and_parameter_count(preset, params):
+    cfg = PRESETS[preset]
+    model = build(preset)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == official_state_shapes(cfg.width, cfg.enc_blk_nums, cfg.middle_blk_num, cfg.dec_blk_nums)
+    # Published: NAFNet-REDS/GoPro width64 67.89M parameters, GoPro width32 17.11M.
+    assert count_parameters(model) == params
+
+
+@pytest.mark.parametrize("key", ["params", "params_ema"])
+def test_basicsr_checkpoint_loads_strictly(tmp_path, key):
+    cfg = PRESETS["gopro-width32"]
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(s, generator=g) * 0.02
+             for k, s in official_state_shapes(cfg.width, cfg.enc_blk_nums, cfg.middle_blk_num, cfg.dec_blk_nums).items()}
+    torch.save({key: state}, tmp_path / "NAFNet-GoPro-width32.pth")
+    model, manifest = load_model(tmp_path / "NAFNet-GoPro-width32.pth")  # architecture inferred from shapes
+    assert model.config.width == 32 and model.config.enc_blk_nums == (1, 1, 1, 28)
+    assert manifest["format"] == "basicsr"
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+
+
+def test_our_format_round_trip_fp16(tmp_path):
+    model = build("small")
+    save_model(model, tmp_path / "m.pt", {"note": "x"}, half=True)
+    loaded, manifest = load_model(tmp_path / "m.pt")
+    assert manifest["note"] == "x" and len(manifest["sha256"]) == 64
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_pickled_code_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"params": Evil()}, f)
+    with pytest.raises(CheckpointError, match="pickled"):
+        load_model(tmp_path / "evil.pt")
+
+
+def test_not_a_checkpoint_and_missing(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint|pickled"):
+        load_model(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "absent.pt")
+
+
+def test_architecture_mismatch_names_keys_and_fitting_preset(tmp_path):
+    torch.save({"params": build("small").state_dict()}, tmp_path / "small.pth")
+    with pytest.raises(CheckpointError, match=r"missing keys.*preset 'small' fits"):
+        load_model(tmp_path / "small.pth", preset="gopro-width32")
+
+
+def test_gray_forward_replicates_and_averages():
+    model = build("small").eval()
+    x = torch.rand(2, 1, 40, 56)
+    with torch.no_grad():
+        y = gray_forward(model, x)
+        ref = model(x.repeat(1, 3, 1, 1)).mean(1, keepdim=True)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y, ref)
+
+
+def _nontrivial_small():
+    torch.manual_seed(0)
+    m = build("small").eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith(("beta", "gamma")):
+                p.normal_(0, 0.5)  # fresh NAFBlocks are identities; make them act
+            if "sca.1.weight" in n:
+                p.normal_(0, 0.3)  # and give channel attention real weight
+    return m
+
+
+def test_tiles_equal_whole_with_local_pooling():
+    m = _nontrivial_small()
+    img = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 400, 330), 5, 1, 2)
+    m.set_pool_window(16)
+    halo = 176
+    assert halo >= receptive_radius_px(m.config, 16) - 16
+    with torch.no_grad():
+        whole = m(img)
+    tiled = tiled_forward(m, img, 128, halo)
+    assert (whole - tiled).abs().max().item() < 1e-5
+    # The TLC window (1.5 x training patch) with a practical halo of 96 px: within 1e-3 of outputs ~0.4.
+    m.set_pool_window(m.tlc_window())
+    with torch.no_grad():
+        whole = m(img)
+    assert (whole - tiled_forward(m, img, 128, 96)).abs().max().item() < 1e-3
+
+
+def test_global_pooling_is_not_tile_invariant():
+    """The reason for local pooling: with NAFNet's global SCA, tiles differ from the whole."""
+    m = _nontrivial_small()
+    img = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 256, 256), 5, 1, 2)
+    img[..., :128, :] *= 3  # different statistics in different tiles
+    with torch.no_grad():
+        whole = m(img)
+    global_diff = (whole - tiled_forward(m, img, 128, 96)).abs().max().item()
+    m.set_pool_window(16)
+    with torch.no_grad():
+        whole = m(img)
+    local_diff = (whole - tiled_forward(m, img, 128, 96)).abs().max().item()
+    assert global_diff > 1e-3 and global_diff > 100 * local_diff
+
+
+def test_shipped_base_model_loads():
+    if not shipped_path().exists():
+        pytest.skip("shipped base model not built yet")
+    model, manifest = load_model("base")
+    assert manifest["kind"] == "base" and manifest["preset"] == "small"
+    assert shipped_path().stat().st_size < 25e6
