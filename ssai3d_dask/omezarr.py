@@ -146,11 +146,7 @@ class MultiscaleWriter:
         self.mark_done(block_id, record or {})
 
     def mark_done(self, block_id: str, record: dict) -> None:
-        done = self.path / DONE_DIR
-        done.mkdir(parents=True, exist_ok=True)
-        tmp = done / f".{block_id}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(record))
-        tmp.replace(done / f"{block_id}.json")
+        mark_done(self.path, block_id, record)
 
     def done_blocks(self) -> set[str]:
         done = self.path / DONE_DIR
@@ -202,6 +198,23 @@ class MultiscaleWriter:
     def finalize(self, window: dict[str, float] | None = None, extra: dict | None = None) -> None:
         self.build_pyramid()
         self.write_metadata(window, extra)
+
+
+def mark_done(path: str | Path, block_id: str, record: dict) -> None:
+    """Record a finished region atomically (temporary file, then rename), after its data is written."""
+    done = Path(path) / DONE_DIR
+    done.mkdir(parents=True, exist_ok=True)
+    tmp = done / f".{block_id}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record))
+    tmp.replace(done / f"{block_id}.json")
+
+
+def write_level0_region(path: str | Path, region: Sequence[slice], data: np.ndarray, block_id: str,
+                        record: dict) -> None:
+    """Write one region of level 0 of an existing output (from any worker), then record it done."""
+    arr = zarr.open_array(str(Path(path) / "0"), mode="r+")
+    arr[tuple(region)] = np.asarray(data, dtype=arr.dtype)
+    mark_done(path, block_id, record)
 
 
 def write_multiscale(data: da.Array | np.ndarray, path: str | Path, voxel_size_um: Sequence[float],

@@ -1,0 +1,72 @@
+"""Dask clients, GPU resources and the per-worker model cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_CACHE: dict = {}
+_LOCK = threading.Lock()
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:  # pragma: no cover
+        return 0
+
+
+def make_client(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int | None = None,
+                memory_limit: str | None = None, processes: bool = True):
+    """Connect to ``scheduler`` or start an embedded LocalCluster sized to this machine.
+
+    Without GPUs: ``workers`` defaults to min(4, cores // 2) (at least 1), each
+    with ``threads_per_worker`` (default 1; torch uses the remaining cores).
+    With GPUs: one worker per GPU, each advertising a ``GPU`` resource.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        client = Client(scheduler)
+        logger.info("connected to %s (dashboard %s)", scheduler, client.dashboard_link)
+        return client
+    n_gpu = gpu_count()
+    cores = os.cpu_count() or 1
+    if n_gpu:
+        workers = workers or n_gpu
+        kwargs = {"resources": {"GPU": 1}}
+    else:
+        workers = workers or max(1, min(4, cores // 2))
+        kwargs = {}
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker or 1, processes=processes,
+                           memory_limit=memory_limit or "auto", dashboard_address=":0", **kwargs)
+    client = Client(cluster)
+    logger.info("LocalCluster: %d workers x %d threads%s; dashboard %s", workers, threads_per_worker or 1,
+                f", {n_gpu} GPUs" if n_gpu else "", client.dashboard_link)
+    return client
+
+
+def torch_threads_for_worker(threads_per_worker: int = 1) -> int:
+    """Intra-op threads so that concurrent tasks on all workers of this machine do not oversubscribe cores."""
+    cores = os.cpu_count() or 1
+    tasks = int(os.environ.get("SSAI3D_CONCURRENT_TASKS", "0")) or threads_per_worker
+    return max(1, cores // max(1, tasks))
+
+
+def cached_adapted_model(model_dir: str | Path):
+    """Load an adapted model once per process (per worker) and reuse it for every region."""
+    from .adapt import AdaptedModel
+
+    path = Path(model_dir).resolve()
+    key = (str(path), (path / "model.pt").stat().st_mtime_ns)
+    with _LOCK:
+        if key not in _CACHE:
+            logger.debug("loading model %s in process %d", path, os.getpid())
+            _CACHE[key] = AdaptedModel.load(path)
+        return _CACHE[key]

@@ -1,0 +1,182 @@
+"""restore(): the Dask graph over the block plan, resumable writes, progress, metadata."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import dask
+import numpy as np
+import torch
+
+from . import __version__
+from .cluster import cached_adapted_model, gpu_count
+from .denoise import Denoiser
+from .errors import SettingsError
+from .omezarr import MultiscaleWriter, default_window, write_level0_region
+from .restore import Plan, Region, default_halo, extended_crop, make_plan, restore_block, to_output
+from .sampling import Normalization, volume_statistics
+from .volume import Volume
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("ssai3d", "interp")
+
+
+@dataclass
+class RestoreSettings:
+    """How to restore. Sizes in output voxels (z, y, x); each a multiple of 16."""
+
+    method: str = "ssai3d"
+    chunks: tuple[int, int, int] = (64, 128, 128)
+    region: tuple[int, int, int] = (128, 256, 256)
+    halo: int | None = None
+    view: str = "mean"
+    dtype: str | None = None
+    batch: int = 16
+    device: str = "auto"
+    skip_empty: bool = True
+    empty_level: float = 0.01
+    ngff_version: str = "0.5"
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if gpu_count() else "cpu"
+        return self.device
+
+
+def process_region(plan: Plan, region: Region, crop: np.ndarray, out: str, spec: dict) -> dict:
+    """Restore one region and write it. Runs on a worker; loads the model once per worker."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(spec["torch_threads"])
+    if spec["model_dir"] is not None:
+        adapted = cached_adapted_model(spec["model_dir"])
+        model, denoiser = adapted.model, adapted.denoiser
+        device = torch.device(spec["device"])
+        if next(model.parameters()).device != device:
+            model.to(device)
+            if device.type == "cuda":
+                model.to(memory_format=torch.channels_last)
+    else:
+        model, denoiser, device = None, Denoiser(), torch.device("cpu")
+    norm = Normalization.from_dict(spec["norm"])
+    ext, offset = extended_crop(plan, region, norm.apply(np.asarray(crop, np.float32)))
+    skipped = bool(spec["skip_empty"] and float(ext.max()) <= spec["empty_level"])
+    if skipped:  # nothing but background within reach: the interpolation is the answer
+        oz, oy, ox = offset
+        cz, cy, cx = region.shape
+        restored = ext[oz:oz + cz, oy:oy + cy, ox:ox + cx]
+    else:
+        restored = restore_block(ext, offset, region.shape, model, denoiser, spec["view"], spec["batch"], device)
+    data = to_output(restored, norm, np.dtype(spec["dtype"]))
+    record = {"core": [[s.start, s.stop] for s in region.core], "skipped": skipped,
+              "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
+    write_level0_region(out, region.core, data, region.block_id, record)
+    return {"id": region.block_id, "voxels": int(np.prod(region.shape)), "skipped": skipped}
+
+
+def _progress_bar(total_regions: int, total_voxels: int, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total_regions, desc="restore", unit="region", disable=not progress)
+
+
+def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings: RestoreSettings | None = None,
+            overwrite: bool = False, resume: bool = False, client=None, progress: bool = True) -> Path:
+    """Restore ``vol`` into a multiscale OME-Zarr at ``out`` with isotropic voxels.
+
+    Parameters
+    ----------
+    model_dir : path or None
+        An adapted model folder (``ssai3d adapt``); None only with ``method='interp'``.
+    client : distributed.Client, optional
+        Used when given (or when one is active); otherwise dask's local scheduler.
+    resume : bool
+        Keep regions recorded as done in ``out`` and compute only the rest.
+    """
+    settings = settings or RestoreSettings()
+    if settings.method not in METHODS:
+        raise SettingsError(f"unknown method {settings.method!r}; choose one of {', '.join(METHODS)}")
+    if settings.method == "ssai3d" and model_dir is None:
+        raise SettingsError("method ssai3d needs --model MODEL_DIR (from `ssai3d adapt`), or use `ssai3d run`")
+    out = Path(out)
+    dz, dy, dx = vol.voxel_size_um
+    z_factor = max(1.0, vol.anisotropy)
+    if settings.method == "ssai3d":
+        adapted = cached_adapted_model(model_dir)
+        norm, model, denoiser = adapted.norm, adapted.model, adapted.denoiser
+        if abs(adapted.z_factor - z_factor) > 0.02 * z_factor:
+            logger.warning("model was adapted for dz/dx = %.3f, this volume has %.3f; results may suffer",
+                           adapted.z_factor, z_factor)
+    else:
+        norm, model, denoiser = volume_statistics(vol), None, Denoiser()
+    halo = settings.halo if settings.halo is not None else default_halo(model, denoiser)
+    try:
+        plan = make_plan(vol.shape, z_factor, settings.chunks, settings.region, (halo, halo, halo))
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
+    dtype = np.dtype(settings.dtype or vol.dtype)
+    writer = MultiscaleWriter(out, plan.out_shape, dtype, (dx, dy, dx), plan.chunks, overwrite=overwrite,
+                              resume=resume, ngff_version=settings.ngff_version, name="restored")
+    done = writer.done_blocks() if resume else set()
+    todo = [r for r in plan.regions if r.block_id not in done]
+    logger.info("output %s voxels %s um; %d regions of %s with halo %d (%d already done)", plan.out_shape,
+                (dx, dy, dx), len(plan.regions), plan.region_shape, halo, len(done))
+    if client is None:
+        try:
+            from distributed import get_client
+
+            client = get_client()
+        except ValueError:
+            client = None
+    n_concurrent = sum(client.nthreads().values()) if client is not None else (os.cpu_count() or 1)
+    spec = {"model_dir": str(Path(model_dir).resolve()) if settings.method == "ssai3d" else None,
+            "norm": norm.to_dict(), "view": settings.view, "batch": settings.batch,
+            "device": settings.resolved_device(), "dtype": dtype.str, "skip_empty": settings.skip_empty,
+            "empty_level": settings.empty_level,
+            "torch_threads": max(1, (os.cpu_count() or 1) // max(1, n_concurrent if client is None else
+                                                                  max(client.nthreads().values(), default=1)))}
+    if client is None:
+        spec["torch_threads"] = max(1, (os.cpu_count() or 1))
+    annotations = {"resources": {"GPU": 1}} if spec["device"] == "cuda" and client is not None else {}
+    with dask.annotate(**annotations):
+        tasks = [dask.delayed(process_region, pure=False)(plan, r, vol.data[plan.input_crop(r)], str(out), spec,
+                                                          dask_key_name=f"restore-{r.block_id}-{id(spec)}")
+                 for r in todo]
+    t0 = time.perf_counter()
+    bar = _progress_bar(len(todo), int(np.prod(plan.out_shape)), progress)
+    voxels = skipped = 0
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(tasks, optimize_graph=False)
+        for fut in as_completed(futures):
+            res = fut.result()
+            voxels += res["voxels"]
+            skipped += res["skipped"]
+            bar.update(1)
+            bar.set_postfix(Mvox_s=f"{voxels / 1e6 / max(time.perf_counter() - t0, 1e-9):.2f}")
+    else:
+        for task in tasks:  # the local scheduler: one region at a time, bounded memory
+            res = task.compute(scheduler="threads")
+            voxels += res["voxels"]
+            skipped += res["skipped"]
+            bar.update(1)
+            bar.set_postfix(Mvox_s=f"{voxels / 1e6 / max(time.perf_counter() - t0, 1e-9):.2f}")
+    bar.close()
+    seconds = time.perf_counter() - t0
+    logger.info("restored %d regions (%d background) in %.1f s: %.2f Mvoxel/s", len(todo), skipped, seconds,
+                voxels / 1e6 / max(seconds, 1e-9))
+    writer.build_pyramid()
+    window = default_window(writer._window_sample(), dtype)
+    provenance = {"package_version": __version__, "input": {"source": vol.source, "shape": list(vol.shape),
+                  "voxel_size_um": list(vol.voxel_size_um), "selection": vol.selection},
+                  "method": settings.method, "model_dir": spec["model_dir"],
+                  "model": (adapted.manifest.get("selection", {}) | {"base": adapted.manifest.get("base_model")})
+                  if settings.method == "ssai3d" else None,
+                  "settings": asdict(settings) | {"halo": halo}, "normalization": norm.to_dict()}
+    writer.write_metadata(window, provenance)
+    return out

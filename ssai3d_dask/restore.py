@@ -1,0 +1,208 @@
+"""Restoration: the block plan and the pure block kernels.
+
+Geometry. The output grid puts z on the lateral pixel: ``Zo = round(Z * f)``
+with ``f = dz / dx``; output plane ``i`` sits at input coordinate ``i / f``
+(linear interpolation, clamped at the ends; :func:`ssai3d_dask.psf.resample_linear`,
+the function training used). The output is cut into regions of whole output
+chunks; each region is processed with a halo in z, y and x.
+
+Block invariance. Conceptually the whole output volume is reflect-padded by
+the halo, and every region cuts its extended crop out of that padded volume.
+A block kernel reproduces exactly that crop (reflection only where the
+region touches the volume border), so a region sees the same pixels as
+whole-volume inference. Region origins and halos are multiples of the
+network's down-sampling factor (16), so every tile sees the same pooling
+grid; with NAFNet's local channel-attention pooling and a halo at least the
+network's effective reach, the trimmed interior equals whole-volume inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .denoise import RADIUS_PX, Denoiser
+from .nafnet import NAFNet, gray_forward
+from .psf import resample_linear
+from .sampling import Normalization
+
+logger = logging.getLogger(__name__)
+
+VIEWS = ("mean", "xz", "yz")
+
+
+@dataclass(frozen=True)
+class Region:
+    """One output region: ``core`` in output voxels, and the input z planes it needs."""
+
+    index: int
+    core: tuple[slice, slice, slice]
+    halo: tuple[int, int, int]
+
+    @property
+    def block_id(self) -> str:
+        return f"r{self.index:06d}"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(s.stop - s.start for s in self.core)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Output geometry and regions. ``region_shape`` and ``halo`` are in output voxels (z, y, x)."""
+
+    in_shape: tuple[int, int, int]
+    z_factor: float
+    out_shape: tuple[int, int, int]
+    chunks: tuple[int, int, int]
+    region_shape: tuple[int, int, int]
+    halo: tuple[int, int, int]
+    regions: tuple[Region, ...]
+
+    def input_z_range(self, region: Region) -> tuple[int, int]:
+        """Input planes [z0, z1) covering the region's output planes with halo (clipped to the volume)."""
+        zo0 = max(region.core[0].start - self.halo[0], 0)
+        zo1 = min(region.core[0].stop + self.halo[0], self.out_shape[0])
+        z0 = int(math.floor(zo0 / self.z_factor))
+        z1 = int(math.floor((zo1 - 1) / self.z_factor)) + 2
+        return max(z0, 0), min(z1, self.in_shape[0])
+
+    def input_crop(self, region: Region) -> tuple[slice, slice, slice]:
+        z0, z1 = self.input_z_range(region)
+        y, x = region.core[1], region.core[2]
+        hy, hx = self.halo[1], self.halo[2]
+        return (slice(z0, z1), slice(max(y.start - hy, 0), min(y.stop + hy, self.in_shape[1])),
+                slice(max(x.start - hx, 0), min(x.stop + hx, self.in_shape[2])))
+
+
+def make_plan(in_shape: Sequence[int], z_factor: float, chunks: Sequence[int], region_shape: Sequence[int],
+              halo: Sequence[int], multiple: int = 16) -> Plan:
+    """Regions of whole output chunks tiling the isotropic output grid.
+
+    Raises ValueError when chunks, regions or halos break the alignment that
+    block invariance needs (multiples of ``multiple``; regions of whole chunks).
+    """
+    in_shape = tuple(int(s) for s in in_shape)
+    out_shape = (int(round(in_shape[0] * z_factor)), in_shape[1], in_shape[2])
+    chunks = tuple(int(c) for c in chunks)
+    region_shape = tuple(min(int(r), -(-o // c) * c) for r, o, c in zip(region_shape, out_shape, chunks))
+    for name, vals in (("chunks", chunks), ("region", region_shape), ("halo", halo)):
+        if any(v % multiple for v in vals):
+            raise ValueError(f"{name} {tuple(vals)} must be multiples of {multiple} (the network's down-sampling)")
+    if any(r % c for r, c in zip(region_shape, chunks)):
+        raise ValueError(f"region {region_shape} must be a whole number of chunks {chunks}")
+    regions = []
+    counts = [-(-o // r) for o, r in zip(out_shape, region_shape)]
+    for i, idx in enumerate(np.ndindex(*counts)):
+        core = tuple(slice(k * r, min((k + 1) * r, o)) for k, r, o in zip(idx, region_shape, out_shape))
+        regions.append(Region(i, core, tuple(int(h) for h in halo)))  # type: ignore[arg-type]
+    return Plan(in_shape, float(z_factor), out_shape, chunks, region_shape, tuple(int(h) for h in halo),
+                tuple(regions))
+
+
+def resample_z_block(block: np.ndarray, z0_in: int, out_z: slice, z_factor: float) -> np.ndarray:
+    """Output planes ``out_z`` (global indices) from input planes starting at global index ``z0_in``."""
+    pos = torch.arange(out_z.start, out_z.stop, dtype=torch.float64) / z_factor
+    return resample_linear(np.asarray(block, np.float32), 0, pos, offset=z0_in)
+
+
+def extended_crop(plan: Plan, region: Region, crop_in: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The region's crop of the reflect-padded, z-resampled volume.
+
+    Returns the (Zc+2hz, Yc+2hy, Xc+2hx) float32 array and the offsets of the
+    core inside it.
+    """
+    zo_in0, _ = plan.input_z_range(region)
+    ext_lo = [max(c.start - h, 0) for c, h in zip(region.core, plan.halo)]
+    ext_hi = [min(c.stop + h, o) for c, h, o in zip(region.core, plan.halo, plan.out_shape)]
+    z = resample_z_block(crop_in, zo_in0, slice(ext_lo[0], ext_hi[0]), plan.z_factor)
+    pad = [(ext_lo[i] - (region.core[i].start - plan.halo[i]), (region.core[i].stop + plan.halo[i]) - ext_hi[i])
+           for i in range(3)]
+    if any(p for pair in pad for p in pair):
+        z = _reflect_pad(z, pad)
+    return z, tuple(plan.halo)  # type: ignore[return-value]
+
+
+def _reflect_pad(a: np.ndarray, pad: list[tuple[int, int]]) -> np.ndarray:
+    """numpy 'symmetric' padding, repeated when the pad exceeds the array (tiny volumes)."""
+    for axis, (lo, hi) in enumerate(pad):
+        while lo or hi:
+            n = a.shape[axis]
+            step_lo, step_hi = min(lo, n), min(hi, n)
+            widths = [(0, 0)] * a.ndim
+            widths[axis] = (step_lo, step_hi)
+            a = np.pad(a, widths, mode="symmetric")
+            lo, hi = lo - step_lo, hi - step_hi
+    return a
+
+
+@torch.no_grad()
+def run_slices(model: NAFNet, slices: np.ndarray, batch: int, device: torch.device) -> np.ndarray:
+    """Model on a stack of 2D slices (n, H, W), z along rows, in batches."""
+    out = np.empty_like(slices, dtype=np.float32)
+    use_amp = device.type == "cuda"
+    for i in range(0, len(slices), batch):
+        x = torch.from_numpy(np.ascontiguousarray(slices[i:i + batch], np.float32))[:, None]
+        x = x.pin_memory().to(device, non_blocking=True) if use_amp else x
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            y = gray_forward(model, x)
+        out[i:i + batch] = y[:, 0].float().cpu().numpy()
+    return out
+
+
+def restore_block(ext: np.ndarray, core_offset: Sequence[int], core_shape: Sequence[int], model: NAFNet | None,
+                  denoiser: Denoiser, view: str = "mean", batch: int = 16,
+                  device: torch.device | str = "cpu") -> np.ndarray:
+    """Restore the core of one extended, normalised, z-resampled crop.
+
+    XZ slices are taken at every core y, YZ slices at every core x; each slice
+    keeps its halo in z and in its in-plane lateral axis. ``model=None``
+    returns the (denoised) interpolation.
+    """
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    device = torch.device(device)
+    oz, oy, ox = core_offset
+    cz, cy, cx = core_shape
+    outs = []
+    if view in ("mean", "xz"):
+        xz = ext[:, oy:oy + cy, :].transpose(1, 0, 2)  # (y, z, x): z along rows
+        xz = denoiser(xz)
+        res = run_slices(model, xz, batch, device) if model is not None else xz
+        outs.append(res[:, oz:oz + cz, ox:ox + cx].transpose(1, 0, 2))
+    if view in ("mean", "yz"):
+        yz = ext[:, :, ox:ox + cx].transpose(2, 0, 1)  # (x, z, y)
+        yz = denoiser(yz)
+        res = run_slices(model, yz, batch, device) if model is not None else yz
+        outs.append(res[:, oz:oz + cz, oy:oy + cy].transpose(1, 2, 0))
+    return outs[0] if len(outs) == 1 else 0.5 * (outs[0] + outs[1])
+
+
+def to_output(restored: np.ndarray, norm: Normalization, dtype: np.dtype) -> np.ndarray:
+    """Undo normalisation, clip to the dtype's range and cast (integers rounded)."""
+    y = norm.invert(restored.astype(np.float64))
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.round(y), info.min, info.max).astype(dtype)
+    return y.astype(dtype)
+
+
+def default_halo(model: NAFNet | None, denoiser: Denoiser, multiple: int = 16) -> int:
+    """Halo (output voxels) for block invariance within ~1e-3 of the output range.
+
+    The model's reach is measured, not its theoretical receptive field (which
+    local pooling makes far larger than what matters): 64 px keeps tiles within
+    1e-3 of whole-slice inference for the ``small`` preset (tests/test_nafnet.py),
+    plus the denoiser's radius, rounded up to ``multiple``.
+    """
+    reach = 0 if model is None else max(64, model.config.train_size // 2)
+    reach += RADIUS_PX if denoiser.enabled else 0
+    reach = max(reach, 1)
+    return int(-(-reach // multiple) * multiple)
