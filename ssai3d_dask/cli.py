@@ -169,5 +169,181 @@ def pretrain(out, preset, iterations, batch_size, patch, lr, seed, device):
     click.echo(str(run(out, settings)))
 
 
+def _adapt_options(fn):
+    opts = [
+        click.option("--base", default="base", show_default=True,
+                     help="Base model: 'base' (shipped), a checkpoint path (ours or official NAFNet .pth)."),
+        click.option("--patches", "n_patches", type=int, default=256, show_default=True,
+                     help="Lateral patches to sample from the stack."),
+        click.option("--patch", "patch_px", type=int, default=96, show_default=True,
+                     help="Patch size in px (multiple of 16)."),
+        click.option("--iterations", type=int, default=300, show_default=True, help="Fine-tuning steps."),
+        click.option("--batch-size", type=int, default=8, show_default=True),
+        click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (paper: 1e-3)."),
+        click.option("--layers-fraction", type=float, default=0.1, show_default=True,
+                     help="Fraction of layers to fine-tune (1.0 = full fine-tuning)."),
+        click.option("--selection", type=click.Choice(["surgeon", "random", "all"]), default="surgeon",
+                     show_default=True, help="How layers are chosen (random/all for ablations)."),
+        click.option("--denoise", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                     help="Denoise lateral planes (and axial slices at inference); auto decides from the noise level."),
+        click.option("--sigmas", type=str, default="3,4,5,6,7", show_default=True,
+                     help="PSF bank axial Gaussian sd in px (comma list)."),
+        click.option("--angles", type=str, default="-45,-22.5,0,22.5,45", show_default=True,
+                     help="PSF bank orientations in degrees (comma list)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _adapt_settings(base, n_patches, patch_px, iterations, batch_size, lr, layers_fraction, selection, denoise,
+                    sigmas, angles, seed, device):
+    from .adapt import AdaptSettings
+    from .cluster import gpu_count
+    from .finetune import FinetuneSettings
+
+    dev = ("cuda" if gpu_count() else "cpu") if device == "auto" else device
+    try:
+        sig = tuple(float(v) for v in sigmas.split(","))
+        ang = tuple(float(v) for v in angles.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(f"--sigmas/--angles take comma-separated numbers ({exc})") from exc
+    return AdaptSettings(base=base, n_patches=n_patches, patch_px=patch_px, sigmas_px=sig, angles_deg=ang,
+                         denoise=denoise, layers_fraction=layers_fraction, selection=selection, seed=seed,
+                         finetune=FinetuneSettings(iterations=iterations, batch_size=batch_size, lr=lr, seed=seed,
+                                                   device=dev))
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="MODEL_DIR to write.")
+@voxel_option
+@channel_option
+@time_option
+@_adapt_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing MODEL_DIR.")
+@friendly_errors
+def adapt(path, out_dir, voxel_size, channel, time_, overwrite, **kw):
+    """Adapt the base model to one stack from its own lateral planes; write MODEL_DIR.
+
+    MODEL_DIR holds model.pt, manifest.json (layers chosen with all 14 metrics, normalisation, PSF bank,
+    settings, timings) and validation.png.
+    """
+    from .adapt import adapt as run_adapt
+    from .volume import open_volume
+
+    vol = open_volume(path, voxel_size, channel, time_)
+    settings = _adapt_settings(**kw)
+    run_adapt(vol, out_dir, settings, overwrite=overwrite)
+    click.echo(str(out_dir))
+
+
+def _restore_options(fn):
+    opts = [
+        click.option("--chunks", nargs=3, type=int, default=(64, 128, 128), show_default=True, metavar="Z Y X",
+                     help="Output chunk shape in voxels (multiples of 16)."),
+        click.option("--region", nargs=3, type=int, default=(128, 256, 256), show_default=True, metavar="Z Y X",
+                     help="Output voxels per task (whole chunks); larger = less halo overhead, more memory."),
+        click.option("--halo", type=int, default=None, help="Halo in output voxels (default: from the model)."),
+        click.option("--view", type=click.Choice(["mean", "xz", "yz"]), default="mean", show_default=True,
+                     help="Average XZ and YZ passes, or use one."),
+        click.option("--dtype", type=click.Choice(["input", "float32", "uint16", "uint8"]), default="input",
+                     show_default=True, help="Output data type."),
+        click.option("--batch", type=int, default=16, show_default=True, help="Slices per forward pass."),
+        click.option("--no-skip-empty", is_flag=True, help="Run the model on background-only regions too."),
+        click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (default: LocalCluster)."),
+        click.option("--workers", type=int, default=None, help="LocalCluster workers (default: sized to the machine)."),
+        click.option("--threads-per-worker", type=int, default=1, show_default=True),
+        click.option("--memory-limit", default=None, help="Per-worker memory limit, e.g. 4GiB (default: auto)."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing output."),
+        click.option("--resume", is_flag=True, help="Finish an interrupted output: only missing regions are computed."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _restore(vol, model_dir, out, method, chunks, region, halo, view, dtype, batch, no_skip_empty, scheduler,
+             workers, threads_per_worker, memory_limit, overwrite, resume, device="auto"):
+    from .cluster import make_client
+    from .pipeline import RestoreSettings, restore as run_restore
+
+    settings = RestoreSettings(method=method, chunks=tuple(chunks), region=tuple(region), halo=halo, view=view,
+                               dtype=None if dtype == "input" else dtype, batch=batch, device=device,
+                               skip_empty=not no_skip_empty)
+    if Path(out).exists() and not (overwrite or resume):
+        raise Ssai3dError(f"output {out} already exists; pass --overwrite to replace it or --resume to finish it")
+    client = make_client(scheduler, workers, threads_per_worker, memory_limit)
+    try:
+        return run_restore(vol, model_dir, out, settings, overwrite=overwrite, resume=resume, client=client)
+    finally:
+        client.close()
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="MODEL_DIR from `ssai3d adapt` (required for --method ssai3d).")
+@click.option("--method", type=click.Choice(["ssai3d", "interp"]), default="ssai3d", show_default=True,
+              help="ssai3d: the adapted network; interp: linear z interpolation only (the baseline).")
+@voxel_option
+@channel_option
+@time_option
+@_restore_options
+@friendly_errors
+def restore(path, out, model_dir, method, voxel_size, channel, time_, **kw):
+    """Restore PATH to isotropic voxels into the multiscale OME-Zarr OUT, block by block on a Dask cluster."""
+    from .volume import open_volume
+
+    vol = open_volume(path, voxel_size, channel, time_)
+    click.echo(str(_restore(vol, model_dir, out, method, **kw)))
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--model-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to keep the adapted model (default: OUT with .model appended).")
+@voxel_option
+@channel_option
+@time_option
+@_adapt_options
+@_restore_options
+@friendly_errors
+def run(path, out, model_dir, voxel_size, channel, time_, **kw):
+    """Adapt the shipped model to PATH, then restore PATH into OUT: the whole job in one command."""
+    from .adapt import adapt as run_adapt
+    from .volume import open_volume
+
+    vol = open_volume(path, voxel_size, channel, time_)
+    adapt_keys = ("base", "n_patches", "patch_px", "iterations", "batch_size", "lr", "layers_fraction", "selection",
+                  "denoise", "sigmas", "angles", "seed", "device")
+    settings = _adapt_settings(**{k: kw.pop(k) for k in adapt_keys if k != "device"}, device=kw.get("device", "auto"))
+    if Path(out).exists() and not (kw["overwrite"] or kw["resume"]):
+        raise Ssai3dError(f"output {out} already exists; pass --overwrite to replace it or --resume to finish it")
+    model_dir = model_dir or Path(str(out).rstrip("/") + ".model")
+    if not (kw["resume"] and (Path(model_dir) / "model.pt").exists()):
+        run_adapt(vol, model_dir, settings, overwrite=True)
+    click.echo(str(_restore(vol, model_dir, out, "ssai3d", **kw)))
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True)
+@click.option("--shape", nargs=3, type=int, default=(64, 192, 192), show_default=True, metavar="Z Y X",
+              help="Ground-truth shape; the raw stack has Z / 4 planes.")
+@click.option("--iterations", type=int, default=150, show_default=True, help="Fine-tuning steps.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=None, help="LocalCluster workers.")
+@friendly_errors
+def demo(out_dir, shape, iterations, seed, workers):
+    """Simulate strands and beads at anisotropy 4 with noise, adapt the shipped model, restore, score, report."""
+    from .demo import run_demo
+
+    run_demo(out_dir, tuple(shape), iterations, seed, workers)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

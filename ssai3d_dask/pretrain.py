@@ -137,7 +137,7 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
         "machine": platform.processor() or platform.machine(),
         "package_version": __version__,
         "command": f"ssai3d pretrain {out} --preset {settings.preset} --iterations {settings.iterations} "
-                   f"--batch-size {settings.batch_size} --seed {settings.seed}",
+                   f"--batch-size {settings.batch_size} --patch {patch} --lr {settings.lr} --seed {settings.seed}",
     }
     save_model(model.cpu(), out, manifest, half=True)
     resume.unlink(missing_ok=True)

@@ -206,3 +206,17 @@ def default_halo(model: NAFNet | None, denoiser: Denoiser, multiple: int = 16) -
     reach += RADIUS_PX if denoiser.enabled else 0
     reach = max(reach, 1)
     return int(-(-reach // multiple) * multiple)
+
+
+def restore_in_memory(raw: np.ndarray, z_factor: float, model: NAFNet | None, denoiser: Denoiser,
+                      norm: Normalization, halo: int, view: str = "mean", dtype=np.float32) -> np.ndarray:
+    """Whole-volume reference, written without the block plan: resample z for the whole stack,
+    reflect-pad every axis by ``halo``, run the XZ and YZ passes on full slices, crop, average.
+
+    Block invariance means :func:`ssai3d_dask.pipeline.restore` must agree with this.
+    """
+    zo = int(round(raw.shape[0] * z_factor))
+    full = resample_z_block(norm.apply(np.asarray(raw, np.float32)), 0, slice(0, zo), z_factor)
+    padded = _reflect_pad(full, [(halo, halo)] * 3)
+    out = restore_block(padded, (halo, halo, halo), full.shape, model, denoiser, view)
+    return to_output(out, norm, np.dtype(dtype))

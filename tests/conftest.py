@@ -37,3 +37,34 @@ def _torch_threads():
     import torch
 
     torch.set_num_threads(int(os.environ.get("SSAI3D_TEST_THREADS", "2")))
+
+
+def make_model_dir(path, z_factor: float, low: float = 0.0, high: float = 1.0, denoise_h=None, seed: int = 0):
+    """A small adapted-model folder with non-trivial random weights (fresh NAFBlocks are identities)."""
+    import torch
+
+    from ssai3d_dask.checkpoint import save_model
+    from ssai3d_dask.nafnet import build
+
+    torch.manual_seed(seed)
+    model = build("small")
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(("beta", "gamma")):
+                p.normal_(0, 0.2)
+    manifest = {"kind": "adapted", "z_factor": z_factor, "pool_window_px": model.tlc_window(),
+                "normalization": {"low": low, "high": high, "percentiles": [0.1, 99.9], "foreground_threshold": 0.1,
+                                  "n_voxels_sampled": 0},
+                "denoiser": {"h": denoise_h, "estimated_noise": 0.05 if denoise_h else 0.0,
+                             "mode": "on" if denoise_h else "off"}}
+    path.mkdir(parents=True, exist_ok=True)
+    save_model(model, path / "model.pt", manifest)
+    return path
+
+
+@pytest.fixture
+def model_dir_factory(tmp_path):
+    def factory(z_factor, **kw):
+        return make_model_dir(tmp_path / f"model-{z_factor}-{len(kw)}", z_factor, **kw)
+
+    return factory
