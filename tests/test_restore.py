@@ -105,7 +105,7 @@ def test_no_seams_at_block_borders(tmp_path, model_dir_factory):
 
 def _restore_cmd(src, mdir, out, *extra):
     return [sys.executable, "-m", "ssai3d_dask.cli", "-q", "restore", str(src), str(out), "--model", str(mdir),
-            "--chunks", "16", "16", "16", "--region", "16", "32", "32", "--halo", "32", "--workers", "1",
+            "--chunks", "16", "16", "16", "--region", "16", "16", "16", "--halo", "16", "--workers", "1",
             "--no-skip-empty", *extra]
 
 
@@ -118,9 +118,9 @@ def _level0_bytes(path):
 def test_resume_after_sigkill_gives_identical_bytes(tmp_path, model_dir_factory):
     from ssai3d_dask.omezarr import write_multiscale
 
-    sim = _phantom(shape=(48, 64, 64))
+    sim = _phantom(shape=(32, 32, 48))
     src = tmp_path / "raw.ome.zarr"
-    write_multiscale((sim.raw * 60000).astype(np.uint16), src, (0.4, 0.1, 0.1), (16, 32, 32))
+    write_multiscale((sim.raw * 60000).astype(np.uint16), src, (0.4, 0.1, 0.1), (8, 32, 32))
     mdir = model_dir_factory(4.0, high=60000.0)
     full = tmp_path / "full.ome.zarr"
     subprocess.run(_restore_cmd(src, mdir, full), check=True, capture_output=True)
@@ -134,7 +134,7 @@ def test_resume_after_sigkill_gives_identical_bytes(tmp_path, model_dir_factory)
     os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its LocalCluster workers, mid-run
     proc.wait()
     n_done = len(list(done.glob("*.json")))
-    assert 3 <= n_done < 3 * 2 * 2
+    assert 3 <= n_done < 2 * 2 * 3
     res = subprocess.run(_restore_cmd(src, mdir, cut, "--resume"), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert _level0_bytes(cut) == _level0_bytes(full)
@@ -147,10 +147,10 @@ def test_worker_killed_mid_run_completes_identically(tmp_path, model_dir_factory
 
     from distributed import Client, LocalCluster
 
-    sim = _phantom(shape=(48, 64, 64))
+    sim = _phantom(shape=(32, 32, 48))
     vol = Volume.from_array(sim.raw, (0.4, 0.1, 0.1), chunks=(4, 32, 32))
     mdir = model_dir_factory(4.0)
-    s = RestoreSettings(chunks=(16, 16, 16), region=(16, 32, 32), halo=32, dtype="float32", skip_empty=False)
+    s = RestoreSettings(chunks=(16, 16, 16), region=(16, 16, 16), halo=16, dtype="float32", skip_empty=False)
     restore(vol, mdir, tmp_path / "ref.ome.zarr", s, progress=False)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
