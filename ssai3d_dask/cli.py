@@ -330,6 +330,37 @@ def run(path, out, model_dir, voxel_size, channel, time_, **kw):
     click.echo(str(_restore(vol, model_dir, out, "ssai3d", **kw)))
 
 
+@main.command("train-surgeon")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--stack", "stacks", multiple=True, metavar="PATH[:DZ,DY,DX]",
+              help="A real stack for the meta-dataset, with its voxel size in um when the file has none (repeat).")
+@click.option("--phantoms", default="strands,tubes,beads,cylinders", show_default=True,
+              help="Phantom kinds added to the meta-dataset (comma list; empty for none).")
+@click.option("--base", default="base", show_default=True, help="Base model the surgeon is trained for.")
+@click.option("--k-steps", type=int, default=8, show_default=True,
+              help="Fine-tuning steps per layer when measuring its benefit.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly_errors
+def train_surgeon(out, stacks, phantoms, base, k_steps, seed):
+    """Train the surgeon for a base model from a meta-dataset of stacks; write OUT (.pt) and OUT.json."""
+    from .surgeon_train import phantom_volume, train_and_save
+    from .volume import open_volume
+
+    vols = [(f"phantom-{k}", phantom_volume(k, seed)) for k in phantoms.split(",") if k]
+    for spec in stacks:
+        path, _, vox = spec.partition(":")
+        vs = tuple(float(v) for v in vox.split(",")) if vox else None
+        vols.append((Path(path).name, open_volume(path, vs)))
+    if not vols:
+        raise Ssai3dError("no stacks: give --stack PATH and/or --phantoms")
+    cmd = "ssai3d train-surgeon " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
+    m = train_and_save(out, vols, base, k_steps, seed, cmd)
+    for name, ev in m["leave_one_stack_out"].items():
+        click.echo(f"{name}: spearman surgeon {ev['spearman_surgeon']:+.2f} snip {ev['spearman_snip']:+.2f}; "
+                   f"top-10% gain surgeon {ev['top10pct_gain_surgeon_db']:.3f} dB, "
+                   f"snip {ev['top10pct_gain_snip_db']:.3f}, oracle {ev['top10pct_gain_oracle_db']:.3f}")
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True)
 @click.option("--shape", nargs=3, type=int, default=(64, 192, 192), show_default=True, metavar="Z Y X",

@@ -1,0 +1,109 @@
+"""Base model figures: parameters, GMAC, CPU forward time, held-out deblurring gain, tile invariance.
+
+Run: python benchmarks/base_model.py  (writes benchmarks/results/base_model.md and base_model.png)
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssai3d_dask.checkpoint import load_model
+from ssai3d_dask.nafnet import PRESETS, build, count_macs, count_parameters, gray_forward, tiled_forward
+from ssai3d_dask.pretrain import psnr_loss
+from ssai3d_dask.pretrain_data import image_pool, random_crops
+from ssai3d_dask.psf import axial_forward, conv2d_per_sample, gaussian_kernel2d
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def forward_seconds(model, size=256, repeats=3) -> float:
+    x = torch.rand(1, 3, size, size)
+    with torch.no_grad():
+        model(x)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def degradations(sharp: torch.Tensor) -> dict[str, torch.Tensor]:
+    n = len(sharp)
+    out = {}
+    for sd in (2, 4, 6):
+        k = torch.from_numpy(np.stack([gaussian_kernel2d(sd, 0.5, 0.0)] * n))
+        out[f"axial Gaussian sd {sd}"] = conv2d_per_sample(sharp, k)
+    k = torch.from_numpy(np.stack([gaussian_kernel2d(2, 0.5, 0.0)] * n))
+    out["blur sd 2 + subsample x3"] = axial_forward(conv2d_per_sample(sharp, k), 3.0, dim=-2)
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    lines = [f"# Base model ({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})", ""]
+    lines += ["| preset | parameters | GMAC per 256x256 | CPU forward 256x256 (s) |", "|---|---|---|---|"]
+    for name in ("small", "gopro-width32", "paper"):
+        m = build(name).eval()
+        lines.append(f"| {name} | {count_parameters(m):,} | {count_macs(m) / 1e9:.2f} | {forward_seconds(m):.3f} |")
+    model, manifest = load_model("base")
+    rng = np.random.default_rng(123)
+    sharp = random_crops(image_pool("heldout", 0, n_procedural=8), 32, 128, rng)
+    lines += ["", f"Shipped model: `{manifest.get('command')}`", "",
+              "Held-out images (skimage camera, coins, cell + held-out procedural), 32 crops of 128 px:", "",
+              "| degradation | input PSNR (dB) | output PSNR (dB) | gain (dB) |", "|---|---|---|---|"]
+    gains = []
+    panels = []
+    for name, deg in degradations(sharp).items():
+        with torch.no_grad():
+            out = gray_forward(model, deg)
+        pin = -psnr_loss(deg.clamp(0, 1), sharp).item()
+        pout = -psnr_loss(out.clamp(0, 1), sharp).item()
+        gains.append(pout - pin)
+        lines.append(f"| {name} | {pin:.2f} | {pout:.2f} | {pout - pin:+.2f} |")
+        panels.append((name, deg[:3, 0].numpy(), out[:3, 0].numpy()))
+    lines.append(f"| **average** | | | **{np.mean(gains):+.2f}** |")
+    model.set_pool_window(model.tlc_window())
+    img = torch.nn.functional.interpolate(sharp[:1], size=(384, 320), mode="bilinear").expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        whole = model(img)
+    lines += ["", f"Tile invariance (TLC window {model.tlc_window()} px, 384x320 image, 128 px tiles):", ""]
+    for halo in (32, 64, 96):
+        diff = (whole - tiled_forward(model, img, 128, halo)).abs().max().item()
+        lines.append(f"- halo {halo} px: max |whole - tiled| = {diff:.2e} (image range 0..1)")
+    (RESULTS / "base_model.md").write_text("\n".join(lines) + "\n")
+    _png(panels, sharp[:3, 0].numpy())
+    print("\n".join(lines))
+
+
+def _png(panels, sharp) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 2 * len(panels) + 1, figsize=(2 * (2 * len(panels) + 1), 6))
+    for r in range(3):
+        for j, (name, deg, out) in enumerate(panels):
+            axes[r, 2 * j].imshow(deg[r], cmap="gray", vmin=0, vmax=1)
+            axes[r, 2 * j + 1].imshow(out[r], cmap="gray", vmin=0, vmax=1)
+            if r == 0:
+                axes[r, 2 * j].set_title(f"{name}\ninput", fontsize=7)
+                axes[r, 2 * j + 1].set_title("output", fontsize=7)
+        axes[r, -1].imshow(sharp[r], cmap="gray", vmin=0, vmax=1)
+        if r == 0:
+            axes[r, -1].set_title("sharp", fontsize=7)
+    for a in axes.ravel():
+        a.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "base_model.png", dpi=80)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
