@@ -1,0 +1,185 @@
+"""Adaptation: lazy sampling, normalisation, denoising, pair synthesis, metrics, surgeon, sparse fine-tuning."""
+
+import json
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+
+from ssai3d_dask.adapt import AdaptedModel, AdaptSettings, adapt
+from ssai3d_dask.denoise import calibrate
+from ssai3d_dask.errors import SettingsError
+from ssai3d_dask.finetune import FinetuneSettings, finetune, freeze_except
+from ssai3d_dask.metrics import psnr
+from ssai3d_dask.nafnet import build
+from ssai3d_dask.pairs import PairSynthesizer
+from ssai3d_dask.pretrain import psnr_loss
+from ssai3d_dask.psf import PSFBank, axial_forward, linear_positions, resample_linear
+from ssai3d_dask.sampling import sample_lateral_patches, volume_statistics
+from ssai3d_dask.simulate import ForwardModel, simulate
+from ssai3d_dask.surgeon import (METRIC_NAMES, Surgeon, layer_names, normalize_metrics, pairwise_ranking_loss,
+                                 select_layers, zero_shot_metrics)
+from ssai3d_dask.volume import Volume
+
+
+class CountingArray:
+    """An array-like that counts the bytes handed out, to prove sampling reads only what it needs."""
+
+    def __init__(self, a):
+        self.a, self.shape, self.dtype, self.ndim, self.read = a, a.shape, a.dtype, a.ndim, 0
+
+    def __getitem__(self, idx):
+        out = self.a[idx]
+        self.read += out.nbytes
+        return out
+
+
+def test_sampling_reads_a_fraction_of_the_volume_and_is_deterministic(rng):
+    big = (rng.random((64, 512, 512)) * 1000).astype(np.uint16)
+    src = CountingArray(big)
+    vol = Volume(da.from_array(src, chunks=(8, 128, 128)), (2.0, 1.0, 1.0))
+    norm = volume_statistics(vol, seed=0, n_chunks=8)
+    after_stats = src.read
+    a = sample_lateral_patches(vol, 16, 64, norm, seed=3)
+    assert src.read < 0.25 * big.nbytes
+    assert after_stats <= 8 * 8 * 128 * 128 * 2
+    b = sample_lateral_patches(vol, 16, 64, norm, seed=3)
+    np.testing.assert_array_equal(a.patches, b.patches)
+    assert a.patches.shape == (16, 64, 64)
+    z, y, x = a.origins[0]
+    np.testing.assert_allclose(a.patches[0], norm.apply(big[z, y:y + 64, x:x + 64].astype(np.float32)), rtol=1e-6)
+
+
+def test_normalization_is_robust_to_hot_pixels(rng):
+    v = rng.normal(100, 10, (16, 64, 64)).astype(np.float32)
+    v[0, 0, :5] = 1e6
+    norm = volume_statistics(Volume.from_array(v, (1, 1, 1), chunks=(8, 32, 32)), n_chunks=32)
+    assert 50 < norm.low < 100 < norm.high < 160
+
+
+def test_foreground_aware_sampling_prefers_signal():
+    v = np.zeros((16, 256, 256), np.float32)
+    v[:, :64, :64] = 1000  # 6% of the area is bright
+    v += np.random.default_rng(0).random(v.shape).astype(np.float32)
+    vol = Volume.from_array(v, (1, 1, 1), chunks=(4, 64, 64))
+    norm = volume_statistics(vol)
+    aware = sample_lateral_patches(vol, 40, 32, norm, seed=1, foreground_floor=0.05)
+    uniform = sample_lateral_patches(vol, 40, 32, norm, seed=1, foreground_floor=1.0)  # accept every candidate
+    frac = lambda ps: np.mean([p.mean() > 0.25 for p in ps.patches])  # noqa: E731
+    assert frac(aware) >= 3 * frac(uniform) and frac(aware) >= 0.4
+
+
+def test_resample_linear_block_equals_whole():
+    x = torch.arange(20, dtype=torch.float32)[:, None] * torch.ones(1, 3)
+    pos = linear_positions(20, 2.5)
+    whole = resample_linear(x, 0, pos)
+    block = resample_linear(x[6:14], 0, pos[20:30], offset=6)
+    torch.testing.assert_close(block, whole[20:30])
+    torch.testing.assert_close(whole[::5], x[::2])
+
+
+def test_pairs_blur_along_rows_and_undersample():
+    bank = PSFBank((4.0,), (0.0,))
+    synth = PairSynthesizer(bank, z_factor=1.0)
+    sharp = torch.zeros(1, 1, 64, 64)
+    sharp[0, 0, 32, 32] = 1
+    blurred, s = synth(sharp, np.random.default_rng(0), psf_index=np.array([0]))
+    img = blurred[0, 0]
+    peak = (img == img.max()).nonzero()[0]
+    ps = s[0, 0].nonzero()[0]
+    assert torch.equal(peak, ps)
+    # the blur is long along one axis and short along the other (which one depends on the random transpose)
+    spread_rows = (img[:, ps[1]] > 0.1 * img.max()).sum()
+    spread_cols = (img[ps[0], :] > 0.1 * img.max()).sum()
+    assert max(spread_rows, spread_cols) >= 4 * min(spread_rows, spread_cols)
+    # undersampling x4: rows off the coarse grid are interpolations of rows on it
+    ramp = torch.linspace(0, 1, 64)[:, None].expand(64, 64)[None, None] ** 2
+    deg = axial_forward(ramp[0], 4.0, dim=-2, phase=0.0)
+    torch.testing.assert_close(deg[0, ::4], ramp[0, 0, ::4])
+    torch.testing.assert_close(deg[0, 2:61:4], 0.5 * (ramp[0, 0, 0:60:4] + ramp[0, 0, 4:64:4]))
+
+
+def test_denoiser_gains_on_noisy_phantom_and_stays_off_when_clean():
+    fm = ForwardModel(0.5, 3.0, photons=30, read_noise=0.02)
+    noisy = simulate("tubes", (24, 96, 96), seed=0, model=fm).raw
+    clean = simulate("tubes", (24, 96, 96), seed=0, model=ForwardModel(0.5, 3.0)).raw
+    d = calibrate(noisy[::3], "auto")
+    assert d.enabled
+    assert psnr(d(noisy), clean, 1.0) > psnr(noisy, clean, 1.0) + 1.0
+    smooth = simulate("spheres", (24, 96, 96), seed=0, model=ForwardModel(1.0, 3.0)).raw
+    assert not calibrate(smooth[::3], "auto").enabled
+    assert calibrate(smooth[::3], "on").enabled
+
+
+def test_zero_shot_metrics_and_selection():
+    torch.manual_seed(0)
+    m = build("small")
+    synth = PairSynthesizer(PSFBank(), 3.0)
+    b, s = synth(torch.rand(2, 1, 32, 32), np.random.default_rng(0))
+    raw = zero_shot_metrics(m, b, s, psnr_loss)
+    names = layer_names(m)
+    assert raw.shape == (len(names), len(METRIC_NAMES)) and np.isfinite(raw).all()
+    w = dict(m.named_modules())[names[0]].weight.detach()
+    assert raw[0, METRIC_NAMES.index("weight_mean")] == pytest.approx(float(w.mean()), rel=1e-5)
+    norm = normalize_metrics(raw)
+    assert np.allclose(norm.mean(axis=0), 0, atol=1e-9)
+    chosen = select_layers(names, norm[:, METRIC_NAMES.index("snip")], 0.1)
+    assert len(chosen) == round(0.1 * len(names))
+
+
+def test_surgeon_is_paper_sized_and_learns_a_ranking():
+    s = Surgeon()
+    assert 150_000 < sum(p.numel() for p in s.parameters()) < 250_000
+    torch.manual_seed(0)
+    x = torch.randn(40, 30)
+    y = x[:, 3] * 2 - x[:, 7]
+    opt = torch.optim.Adam(s.parameters(), lr=1e-3)
+    for _ in range(200):
+        loss = pairwise_ranking_loss(s(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    from scipy.stats import spearmanr
+
+    assert spearmanr(s(x).detach().numpy(), y.numpy())[0] > 0.9
+
+
+def test_sparse_finetuning_changes_only_chosen_layers():
+    torch.manual_seed(0)
+    m = build("small")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    layers = ["intro", "encoders.0.0.conv2"]
+    patches = np.random.default_rng(0).random((8, 32, 32)).astype(np.float32)
+    finetune(m, layers, patches, PairSynthesizer(PSFBank(), 2.0), FinetuneSettings(iterations=3, batch_size=2),
+             progress=False)
+    changed = {k for k, v in m.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"intro.weight", "intro.bias", "encoders.0.0.conv2.weight", "encoders.0.0.conv2.bias"}
+    assert freeze_except(m, None) == sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.slow
+def test_adapt_writes_model_dir(tmp_path):
+    sim = simulate("strands", (32, 96, 96), seed=0, model=ForwardModel(0.5, 3.0, z_factor=4))
+    vol = Volume.from_array(sim.raw, sim.raw_voxel_size_um, chunks=(4, 48, 48))
+    s = AdaptSettings(n_patches=24, patch_px=64, finetune=FinetuneSettings(iterations=5, batch_size=4))
+    adapt(vol, tmp_path / "m", s, progress=False)
+    man = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert man["z_factor"] == pytest.approx(4.0)
+    assert len(man["selection"]["layers"]) == round(0.1 * len(man["layer_metrics"]))
+    assert set(next(iter(man["layer_metrics"].values()))["raw"]) == set(METRIC_NAMES)
+    assert (tmp_path / "m" / "validation.png").stat().st_size > 1000
+    loaded = AdaptedModel.load(tmp_path / "m")
+    assert loaded.norm.high > loaded.norm.low
+    with pytest.raises(Exception, match="already exists"):
+        adapt(vol, tmp_path / "m", s, progress=False)
+
+
+def test_bad_settings_raise_before_work():
+    vol = Volume.from_array(np.zeros((8, 40, 40), np.float32), (2, 1, 1))
+    with pytest.raises(SettingsError, match="exceeds the lateral size"):
+        adapt(vol, None, AdaptSettings(patch_px=64))
+    with pytest.raises(SettingsError, match="multiple of 16"):
+        adapt(vol, None, AdaptSettings(patch_px=30))
+    with pytest.raises(SettingsError, match="layers-fraction"):
+        adapt(vol, None, AdaptSettings(patch_px=32, layers_fraction=0))
