@@ -62,7 +62,7 @@ def main() -> None:
         rows.append(("base model, no fine-tuning", *axial_scores(out, sim.truth), 0.0, "-"))
         bytes_read = None
         for label, selection, frac in (("full fine-tuning", "all", 1.0), ("random 10% of layers", "random", 0.1),
-                                       ("surgeon 10% of layers", "surgeon", 0.1)):
+                                       ("snip 10% of layers", "snip", 0.1), ("surgeon 10% of layers", "surgeon", 0.1)):
             s = AdaptSettings(n_patches=128, patch_px=64, selection=selection, layers_fraction=frac,
                               finetune=FinetuneSettings(iterations=args.iterations))
             t = time.perf_counter()

@@ -36,7 +36,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class AdaptSettings:
-    """Everything that decides an adaptation. ``selection``: surgeon | random | all (for ablations)."""
+    """Everything that decides an adaptation.
+
+    ``selection``: surgeon (default), snip (rank by normalised snip, the fallback), random or all (ablations).
+    """
 
     base: str = "base"
     n_patches: int = 256
@@ -51,8 +54,8 @@ class AdaptSettings:
     seed: int = 0
 
     def validate(self, vol: Volume) -> None:
-        if self.selection not in ("surgeon", "random", "all"):
-            raise SettingsError(f"selection must be surgeon, random or all, got {self.selection!r}")
+        if self.selection not in ("surgeon", "snip", "random", "all"):
+            raise SettingsError(f"selection must be surgeon, snip, random or all, got {self.selection!r}")
         if not 0 < self.layers_fraction <= 1:
             raise SettingsError(f"--layers-fraction must be in (0, 1], got {self.layers_fraction}")
         if self.patch_px % 16:
@@ -150,6 +153,9 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
         scores, method = score_layers(norm_metrics, surgeon)
         if surgeon is None:
             logger.warning("%s: ranking layers by normalised snip (documented fallback)", surgeon_src)
+        layers = select_layers(names, scores, settings.layers_fraction)
+    elif settings.selection == "snip":
+        (scores, method), surgeon_src = score_layers(norm_metrics, None), "-"
         layers = select_layers(names, scores, settings.layers_fraction)
     elif settings.selection == "random":
         scores, method, surgeon_src = np.random.default_rng(settings.seed).random(len(names)), "random", "-"

@@ -182,8 +182,9 @@ def _adapt_options(fn):
         click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (paper: 1e-3)."),
         click.option("--layers-fraction", type=float, default=0.1, show_default=True,
                      help="Fraction of layers to fine-tune (1.0 = full fine-tuning)."),
-        click.option("--selection", type=click.Choice(["surgeon", "random", "all"]), default="surgeon",
-                     show_default=True, help="How layers are chosen (random/all for ablations)."),
+        click.option("--selection", type=click.Choice(["surgeon", "snip", "random", "all"]), default="surgeon",
+                     show_default=True, help="How layers are chosen: the shipped surgeon, normalised snip alone, "
+                                             "or random/all for ablations."),
         click.option("--denoise", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
                      help="Denoise lateral planes (and axial slices at inference); auto decides from the noise level."),
         click.option("--sigmas", type=str, default="3,4,5,6,7", show_default=True,
