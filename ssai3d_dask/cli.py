@@ -252,7 +252,8 @@ def _restore_options(fn):
                      help="Average XZ and YZ passes, or use one."),
         click.option("--dtype", type=click.Choice(["input", "float32", "uint16", "uint8"]), default="input",
                      show_default=True, help="Output data type."),
-        click.option("--batch", type=int, default=16, show_default=True, help="Slices per forward pass."),
+        click.option("--batch", type=int, default=None,
+                     help="Slices per forward pass (default 4 on CPU, 32 on CUDA)."),
         click.option("--no-skip-empty", is_flag=True, help="Run the model on background-only regions too."),
         click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (default: LocalCluster)."),
         click.option("--workers", type=int, default=None, help="LocalCluster workers (default: sized to the machine)."),
@@ -266,14 +267,22 @@ def _restore_options(fn):
     return fn
 
 
-def _restore(vol, model_dir, out, method, chunks, region, halo, view, dtype, batch, no_skip_empty, scheduler,
-             workers, threads_per_worker, memory_limit, overwrite, resume, device="auto"):
-    from .cluster import make_client
-    from .pipeline import RestoreSettings, restore as run_restore
+def _restore_settings(method, chunks, region, halo, view, dtype, batch, no_skip_empty, device="auto", **_):
+    from .pipeline import RestoreSettings
 
     settings = RestoreSettings(method=method, chunks=tuple(chunks), region=tuple(region), halo=halo, view=view,
                                dtype=None if dtype == "input" else dtype, batch=batch, device=device,
                                skip_empty=not no_skip_empty)
+    settings.validate()
+    return settings
+
+
+def _restore(vol, model_dir, out, method, chunks, region, halo, view, dtype, batch, no_skip_empty, scheduler,
+             workers, threads_per_worker, memory_limit, overwrite, resume, device="auto"):
+    from .cluster import make_client
+    from .pipeline import restore as run_restore
+
+    settings = _restore_settings(method, chunks, region, halo, view, dtype, batch, no_skip_empty, device)
     if Path(out).exists() and not (overwrite or resume):
         raise Ssai3dError(f"output {out} already exists; pass --overwrite to replace it or --resume to finish it")
     client = make_client(scheduler, workers, threads_per_worker, memory_limit)
@@ -325,6 +334,7 @@ def run(path, out, model_dir, voxel_size, channel, time_, **kw):
     settings = _adapt_settings(**{k: kw.pop(k) for k in adapt_keys if k != "device"}, device=kw.get("device", "auto"))
     if Path(out).exists() and not (kw["overwrite"] or kw["resume"]):
         raise Ssai3dError(f"output {out} already exists; pass --overwrite to replace it or --resume to finish it")
+    _restore_settings("ssai3d", **kw)  # bad sizes fail now, not after adaptation
     model_dir = model_dir or Path(str(out).rstrip("/") + ".model")
     if not (kw["resume"] and (Path(model_dir) / "model.pt").exists()):
         run_adapt(vol, model_dir, settings, overwrite=True)

@@ -79,7 +79,7 @@ def run_demo(out_dir: Path, shape=(64, 192, 192), iterations: int = 150, seed: i
     client = make_client(workers=workers)
     try:
         restore(vol, out_dir / "model", out_dir / "restored.ome.zarr",
-                RestoreSettings(chunks=(64, 64, 64), region=(64, 96, 96), halo=64), overwrite=True, client=client)
+                RestoreSettings(chunks=(64, 96, 96), region=(64, 192, 192), halo=32), overwrite=True, client=client)
     finally:
         client.close()
     restored = open_volume(out_dir / "restored.ome.zarr").data.compute().astype(np.float32)

@@ -132,24 +132,21 @@ class LocalAvgPool(nn.Module):
 
 
 def _box_mean_truncated(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Mean over a (2r+1)^2 box centred on each pixel, counting only in-image pixels."""
+    """Mean over a (2r+1)^2 box centred on each pixel, counting only in-image pixels.
+
+    Box sums come from an integral image; replicate-padding the integral image
+    by ``r`` turns the clamped window bounds into plain slices (no gathers).
+    """
     h, w = x.shape[-2:]
-    # Integral image with a zero row/column in front: box sums in O(1) per pixel.
-    s = F.pad(x, (1, 0, 1, 0)).cumsum(-1).cumsum(-2)
+    s = F.pad(x, (1, 0, 1, 0)).cumsum(-1).cumsum(-2)  # s[i, j] = sum of x[:i, :j]
+    s = F.pad(s, (r, r, r, r), mode="replicate")  # padded index k reads s[clamp(k - r, 0, h)]
+    k = 2 * r + 1
+    total = s[..., k:k + h, k:k + w] - s[..., :h, k:k + w] - s[..., k:k + h, :w] + s[..., :h, :w]
     ys = torch.arange(h, device=x.device)
     xs = torch.arange(w, device=x.device)
-    y0 = (ys - r).clamp(min=0)
-    y1 = (ys + r + 1).clamp(max=h)
-    x0 = (xs - r).clamp(min=0)
-    x1 = (xs + r + 1).clamp(max=w)
-    total = (
-        s[..., y1[:, None], x1[None, :]]
-        - s[..., y0[:, None], x1[None, :]]
-        - s[..., y1[:, None], x0[None, :]]
-        + s[..., y0[:, None], x0[None, :]]
-    )
-    count = ((y1 - y0)[:, None] * (x1 - x0)[None, :]).to(x.dtype)
-    return total / count
+    ny = (ys + r + 1).clamp(max=h) - (ys - r).clamp(min=0)
+    nx = (xs + r + 1).clamp(max=w) - (xs - r).clamp(min=0)
+    return total / (ny[:, None] * nx[None, :]).to(x.dtype)
 
 
 class NAFBlock(nn.Module):

@@ -17,7 +17,8 @@ from .cluster import cached_adapted_model, gpu_count
 from .denoise import Denoiser
 from .errors import SettingsError
 from .omezarr import MultiscaleWriter, default_window, write_level0_region
-from .restore import Plan, Region, default_halo, extended_crop, make_plan, restore_block, to_output
+from .restore import (Plan, Region, default_halo, denoise_planes, extended_crop, make_plan, restore_block,
+                      to_output)
 from .sampling import Normalization, volume_statistics
 from .volume import Volume
 
@@ -36,11 +37,22 @@ class RestoreSettings:
     halo: int | None = None
     view: str = "mean"
     dtype: str | None = None
-    batch: int = 16
+    batch: int | None = None  # slices per forward pass; None: 4 on CPU (page-fault bound above), 32 on CUDA
     device: str = "auto"
     skip_empty: bool = True
     empty_level: float = 0.01
     ngff_version: str = "0.5"
+
+    def validate(self) -> None:
+        """Check sizes before any expensive work (multiples of 16, regions of whole chunks)."""
+        if self.method not in METHODS:
+            raise SettingsError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        sizes = {"--chunks": self.chunks, "--region": self.region, "--halo": (self.halo or 16,)}
+        for name, vals in sizes.items():
+            if any(int(v) <= 0 or int(v) % 16 for v in vals):
+                raise SettingsError(f"{name} {tuple(vals)} must be positive multiples of 16 (the network's down-sampling)")
+        if any(r % c for r, c in zip(self.region, self.chunks)):
+            raise SettingsError(f"--region {tuple(self.region)} must be a whole number of --chunks {tuple(self.chunks)}")
 
     def resolved_device(self) -> str:
         if self.device == "auto":
@@ -51,7 +63,8 @@ class RestoreSettings:
 def process_region(plan: Plan, region: Region, crop: np.ndarray, out: str, spec: dict) -> dict:
     """Restore one region and write it. Runs on a worker; loads the model once per worker."""
     t0 = time.perf_counter()
-    torch.set_num_threads(spec["torch_threads"])
+    if spec["torch_threads"] and torch.get_num_threads() != spec["torch_threads"]:
+        torch.set_num_threads(spec["torch_threads"])
     if spec["model_dir"] is not None:
         adapted = cached_adapted_model(spec["model_dir"])
         model, denoiser = adapted.model, adapted.denoiser
@@ -63,14 +76,15 @@ def process_region(plan: Plan, region: Region, crop: np.ndarray, out: str, spec:
     else:
         model, denoiser, device = None, Denoiser(), torch.device("cpu")
     norm = Normalization.from_dict(spec["norm"])
-    ext, offset = extended_crop(plan, region, norm.apply(np.asarray(crop, np.float32)))
+    planes = denoise_planes(norm.apply(np.asarray(crop, np.float32)), denoiser)
+    ext, offset = extended_crop(plan, region, planes)
     skipped = bool(spec["skip_empty"] and float(ext.max()) <= spec["empty_level"])
     if skipped:  # nothing but background within reach: the interpolation is the answer
         oz, oy, ox = offset
         cz, cy, cx = region.shape
         restored = ext[oz:oz + cz, oy:oy + cy, ox:ox + cx]
     else:
-        restored = restore_block(ext, offset, region.shape, model, denoiser, spec["view"], spec["batch"], device)
+        restored = restore_block(ext, offset, region.shape, model, spec["view"], spec["batch"], device)
     data = to_output(restored, norm, np.dtype(spec["dtype"]))
     record = {"core": [[s.start, s.stop] for s in region.core], "skipped": skipped,
               "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
@@ -98,8 +112,7 @@ def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings
         Keep regions recorded as done in ``out`` and compute only the rest.
     """
     settings = settings or RestoreSettings()
-    if settings.method not in METHODS:
-        raise SettingsError(f"unknown method {settings.method!r}; choose one of {', '.join(METHODS)}")
+    settings.validate()
     if settings.method == "ssai3d" and model_dir is None:
         raise SettingsError("method ssai3d needs --model MODEL_DIR (from `ssai3d adapt`), or use `ssai3d run`")
     out = Path(out)
@@ -132,15 +145,14 @@ def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings
             client = get_client()
         except ValueError:
             client = None
-    n_concurrent = sum(client.nthreads().values()) if client is not None else (os.cpu_count() or 1)
     spec = {"model_dir": str(Path(model_dir).resolve()) if settings.method == "ssai3d" else None,
-            "norm": norm.to_dict(), "view": settings.view, "batch": settings.batch,
+            "norm": norm.to_dict(), "view": settings.view,
+            "batch": settings.batch or (32 if settings.resolved_device() == "cuda" else 4),
             "device": settings.resolved_device(), "dtype": dtype.str, "skip_empty": settings.skip_empty,
             "empty_level": settings.empty_level,
-            "torch_threads": max(1, (os.cpu_count() or 1) // max(1, n_concurrent if client is None else
-                                                                  max(client.nthreads().values(), default=1)))}
-    if client is None:
-        spec["torch_threads"] = max(1, (os.cpu_count() or 1))
+            # Workers of a cluster keep the OpenMP pool they were started with (cluster.make_client sizes it);
+            # the local scheduler runs one region at a time with every core.
+            "torch_threads": None if client is not None else (os.cpu_count() or 1)}
     annotations = {"resources": {"GPU": 1}} if spec["device"] == "cuda" and client is not None else {}
     with dask.annotate(**annotations):
         tasks = [dask.delayed(process_region, pure=False)(plan, r, vol.data[plan.input_crop(r)], str(out), spec,

@@ -156,14 +156,25 @@ def run_slices(model: NAFNet, slices: np.ndarray, batch: int, device: torch.devi
     return out
 
 
+def denoise_planes(crop: np.ndarray, denoiser: Denoiser) -> np.ndarray:
+    """Denoise the raw lateral (XY) planes of a normalised input crop, before z interpolation.
+
+    The paper denoises the axial slices with the network that denoised the
+    lateral training planes. Here the calibrated denoiser is applied to the
+    raw lateral planes instead: that is the image domain it was calibrated on,
+    interpolation then does not spread noise along z, and the raw stack has
+    dz/dx times fewer planes than the XZ + YZ passes have slices.
+    """
+    return denoiser(crop) if denoiser.enabled else crop
+
+
 def restore_block(ext: np.ndarray, core_offset: Sequence[int], core_shape: Sequence[int], model: NAFNet | None,
-                  denoiser: Denoiser, view: str = "mean", batch: int = 16,
-                  device: torch.device | str = "cpu") -> np.ndarray:
+                  view: str = "mean", batch: int = 16, device: torch.device | str = "cpu") -> np.ndarray:
     """Restore the core of one extended, normalised, z-resampled crop.
 
     XZ slices are taken at every core y, YZ slices at every core x; each slice
     keeps its halo in z and in its in-plane lateral axis. ``model=None``
-    returns the (denoised) interpolation.
+    returns the interpolation.
     """
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
@@ -173,12 +184,10 @@ def restore_block(ext: np.ndarray, core_offset: Sequence[int], core_shape: Seque
     outs = []
     if view in ("mean", "xz"):
         xz = ext[:, oy:oy + cy, :].transpose(1, 0, 2)  # (y, z, x): z along rows
-        xz = denoiser(xz)
         res = run_slices(model, xz, batch, device) if model is not None else xz
         outs.append(res[:, oz:oz + cz, ox:ox + cx].transpose(1, 0, 2))
     if view in ("mean", "yz"):
         yz = ext[:, :, ox:ox + cx].transpose(2, 0, 1)  # (x, z, y)
-        yz = denoiser(yz)
         res = run_slices(model, yz, batch, device) if model is not None else yz
         outs.append(res[:, oz:oz + cz, oy:oy + cy].transpose(1, 2, 0))
     return outs[0] if len(outs) == 1 else 0.5 * (outs[0] + outs[1])
@@ -210,13 +219,14 @@ def default_halo(model: NAFNet | None, denoiser: Denoiser, multiple: int = 16) -
 
 def restore_in_memory(raw: np.ndarray, z_factor: float, model: NAFNet | None, denoiser: Denoiser,
                       norm: Normalization, halo: int, view: str = "mean", dtype=np.float32) -> np.ndarray:
-    """Whole-volume reference, written without the block plan: resample z for the whole stack,
-    reflect-pad every axis by ``halo``, run the XZ and YZ passes on full slices, crop, average.
+    """Whole-volume reference, written without the block plan: denoise the raw planes, resample z for
+    the whole stack, reflect-pad every axis by ``halo``, run the XZ and YZ passes on full slices, crop, average.
 
     Block invariance means :func:`ssai3d_dask.pipeline.restore` must agree with this.
     """
     zo = int(round(raw.shape[0] * z_factor))
-    full = resample_z_block(norm.apply(np.asarray(raw, np.float32)), 0, slice(0, zo), z_factor)
+    planes = denoise_planes(norm.apply(np.asarray(raw, np.float32)), denoiser)
+    full = resample_z_block(planes, 0, slice(0, zo), z_factor)
     padded = _reflect_pad(full, [(halo, halo)] * 3)
-    out = restore_block(padded, (halo, halo, halo), full.shape, model, denoiser, view)
+    out = restore_block(padded, (halo, halo, halo), full.shape, model, view)
     return to_output(out, norm, np.dtype(dtype))
