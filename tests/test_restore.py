@@ -151,9 +151,9 @@ def test_worker_killed_mid_run_completes_identically(tmp_path, model_dir_factory
     vol = Volume.from_array(sim.raw, (0.4, 0.1, 0.1), chunks=(4, 32, 32))
     mdir = model_dir_factory(4.0)
     s = RestoreSettings(chunks=(16, 16, 16), region=(16, 16, 16), halo=16, dtype="float32", skip_empty=False)
-    restore(vol, mdir, tmp_path / "ref.ome.zarr", s, progress=False)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
+        restore(vol, mdir, tmp_path / "ref.ome.zarr", s, client=client, progress=False)  # same workers, no kill
         out = tmp_path / "k.ome.zarr"
         done = out / ".ssai3d" / "done"
         killed = []
