@@ -57,7 +57,7 @@ def main() -> None:
         interp = restore_in_memory(sim.raw, 4.0, None, Denoiser(), norm, 16)
         rows.append(("linear z interpolation", *axial_scores(interp, sim.truth), 0.0, "-"))
         base, _ = load_model("base")
-        base.set_pool_window(base.tlc_window())
+        base.set_pool_window(base.local_window())
         out = restore_in_memory(sim.raw, 4.0, base, Denoiser(), norm, args.halo)
         rows.append(("base model, no fine-tuning", *axial_scores(out, sim.truth), 0.0, "-"))
         bytes_read = None

@@ -89,7 +89,7 @@ class AdaptedModel:
         if not (d / "model.pt").exists():
             raise SettingsError(f"{d} is not a model folder (no model.pt); run `ssai3d adapt` first")
         model, manifest = load_model(d / "model.pt")
-        model.set_pool_window(manifest.get("pool_window_px", model.tlc_window()))
+        model.set_pool_window(manifest.get("pool_window_px", model.local_window()))
         return cls(model, Normalization.from_dict(manifest["normalization"]),
                    Denoiser.from_dict(manifest.get("denoiser")), float(manifest["z_factor"]), manifest)
 
@@ -135,7 +135,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     val_patches, train_patches = patches[order[:n_val]], patches[order[n_val:]]
 
     model, base_manifest = load_model(settings.base)
-    model.set_pool_window(model.tlc_window())
+    model.set_pool_window(model.local_window())
     z_factor = max(1.0, vol.anisotropy)
     bank = PSFBank(tuple(settings.sigmas_px), tuple(settings.angles_deg))
     synth = PairSynthesizer(bank, z_factor, settings.finetune.device)

@@ -11,7 +11,7 @@ Two things differ from the reference, both switchable:
   whole image. A tile then sees different statistics from the whole slice,
   and results would depend on the block size. With a window set, SCA uses a
   local mean over ``pool_window`` x ``pool_window`` full-resolution pixels
-  (NAFNet's TLC idea), truncated at the image border, so the output of an
+  (NAFNet's TLC idea; see ``NAFNet.local_window``), truncated at the image border, so the output of an
   interior pixel depends only on a bounded neighbourhood.
 * Padding to a multiple of ``2**depth`` is done by reflection, not zeros, so
   borders are not darkened.
@@ -212,9 +212,15 @@ class NAFNet(nn.Module):
                 level = _level_of(name, self.config.depth)
                 mod.window = None if window_px is None else max(1, int(window_px) // 2**level)
 
-    def tlc_window(self) -> int:
-        """Window of NAFNet's TLC: 1.5x the training patch size."""
-        return int(round(1.5 * self.config.train_size))
+    def local_window(self) -> int:
+        """The SCA pooling window used for adaptation and inference: half the training patch size.
+
+        NAFNet's TLC uses 1.5x the training patch. For the shipped model we measured the same deblurring
+        quality with half the patch (held-out crops of 192 px, axial sd 4: 27.73 dB at 48 px, 27.72 dB at
+        144 px, 27.62 dB with global pooling) and a far shorter reach: tiles with a 64 px halo differ from
+        whole-image inference by 1.2e-3 instead of 5.5e-2 (benchmarks/base_model.py), so halos stay small.
+        """
+        return max(self.config.multiple, int(round(0.5 * self.config.train_size)))
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         h, w = inp.shape[-2:]

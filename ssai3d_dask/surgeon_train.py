@@ -44,7 +44,7 @@ def stack_record(name: str, vol: Volume, base: str = "base", n_patches: int = 48
     n_val = max(4, len(patches) // 4)
     train, val_p = patches[n_val:], patches[:n_val]
     model, _ = load_model(base)
-    model.set_pool_window(model.tlc_window())
+    model.set_pool_window(model.local_window())
     synth = PairSynthesizer(PSFBank(), max(1.0, vol.anisotropy))
     val = synth(torch.from_numpy(val_p[:, None]), np.random.default_rng(seed + 1))
     mb, ms = synth(torch.from_numpy(train[: max(4, batch), None]), np.random.default_rng(seed + 2))

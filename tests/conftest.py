@@ -52,7 +52,7 @@ def make_model_dir(path, z_factor: float, low: float = 0.0, high: float = 1.0, d
         for n, p in model.named_parameters():
             if n.endswith(("beta", "gamma")):
                 p.normal_(0, 0.2)
-    manifest = {"kind": "adapted", "z_factor": z_factor, "pool_window_px": model.tlc_window(),
+    manifest = {"kind": "adapted", "z_factor": z_factor, "pool_window_px": model.local_window(),
                 "normalization": {"low": low, "high": high, "percentiles": [0.1, 99.9], "foreground_threshold": 0.1,
                                   "n_voxels_sampled": 0},
                 "denoiser": {"h": denoise_h, "estimated_noise": 0.05 if denoise_h else 0.0,

@@ -137,7 +137,7 @@ def test_tiles_equal_whole_with_local_pooling():
     tiled = tiled_forward(m, img, 128, halo)
     assert (whole - tiled).abs().max().item() < 1e-5
     # The TLC window (1.5 x training patch) with a practical halo of 96 px: within 1e-3 of outputs ~0.4.
-    m.set_pool_window(m.tlc_window())
+    m.set_pool_window(m.local_window())
     with torch.no_grad():
         whole = m(img)
     assert (whole - tiled_forward(m, img, 128, 96)).abs().max().item() < 1e-3
