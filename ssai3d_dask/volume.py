@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,52 @@ def _tiff_voxel(tif) -> dict[str, float | None]:
     return voxel
 
 
+class TiffPages:
+    """A picklable, lazy (leading..., Y, X) view of a TIFF series that reads one page per access.
+
+    Only the path, shape and dtype travel to Dask workers; each process opens
+    the file once and reads pages under a lock. (tifffile's zarr store holds an
+    open file handle, which a distributed scheduler cannot ship.)
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path = str(path)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self._tif = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "shape": self.shape, "dtype": self.dtype.str}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(Path(state["path"]), state["shape"], np.dtype(state["dtype"]))
+
+    def __dask_tokenize__(self):
+        return ("TiffPages", self.path, Path(self.path).stat().st_mtime_ns, self.shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        import tifffile
+
+        index = index if isinstance(index, tuple) else (index,)
+        index = index + (slice(None),) * (self.ndim - len(index))
+        lead_shape = self.shape[:-2]
+        lead = [range(*ix.indices(n)) if isinstance(ix, slice) else [ix] for ix, n in zip(index[:-2], lead_shape)]
+        yx = index[-2:]
+        planes = []
+        with self._lock:
+            if self._tif is None:
+                self._tif = tifffile.TiffFile(self.path)
+            series = self._tif.series[0]
+            for combo in np.ndindex(*[len(r) for r in lead]):
+                page = int(np.ravel_multi_index([r[i] for r, i in zip(lead, combo)], lead_shape)) if lead_shape else 0
+                planes.append(series.asarray(key=page)[yx])
+        out = np.stack(planes) if planes else np.empty((0,), self.dtype)
+        keep = [len(r) for r, ix in zip(lead, index[:-2]) if isinstance(ix, slice)]
+        return out.reshape(*keep, *planes[0].shape) if planes else out
+
+
 def _open_tiff(p: Path, voxel_override, channel, time) -> Volume:
     import tifffile
 
@@ -291,13 +338,19 @@ def _open_tiff(p: Path, voxel_override, channel, time) -> Volume:
         tif = tifffile.TiffFile(p)
     except Exception as exc:  # tifffile raises TiffFileError and others
         raise VolumeError(f"cannot read {p} as TIFF ({exc})") from exc
-    series = tif.series[0]
-    axes = series.axes.lower().replace("q", "z").replace("i", "z")
-    if axes.count("z") > 1:
-        raise VolumeError(f"{p}: ambiguous TIFF axes {series.axes!r}; save it as a (z, y, x) stack")
-    voxel = _tiff_voxel(tif)
-    store = series.aszarr()
-    arr = da.from_zarr(zarr.open(store, mode="r"))
+    with tif:
+        series = tif.series[0]
+        axes = series.axes.lower().replace("q", "z").replace("i", "z")
+        if axes.count("z") > 1:
+            raise VolumeError(f"{p}: ambiguous TIFF axes {series.axes!r}; save it as a (z, y, x) stack")
+        if len(axes) < 2 or axes[-2:] != "yx":
+            raise VolumeError(f"{p}: TIFF axes {series.axes!r} do not end in YX (e.g. RGB samples); "
+                              f"save one grey channel as a (z, y, x) stack")
+        voxel = _tiff_voxel(tif)
+        shape, dtype = tuple(series.shape), series.dtype
+    pages = TiffPages(p, shape, dtype)
+    arr = da.from_array(pages, chunks=(1,) * (len(shape) - 2) + tuple(shape[-2:]),
+                        meta=np.empty((0,) * len(shape), dtype))
     data, sel = _select(arr, axes, voxel, channel, time, str(p))
     return Volume(data, _voxel_or_error(voxel, voxel_override, str(p)), str(p), sel)
 

@@ -171,3 +171,22 @@ def test_worker_killed_mid_run_completes_identically(tmp_path, model_dir_factory
         th.join(timeout=60)
     assert killed
     np.testing.assert_array_equal(open_volume(out).data.compute(), open_volume(tmp_path / "ref.ome.zarr").data.compute())
+
+
+def test_tiff_input_restores_on_a_distributed_cluster(tmp_path):
+    """The TIFF reader must ship to workers (tifffile's zarr store holds an open file and cannot)."""
+    import tifffile
+    from distributed import Client, LocalCluster
+
+    sim = _phantom(shape=(32, 48, 48))
+    raw = (sim.raw * 60000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "raw.tif", raw, imagej=True, resolution=(10, 10),
+                     metadata={"spacing": 0.4, "unit": "um", "axes": "ZYX"})
+    vol = open_volume(tmp_path / "raw.tif")
+    s = RestoreSettings(method="interp", chunks=(16, 16, 16), region=(16, 48, 48), halo=16)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        restore(vol, None, tmp_path / "t.ome.zarr", s, client=client, progress=False)
+    restore(Volume.from_array(raw, (0.4, 0.1, 0.1)), None, tmp_path / "n.ome.zarr", s, progress=False)
+    np.testing.assert_array_equal(open_volume(tmp_path / "t.ome.zarr").data.compute(),
+                                  open_volume(tmp_path / "n.ome.zarr").data.compute())
