@@ -267,6 +267,12 @@ def _restore_options(fn):
     return fn
 
 
+def _check_output(out, overwrite: bool, resume: bool) -> None:
+    """Refuse an existing output before a cluster starts or a model is adapted."""
+    if Path(out).exists() and not (overwrite or resume):
+        raise Ssai3dError(f"output {out} already exists; pass --overwrite to replace it or --resume to finish it")
+
+
 def _restore_settings(method, chunks, region, halo, view, dtype, batch, no_skip_empty, device="auto", **_):
     from .pipeline import RestoreSettings
 
@@ -283,8 +289,7 @@ def _restore(vol, model_dir, out, method, chunks, region, halo, view, dtype, bat
     from .pipeline import restore as run_restore
 
     settings = _restore_settings(method, chunks, region, halo, view, dtype, batch, no_skip_empty, device)
-    if Path(out).exists() and not (overwrite or resume):
-        raise Ssai3dError(f"output {out} already exists; pass --overwrite to replace it or --resume to finish it")
+    _check_output(out, overwrite, resume)
     client = make_client(scheduler, workers, threads_per_worker, memory_limit)
     try:
         return run_restore(vol, model_dir, out, settings, overwrite=overwrite, resume=resume, client=client)
@@ -332,8 +337,7 @@ def run(path, out, model_dir, voxel_size, channel, time_, **kw):
     adapt_keys = ("base", "n_patches", "patch_px", "iterations", "batch_size", "lr", "layers_fraction", "selection",
                   "denoise", "sigmas", "angles", "seed", "device")
     settings = _adapt_settings(**{k: kw.pop(k) for k in adapt_keys if k != "device"}, device=kw.get("device", "auto"))
-    if Path(out).exists() and not (kw["overwrite"] or kw["resume"]):
-        raise Ssai3dError(f"output {out} already exists; pass --overwrite to replace it or --resume to finish it")
+    _check_output(out, kw["overwrite"], kw["resume"])
     _restore_settings("ssai3d", **kw)  # bad sizes fail now, not after adaptation
     model_dir = model_dir or Path(str(out).rstrip("/") + ".model")
     if not (kw["resume"] and (Path(model_dir) / "model.pt").exists()):

@@ -47,8 +47,8 @@ def make_client(scheduler: str | None = None, workers: int | None = None, thread
         kwargs = {}
     # Worker environment: intra-op threads so that all workers together use the cores once, and no
     # MALLOC_TRIM_THRESHOLD_ (distributed's default sets it; any explicit malloc tuning turns off glibc's
-    # dynamic mmap threshold, so every large torch buffer is mmapped and page-faulted afresh: measured 3.3x
-    # slower slice inference on 2 cores, 146 s vs 45 s for the demo volume).
+    # dynamic mmap threshold, so every large torch buffer is mmapped and page-faulted afresh: the demo
+    # restore took 146 s with it and 29 s without on 2 cores).
     omp = max(1, cores // (workers * (threads_per_worker or 1)))
     dask.config.set({"distributed.nanny.pre-spawn-environ": {
         k: omp for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}})
@@ -58,13 +58,6 @@ def make_client(scheduler: str | None = None, workers: int | None = None, thread
     logger.info("LocalCluster: %d workers x %d threads%s; dashboard %s", workers, threads_per_worker or 1,
                 f", {n_gpu} GPUs" if n_gpu else "", client.dashboard_link)
     return client
-
-
-def torch_threads_for_worker(threads_per_worker: int = 1) -> int:
-    """Intra-op threads so that concurrent tasks on all workers of this machine do not oversubscribe cores."""
-    cores = os.cpu_count() or 1
-    tasks = int(os.environ.get("SSAI3D_CONCURRENT_TASKS", "0")) or threads_per_worker
-    return max(1, cores // max(1, tasks))
 
 
 def cached_adapted_model(model_dir: str | Path):

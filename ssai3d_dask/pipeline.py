@@ -92,12 +92,6 @@ def process_region(plan: Plan, region: Region, crop: np.ndarray, out: str, spec:
     return {"id": region.block_id, "voxels": int(np.prod(region.shape)), "skipped": skipped}
 
 
-def _progress_bar(total_regions: int, total_voxels: int, progress: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total_regions, desc="restore", unit="region", disable=not progress)
-
-
 def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings: RestoreSettings | None = None,
             overwrite: bool = False, resume: bool = False, client=None, progress: bool = True) -> Path:
     """Restore ``vol`` into a multiscale OME-Zarr at ``out`` with isotropic voxels.
@@ -158,26 +152,22 @@ def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings
         tasks = [dask.delayed(process_region, pure=False)(plan, r, vol.data[plan.input_crop(r)], str(out), spec,
                                                           dask_key_name=f"restore-{r.block_id}-{id(spec)}")
                  for r in todo]
-    t0 = time.perf_counter()
-    bar = _progress_bar(len(todo), int(np.prod(plan.out_shape)), progress)
-    voxels = skipped = 0
+    from tqdm.auto import tqdm
+
     if client is not None:
         from distributed import as_completed
 
-        futures = client.compute(tasks, optimize_graph=False)
-        for fut in as_completed(futures):
-            res = fut.result()
-            voxels += res["voxels"]
-            skipped += res["skipped"]
-            bar.update(1)
-            bar.set_postfix(Mvox_s=f"{voxels / 1e6 / max(time.perf_counter() - t0, 1e-9):.2f}")
-    else:
-        for task in tasks:  # the local scheduler: one region at a time, bounded memory
-            res = task.compute(scheduler="threads")
-            voxels += res["voxels"]
-            skipped += res["skipped"]
-            bar.update(1)
-            bar.set_postfix(Mvox_s=f"{voxels / 1e6 / max(time.perf_counter() - t0, 1e-9):.2f}")
+        results = (fut.result() for fut in as_completed(client.compute(tasks, optimize_graph=False)))
+    else:  # the local scheduler: one region at a time, bounded memory
+        results = (task.compute(scheduler="threads") for task in tasks)
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="restore", unit="region", disable=not progress)
+    voxels = skipped = 0
+    for res in results:
+        voxels += res["voxels"]
+        skipped += res["skipped"]
+        bar.update(1)
+        bar.set_postfix(Mvox_s=f"{voxels / 1e6 / max(time.perf_counter() - t0, 1e-9):.2f}")
     bar.close()
     seconds = time.perf_counter() - t0
     logger.info("restored %d regions (%d background) in %.1f s: %.2f Mvoxel/s", len(todo), skipped, seconds,

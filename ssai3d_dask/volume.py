@@ -149,7 +149,7 @@ def _is_zarr(p: Path) -> bool:
     return any((p / name).exists() for name in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
 
 
-def _select(arr: da.Array, axes: str, voxel: dict[str, float | None], channel: int | None, time: int | None,
+def _select(arr: da.Array, axes: str, channel: int | None, time: int | None,
             source: str) -> tuple[da.Array, dict[str, Any]]:
     """Reduce data with axes like 'tczyx' to (z, y, x), applying channel/time selection."""
     axes = axes.lower()
@@ -214,7 +214,7 @@ def _open_zarr(p: Path, voxel_override, channel, time, level, dataset) -> Volume
     if isinstance(node, zarr.Array):
         arr = da.from_zarr(node)
         axes = "zyx" if arr.ndim == 3 else "tczyx"[-arr.ndim:]
-        data, sel = _select(arr, axes, {}, channel, time, source)
+        data, sel = _select(arr, axes, channel, time, source)
         return Volume(data, _voxel_or_error({}, voxel_override, source), source, sel)
     ms = read_multiscales(node)
     if ms is None:
@@ -244,7 +244,7 @@ def _open_zarr(p: Path, voxel_override, channel, time, level, dataset) -> Volume
                               f"pass --voxel-size in micrometres")
         voxel[ax_meta["name"]] = float(s) * factor
     arr = da.from_zarr(node[ds["path"]])
-    data, sel = _select(arr, axes, voxel, channel, time, source)
+    data, sel = _select(arr, axes, channel, time, source)
     sel["level"] = level
     return Volume(data, _voxel_or_error(voxel, voxel_override, source), source, sel)
 
@@ -351,7 +351,7 @@ def _open_tiff(p: Path, voxel_override, channel, time) -> Volume:
     pages = TiffPages(p, shape, dtype)
     arr = da.from_array(pages, chunks=(1,) * (len(shape) - 2) + tuple(shape[-2:]),
                         meta=np.empty((0,) * len(shape), dtype))
-    data, sel = _select(arr, axes, voxel, channel, time, str(p))
+    data, sel = _select(arr, axes, channel, time, str(p))
     return Volume(data, _voxel_or_error(voxel, voxel_override, str(p)), str(p), sel)
 
 
