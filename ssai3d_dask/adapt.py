@@ -75,7 +75,10 @@ class AdaptSettings:
 
 @dataclass
 class AdaptedModel:
-    """What restoration needs: the network, normalisation, denoiser, and the geometry it was adapted for."""
+    """What restoration needs: the network, normalisation, denoiser, and the geometry it was adapted for.
+
+    ``manifest['kind']`` is ``adapted`` (SSAI-3D, a NAFNet) or ``care`` (a CARE U-Net from ``train-care``).
+    """
 
     model: NAFNet
     norm: Normalization
@@ -88,6 +91,12 @@ class AdaptedModel:
         d = Path(model_dir)
         if not (d / "model.pt").exists():
             raise SettingsError(f"{d} is not a model folder (no model.pt); run `ssai3d adapt` first")
+        from .care import is_care, load_care
+
+        if is_care(d):
+            model, manifest = load_care(d / "model.pt")
+            return cls(model, Normalization.from_dict(manifest["normalization"]), Denoiser(),
+                       float(manifest["z_factor"]), manifest)
         model, manifest = load_model(d / "model.pt")
         model.set_pool_window(manifest.get("pool_window_px", model.local_window()))
         return cls(model, Normalization.from_dict(manifest["normalization"]),

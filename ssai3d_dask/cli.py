@@ -156,8 +156,11 @@ def evaluate(pred, truth, raw, data_range, beads, json_out):
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak AdamW learning rate (cosine decay).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--init", default=None,
+              help="Warm start from this checkpoint ('base' = the shipped model) with a fresh optimizer and "
+                   "cosine schedule; use another --seed so it sees new crops.")
 @friendly_errors
-def pretrain(out, preset, iterations, batch_size, patch, lr, seed, device):
+def pretrain(out, preset, iterations, batch_size, patch, lr, seed, device, init):
     """Pretrain a base deblurring model offline (no downloads) and write it to OUT (.pt).
 
     Rerunning with the same OUT resumes from OUT.resume.pt.
@@ -165,7 +168,7 @@ def pretrain(out, preset, iterations, batch_size, patch, lr, seed, device):
     from .pretrain import PretrainSettings, pretrain as run
 
     settings = PretrainSettings(preset=preset, iterations=iterations, batch_size=batch_size, patch_px=patch, lr=lr,
-                                seed=seed, device=device)
+                                seed=seed, device=device, init=init)
     click.echo(str(run(out, settings)))
 
 
@@ -273,22 +276,29 @@ def _check_output(out, overwrite: bool, resume: bool) -> None:
         raise Ssai3dError(f"output {out} already exists; pass --overwrite to replace it or --resume to finish it")
 
 
-def _restore_settings(method, chunks, region, halo, view, dtype, batch, no_skip_empty, device="auto", **_):
+def _restore_settings(method, chunks, region, halo, view, dtype, batch, no_skip_empty, device="auto",
+                      psf_sigma_um=None, psf_file=None, rl_iterations=30, **_):
+    from .errors import SettingsError
     from .pipeline import RestoreSettings
 
     settings = RestoreSettings(method=method, chunks=tuple(chunks), region=tuple(region), halo=halo, view=view,
                                dtype=None if dtype == "input" else dtype, batch=batch, device=device,
-                               skip_empty=not no_skip_empty)
+                               skip_empty=not no_skip_empty, psf_sigma_um=tuple(psf_sigma_um) if psf_sigma_um else None,
+                               psf_file=str(psf_file) if psf_file else None, rl_iterations=rl_iterations)
+    if method != "rl" and (psf_sigma_um or psf_file):
+        raise SettingsError("--psf-sigma-um/--psf are for --method rl (CARE takes its PSF at `ssai3d train-care`)")
     settings.validate()
     return settings
 
 
 def _restore(vol, model_dir, out, method, chunks, region, halo, view, dtype, batch, no_skip_empty, scheduler,
-             workers, threads_per_worker, memory_limit, overwrite, resume, device="auto"):
+             workers, threads_per_worker, memory_limit, overwrite, resume, device="auto", psf_sigma_um=None,
+             psf_file=None, rl_iterations=30):
     from .cluster import make_client
     from .pipeline import restore as run_restore
 
-    settings = _restore_settings(method, chunks, region, halo, view, dtype, batch, no_skip_empty, device)
+    settings = _restore_settings(method, chunks, region, halo, view, dtype, batch, no_skip_empty, device,
+                                 psf_sigma_um, psf_file, rl_iterations)
     _check_output(out, overwrite, resume)
     client = make_client(scheduler, workers, threads_per_worker, memory_limit)
     try:
@@ -301,16 +311,27 @@ def _restore(vol, model_dir, out, method, chunks, region, halo, view, dtype, bat
 @click.argument("path", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-              help="MODEL_DIR from `ssai3d adapt` (required for --method ssai3d).")
-@click.option("--method", type=click.Choice(["ssai3d", "interp"]), default="ssai3d", show_default=True,
-              help="ssai3d: the adapted network; interp: linear z interpolation only (the baseline).")
+              help="MODEL_DIR from `ssai3d adapt` (--method ssai3d) or `ssai3d train-care` (--method care).")
+@click.option("--method", type=click.Choice(["ssai3d", "care", "rl", "interp"]), default="ssai3d",
+              show_default=True,
+              help="ssai3d: the adapted network; care: a CARE U-Net trained from scratch; rl: Richardson-Lucy "
+                   "with a known PSF; interp: linear z interpolation only.")
+@click.option("--psf-sigma-um", nargs=3, type=float, default=None, metavar="SZ SY SX",
+              help="rl: Gaussian PSF sd per axis in micrometres (the interpolation's z blur is added).")
+@click.option("--psf", "psf_file", type=click.Path(path_type=Path), default=None,
+              help="rl: a measured 3D PSF (.tif/.npy, z y x) sampled at the output (lateral) voxel size.")
+@click.option("--rl-iterations", type=int, default=30, show_default=True, help="rl: Richardson-Lucy iterations.")
 @voxel_option
 @channel_option
 @time_option
 @_restore_options
 @friendly_errors
 def restore(path, out, model_dir, method, voxel_size, channel, time_, **kw):
-    """Restore PATH to isotropic voxels into the multiscale OME-Zarr OUT, block by block on a Dask cluster."""
+    """Restore PATH to isotropic voxels into the multiscale OME-Zarr OUT, block by block on a Dask cluster.
+
+    Every method runs through the same block plan (halos, resume, pyramid), so baselines scale like the
+    main method.
+    """
     from .volume import open_volume
 
     vol = open_volume(path, voxel_size, channel, time_)
@@ -343,6 +364,41 @@ def run(path, out, model_dir, voxel_size, channel, time_, **kw):
     if not (kw["resume"] and (Path(model_dir) / "model.pt").exists()):
         run_adapt(vol, model_dir, settings, overwrite=True)
     click.echo(str(_restore(vol, model_dir, out, "ssai3d", **kw)))
+
+
+@main.command("train-care")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="MODEL_DIR to write.")
+@click.option("--psf-sigma-um", nargs=3, type=float, required=True, metavar="SZ SY SX",
+              help="The known optical PSF: Gaussian sd per axis in micrometres.")
+@voxel_option
+@channel_option
+@time_option
+@click.option("--patches", "n_patches", type=int, default=256, show_default=True)
+@click.option("--patch", "patch_px", type=int, default=64, show_default=True, help="Patch size (multiple of 16).")
+@click.option("--iterations", type=int, default=1000, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=4e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing MODEL_DIR.")
+@friendly_errors
+def train_care(path, out_dir, psf_sigma_um, voxel_size, channel, time_, n_patches, patch_px, iterations, batch_size,
+               lr, seed, device, overwrite):
+    """Train the CARE baseline from scratch on PATH's lateral planes with one known PSF; write MODEL_DIR.
+
+    Restore with `ssai3d restore PATH OUT --method care --model MODEL_DIR`.
+    """
+    from .care import CareSettings, train_care as run_train
+    from .cluster import gpu_count
+    from .volume import open_volume
+
+    vol = open_volume(path, voxel_size, channel, time_)
+    dev = ("cuda" if gpu_count() else "cpu") if device == "auto" else device
+    settings = CareSettings(psf_sigma_um=tuple(psf_sigma_um), n_patches=n_patches, patch_px=patch_px,
+                            iterations=iterations, batch_size=batch_size, lr=lr, seed=seed, device=dev)
+    run_train(vol, out_dir, settings, overwrite=overwrite)
+    click.echo(str(out_dir))
 
 
 @main.command("train-surgeon")

@@ -33,6 +33,11 @@ def make_client(scheduler: str | None = None, workers: int | None = None, thread
     import dask
     from distributed import Client, LocalCluster
 
+    # distributed configures its loggers when first imported (after the CLI set levels): keep it quiet
+    # unless we are debugging.
+    if not logger.isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
     if scheduler:
         client = Client(scheduler)
         logger.info("connected to %s (dashboard %s)", scheduler, client.dashboard_link)

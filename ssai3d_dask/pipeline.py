@@ -19,12 +19,15 @@ from .errors import SettingsError
 from .omezarr import MultiscaleWriter, default_window, write_level0_region
 from .restore import (Plan, Region, default_halo, denoise_planes, extended_crop, make_plan, restore_block,
                       to_output)
+from .rl import default_rl_halo, gaussian_psf_on_grid, load_psf, richardson_lucy
 from .sampling import Normalization, volume_statistics
 from .volume import Volume
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("ssai3d", "interp")
+#: ssai3d: the adapted NAFNet; care: a CARE U-Net from `train-care`; rl: Richardson-Lucy with a given PSF;
+#: interp: linear z interpolation only.
+METHODS = ("ssai3d", "care", "rl", "interp")
 
 
 @dataclass
@@ -42,11 +45,21 @@ class RestoreSettings:
     skip_empty: bool = True
     empty_level: float = 0.01
     ngff_version: str = "0.5"
+    psf_sigma_um: tuple[float, float, float] | None = None  # rl: Gaussian PSF sd (z, y, x)
+    psf_file: str | None = None  # rl: a measured PSF at the output voxel size instead
+    rl_iterations: int = 30
 
     def validate(self) -> None:
         """Check sizes before any expensive work (multiples of 16, regions of whole chunks)."""
         if self.method not in METHODS:
             raise SettingsError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method == "rl":
+            if (self.psf_sigma_um is None) == (self.psf_file is None):
+                raise SettingsError("method rl needs the PSF: give --psf-sigma-um DZ DY DX or --psf FILE (one of them)")
+            if self.psf_sigma_um is not None and (len(self.psf_sigma_um) != 3 or min(self.psf_sigma_um) <= 0):
+                raise SettingsError(f"--psf-sigma-um needs three positive numbers (z y x), got {self.psf_sigma_um}")
+            if self.rl_iterations < 1:
+                raise SettingsError(f"--rl-iterations must be >= 1, got {self.rl_iterations}")
         sizes = {"--chunks": self.chunks, "--region": self.region, "--halo": (self.halo or 16,)}
         for name, vals in sizes.items():
             if any(int(v) <= 0 or int(v) % 16 for v in vals):
@@ -60,12 +73,27 @@ class RestoreSettings:
         return self.device
 
 
+def _check_model_dir(method: str, model_dir) -> None:
+    """The model folder exists and holds the kind of network the method runs."""
+    from .care import is_care
+
+    maker = "ssai3d adapt" if method == "ssai3d" else "ssai3d train-care"
+    if model_dir is None:
+        raise SettingsError(f"method {method} needs --model MODEL_DIR (from `{maker}`)"
+                            + (", or use `ssai3d run`" if method == "ssai3d" else ""))
+    if not (Path(model_dir) / "model.pt").exists():
+        raise SettingsError(f"{model_dir} is not a model folder (no model.pt); make one with `{maker}`")
+    if is_care(model_dir) != (method == "care"):
+        raise SettingsError(f"{model_dir} holds a {'CARE' if is_care(model_dir) else 'SSAI-3D'} model; "
+                            f"use --method {'care' if is_care(model_dir) else 'ssai3d'} with it")
+
+
 def process_region(plan: Plan, region: Region, crop: np.ndarray, out: str, spec: dict) -> dict:
     """Restore one region and write it. Runs on a worker; loads the model once per worker."""
     t0 = time.perf_counter()
     if spec["torch_threads"] and torch.get_num_threads() != spec["torch_threads"]:
         torch.set_num_threads(spec["torch_threads"])
-    if spec["model_dir"] is not None:
+    if spec["model_dir"] is not None:  # ssai3d or care
         adapted = cached_adapted_model(spec["model_dir"])
         model, denoiser = adapted.model, adapted.denoiser
         device = torch.device(spec["device"])
@@ -83,6 +111,12 @@ def process_region(plan: Plan, region: Region, crop: np.ndarray, out: str, spec:
         oz, oy, ox = offset
         cz, cy, cx = region.shape
         restored = ext[oz:oz + cz, oy:oy + cy, ox:ox + cx]
+    elif spec["method"] == "rl":
+        oz, oy, ox = offset
+        cz, cy, cx = region.shape
+        rl_device = "cuda" if spec["device"] == "cuda" else "cpu"
+        restored = richardson_lucy(ext, spec["psf"], spec["rl_iterations"], rl_device)[oz:oz + cz, oy:oy + cy,
+                                                                                      ox:ox + cx]
     else:
         restored = restore_block(ext, offset, region.shape, model, spec["view"], spec["batch"], device)
     data = to_output(restored, norm, np.dtype(spec["dtype"]))
@@ -99,7 +133,8 @@ def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings
     Parameters
     ----------
     model_dir : path or None
-        An adapted model folder (``ssai3d adapt``); None only with ``method='interp'``.
+        An adapted model folder (``ssai3d adapt``, method ``ssai3d``) or a CARE model folder
+        (``ssai3d train-care``, method ``care``); None for ``rl`` and ``interp``.
     client : distributed.Client, optional
         Used when given (or when one is active); otherwise dask's local scheduler.
     resume : bool
@@ -107,12 +142,14 @@ def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings
     """
     settings = settings or RestoreSettings()
     settings.validate()
-    if settings.method == "ssai3d" and model_dir is None:
-        raise SettingsError("method ssai3d needs --model MODEL_DIR (from `ssai3d adapt`), or use `ssai3d run`")
+    uses_model = settings.method in ("ssai3d", "care")
+    if uses_model:
+        _check_model_dir(settings.method, model_dir)
     out = Path(out)
     dz, dy, dx = vol.voxel_size_um
     z_factor = max(1.0, vol.anisotropy)
-    if settings.method == "ssai3d":
+    psf = None
+    if uses_model:
         adapted = cached_adapted_model(model_dir)
         norm, model, denoiser = adapted.norm, adapted.model, adapted.denoiser
         if abs(adapted.z_factor - z_factor) > 0.02 * z_factor:
@@ -120,7 +157,12 @@ def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings
                            adapted.z_factor, z_factor)
     else:
         norm, model, denoiser = volume_statistics(vol), None, Denoiser()
-    halo = settings.halo if settings.halo is not None else default_halo(model, denoiser)
+    if settings.method == "rl":
+        psf = (load_psf(settings.psf_file) if settings.psf_file
+               else gaussian_psf_on_grid(settings.psf_sigma_um, dx, z_factor)[0])
+        halo = settings.halo if settings.halo is not None else default_rl_halo(psf)
+    else:
+        halo = settings.halo if settings.halo is not None else default_halo(model, denoiser)
     try:
         plan = make_plan(vol.shape, z_factor, settings.chunks, settings.region, (halo, halo, halo))
     except ValueError as exc:
@@ -139,7 +181,8 @@ def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings
             client = get_client()
         except ValueError:
             client = None
-    spec = {"model_dir": str(Path(model_dir).resolve()) if settings.method == "ssai3d" else None,
+    spec = {"method": settings.method, "model_dir": str(Path(model_dir).resolve()) if uses_model else None,
+            "psf": psf, "rl_iterations": settings.rl_iterations,
             "norm": norm.to_dict(), "view": settings.view,
             "batch": settings.batch or (32 if settings.resolved_device() == "cuda" else 4),
             "device": settings.resolved_device(), "dtype": dtype.str, "skip_empty": settings.skip_empty,
@@ -178,7 +221,10 @@ def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings
                   "voxel_size_um": list(vol.voxel_size_um), "selection": vol.selection},
                   "method": settings.method, "model_dir": spec["model_dir"],
                   "model": (adapted.manifest.get("selection", {}) | {"base": adapted.manifest.get("base_model")})
-                  if settings.method == "ssai3d" else None,
+                  if settings.method == "ssai3d" else
+                  ({"kind": "care", "settings": adapted.manifest.get("settings")} if settings.method == "care"
+                   else None),
+                  "psf_shape": list(psf.shape) if psf is not None else None,
                   "settings": asdict(settings) | {"halo": halo}, "normalization": norm.to_dict()}
     writer.write_metadata(window, provenance)
     return out

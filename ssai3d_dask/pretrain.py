@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import load_state_strict, save_model
+from .checkpoint import load_model, load_state_strict, save_model
 from .nafnet import NAFNet, build, count_parameters, gray_forward
 from .pretrain_data import degrade, image_pool, random_crops
 
@@ -38,6 +38,7 @@ class PretrainSettings:
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "cpu"
+    init: str | None = None  # warm start from this checkpoint (a new optimizer and schedule)
     checkpoint_every: int = 250
     eval_every: int = 1000
 
@@ -48,7 +49,10 @@ def psnr_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (10.0 * torch.log10(mse + 1e-8)).mean()
 
 
-def heldout_set(seed: int, n: int = 64, size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+HELDOUT_SEED = 0
+
+
+def heldout_set(seed: int = HELDOUT_SEED, n: int = 64, size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed held-out (degraded, sharp) pairs from the held-out images."""
     rng = np.random.default_rng(seed + 777)
     sharp = random_crops(image_pool("heldout", seed, n_procedural=8), n, size, rng)
@@ -78,13 +82,21 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
 
     out = Path(out)
     torch.manual_seed(settings.seed)
-    model = build(settings.preset).to(settings.device)
+    parent = None
+    if settings.init:
+        model, parent = load_model(settings.init)
+        if model.config.to_dict() != build(settings.preset).config.to_dict():
+            raise ValueError(f"--init {settings.init} is not a '{settings.preset}' model; pass --preset to match it")
+        model = model.float().to(settings.device)
+    else:
+        model = build(settings.preset).to(settings.device)
     patch = settings.patch_px or model.config.train_size
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
                             betas=(0.9, 0.9))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.iterations, eta_min=1e-6)
     images = image_pool("train", settings.seed)
-    held_x, held_y = heldout_set(settings.seed)
+    # The held-out set is fixed (not tied to the training seed) so runs stay comparable.
+    held_x, held_y = heldout_set()
     rng = np.random.default_rng(settings.seed)
     start, history = 0, []
     resume = out.with_name(out.name + ".resume.pt")
@@ -137,8 +149,12 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
         "machine": platform.processor() or platform.machine(),
         "package_version": __version__,
         "command": f"ssai3d pretrain {out} --preset {settings.preset} --iterations {settings.iterations} "
-                   f"--batch-size {settings.batch_size} --patch {patch} --lr {settings.lr} --seed {settings.seed}",
+                   f"--batch-size {settings.batch_size} --patch {patch} --lr {settings.lr} --seed {settings.seed}"
+                   + (f" --init {settings.init}" if settings.init else ""),
     }
+    if parent is not None:
+        manifest["init_from"] = {k: parent.get(k) for k in ("sha256", "command", "history", "settings", "init_from")
+                                 if parent.get(k) is not None}
     save_model(model.cpu(), out, manifest, half=True)
     resume.unlink(missing_ok=True)
     return out

@@ -144,14 +144,17 @@ def _reflect_pad(a: np.ndarray, pad: list[tuple[int, int]]) -> np.ndarray:
 
 @torch.no_grad()
 def run_slices(model: NAFNet, slices: np.ndarray, batch: int, device: torch.device) -> np.ndarray:
-    """Model on a stack of 2D slices (n, H, W), z along rows, in batches."""
+    """Model on a stack of 2D slices (n, H, W), z along rows, in batches.
+
+    A NAFNet gets grayscale replicated to its 3 channels; other networks (CARE) take 1 channel.
+    """
     out = np.empty_like(slices, dtype=np.float32)
     use_amp = device.type == "cuda"
     for i in range(0, len(slices), batch):
         x = torch.from_numpy(np.ascontiguousarray(slices[i:i + batch], np.float32))[:, None]
         x = x.pin_memory().to(device, non_blocking=True) if use_amp else x
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            y = gray_forward(model, x)
+            y = gray_forward(model, x) if isinstance(model, NAFNet) else model(x)
         out[i:i + batch] = y[:, 0].float().cpu().numpy()
     return out
 
@@ -168,7 +171,7 @@ def denoise_planes(crop: np.ndarray, denoiser: Denoiser) -> np.ndarray:
     return denoiser(crop) if denoiser.enabled else crop
 
 
-def restore_block(ext: np.ndarray, core_offset: Sequence[int], core_shape: Sequence[int], model: NAFNet | None,
+def restore_block(ext: np.ndarray, core_offset: Sequence[int], core_shape: Sequence[int], model: torch.nn.Module | None,
                   view: str = "mean", batch: int = 16, device: torch.device | str = "cpu") -> np.ndarray:
     """Restore the core of one extended, normalised, z-resampled crop.
 
@@ -212,7 +215,12 @@ def default_halo(model: NAFNet | None, denoiser: Denoiser, multiple: int = 16) -
     shipped ``small`` model (benchmarks/base_model.py), plus the denoiser's
     radius, rounded up to ``multiple``.
     """
-    reach = 0 if model is None else max(64, model.config.train_size // 2)
+    if model is None:
+        reach = 0
+    elif hasattr(model, "reach_px"):  # CARE U-Net: its receptive-field radius
+        reach = model.reach_px
+    else:
+        reach = max(64, model.config.train_size // 2)
     reach += RADIUS_PX if denoiser.enabled else 0
     reach = max(reach, 1)
     return int(-(-reach // multiple) * multiple)
