@@ -164,3 +164,22 @@ def test_shipped_base_model_loads():
     model, manifest = load_model("base")
     assert manifest["kind"] == "base" and manifest["preset"] == "small"
     assert shipped_path().stat().st_size < 25e6
+
+
+def test_pretrain_warm_start_from_a_checkpoint(tmp_path):
+    from ssai3d_dask.pretrain import PretrainSettings, pretrain
+
+    parent, parent_manifest = load_model("base")
+    out = pretrain(tmp_path / "cont.pt", PretrainSettings(iterations=2, batch_size=2, patch_px=32, seed=1,
+                                                          init=str(shipped_path()), eval_every=2),
+                   progress=False)
+    child, manifest = load_model(out)
+    assert manifest["init_from"]["sha256"] == parent_manifest["sha256"]
+    assert "--init" in manifest["command"]
+    # two small steps from the parent: close to it, but trained
+    p, c = parent.state_dict(), child.state_dict()
+    assert any(not torch.equal(p[k], c[k]) for k in p)
+    assert max((p[k].float() - c[k].float()).abs().max().item() for k in p) < 0.05
+    with pytest.raises(ValueError, match="not a 'gopro-width32' model"):
+        pretrain(tmp_path / "x.pt", PretrainSettings(preset="gopro-width32", iterations=1, init=str(shipped_path())),
+                 progress=False)
