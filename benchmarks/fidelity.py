@@ -46,10 +46,10 @@ from ssai3d_dask.care import CareSettings, train_care
 from ssai3d_dask.cluster import cached_adapted_model
 from ssai3d_dask.finetune import FinetuneSettings
 from ssai3d_dask.metrics import bead_fwhm, find_beads, ms_ssim, psnr, ssim
-from ssai3d_dask.nafnet import NAFNet, gray_forward
 from ssai3d_dask.pairs import PairSynthesizer
 from ssai3d_dask.pipeline import RestoreSettings, restore
 from ssai3d_dask.psf import PSFBank
+from ssai3d_dask.restore import apply_network
 from ssai3d_dask.sampling import sample_lateral_patches, volume_statistics
 from ssai3d_dask.simulate import ForwardModel, simulate
 from ssai3d_dask.volume import Volume, open_volume
@@ -241,7 +241,7 @@ def lateral_mse(model_dir: Path, vol: Volume, fm: ForwardModel, cfg: dict) -> fl
     blurred, sharp = synth(torch.from_numpy(patches[:, None]), np.random.default_rng(5))
     model = adapted.model.eval()
     with torch.no_grad():
-        pred = gray_forward(model, blurred) if isinstance(model, NAFNet) else model(blurred)
+        pred = apply_network(model, blurred)
     return float(((pred - sharp) ** 2).mean()) * L16**2
 
 

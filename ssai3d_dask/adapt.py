@@ -23,7 +23,7 @@ from .denoise import Denoiser, calibrate
 from .errors import SettingsError, VolumeError
 from .finetune import FinetuneSettings, finetune
 from .nafnet import NAFNet
-from .pairs import PairSynthesizer
+from .pairs import PairSynthesizer, split_validation
 from .pretrain import psnr_loss
 from .psf import PSFBank
 from .sampling import Normalization, sample_lateral_patches, volume_statistics
@@ -139,9 +139,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     patches = denoiser(ps.patches)
     timings["denoise_s"] = round(time.perf_counter() - t, 2)
     rng = np.random.default_rng(settings.seed + 1)
-    order = rng.permutation(len(patches))
-    n_val = max(2, len(patches) // 10)
-    val_patches, train_patches = patches[order[:n_val]], patches[order[n_val:]]
+    val_patches, train_patches = split_validation(patches, rng)
 
     model, base_manifest = load_model(settings.base)
     model.set_pool_window(model.local_window())

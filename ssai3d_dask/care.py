@@ -29,7 +29,9 @@ import torch.nn.functional as F
 
 from . import __version__
 from .errors import CheckpointError, SettingsError, VolumeError
-from .pairs import PairSynthesizer, batches
+from .finetune import train_steps
+from .nafnet import count_parameters
+from .pairs import PairSynthesizer, split_validation
 from .psf import PSFBank
 from .sampling import sample_lateral_patches, volume_statistics
 from .volume import Volume
@@ -127,18 +129,12 @@ class CareSettings:
         return math.sqrt(sz**2 - sx**2)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings | None = None,
                progress: bool = True, overwrite: bool = False):
     """Train a CARE U-Net from scratch on ``vol``'s lateral planes; write MODEL_DIR when ``out_dir`` is given.
 
     Returns an :class:`ssai3d_dask.adapt.AdaptedModel` (network, normalisation, no denoiser).
     """
-    from tqdm.auto import tqdm
-
     from .adapt import AdaptedModel
     from .denoise import Denoiser
 
@@ -152,9 +148,7 @@ def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings |
     norm = volume_statistics(vol, settings.seed)
     patches = sample_lateral_patches(vol, settings.n_patches, settings.patch_px, norm, settings.seed).patches
     rng = np.random.default_rng(settings.seed + 1)
-    order = rng.permutation(len(patches))
-    n_val = max(2, len(patches) // 10)
-    val_patches, train_patches = patches[order[:n_val]], patches[order[n_val:]]
+    val_patches, train_patches = split_validation(patches, rng)
     synth = PairSynthesizer(PSFBank((sigma,), (0.0,), sigma_lateral_px=0.3), z_factor, settings.device)
     # One line-shaped kernel (sd 0.3 across, the smallest the kernel builder makes): the lateral image
     # already carries the lateral blur.
@@ -166,20 +160,13 @@ def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings |
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, settings.iterations), eta_min=settings.lr * 0.01)
     history: dict = {"parameters": count_parameters(model), "loss": [], "val_l1_before": _val_l1(model, val)}
-    bar = tqdm(range(settings.iterations), desc="train CARE", disable=not progress)
-    t0 = time.perf_counter()
-    for it in bar:
-        model.train()
-        blurred, sharp = synth(batches(train_patches, settings.batch_size, rng), rng)
-        loss = F.l1_loss(model(blurred), sharp)  # CSBDeep's default loss (MAE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if it % 10 == 0 or it == settings.iterations - 1:
-            history["loss"].append((it, loss.item()))
-            bar.set_postfix(l1=f"{loss.item():.4f}")
-    history["seconds"] = round(time.perf_counter() - t0, 2)
+
+    def step_loss(blurred: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(model(blurred), sharp)  # CSBDeep's default loss (MAE)
+
+    history["seconds"] = train_steps(model, opt, sched, step_loss, train_patches, synth, settings.iterations,
+                                     settings.batch_size, rng, history["loss"], "train CARE",
+                                     lambda v: {"l1": f"{v:.4f}"}, progress)
     history["val_l1_after"] = _val_l1(model, val)
     logger.info("CARE: %d parameters, %d steps in %.1f s, validation L1 %.4f -> %.4f", history["parameters"],
                 settings.iterations, history["seconds"], history["val_l1_before"], history["val_l1_after"])

@@ -278,15 +278,12 @@ def _check_output(out, overwrite: bool, resume: bool) -> None:
 
 def _restore_settings(method, chunks, region, halo, view, dtype, batch, no_skip_empty, device="auto",
                       psf_sigma_um=None, psf_file=None, rl_iterations=30, **_):
-    from .errors import SettingsError
     from .pipeline import RestoreSettings
 
     settings = RestoreSettings(method=method, chunks=tuple(chunks), region=tuple(region), halo=halo, view=view,
                                dtype=None if dtype == "input" else dtype, batch=batch, device=device,
                                skip_empty=not no_skip_empty, psf_sigma_um=tuple(psf_sigma_um) if psf_sigma_um else None,
                                psf_file=str(psf_file) if psf_file else None, rl_iterations=rl_iterations)
-    if method != "rl" and (psf_sigma_um or psf_file):
-        raise SettingsError("--psf-sigma-um/--psf are for --method rl (CARE takes its PSF at `ssai3d train-care`)")
     settings.validate()
     return settings
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -52,6 +53,31 @@ def validation_loss(model: NAFNet, blurred: torch.Tensor, sharp: torch.Tensor) -
         return float(psnr_loss(gray_forward(model, blurred), sharp))
 
 
+def train_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, sched, step_loss: Callable, patches: np.ndarray,
+                synth: PairSynthesizer, iterations: int, batch_size: int, rng: np.random.Generator, log: list,
+                desc: str, postfix: Callable[[float], dict], progress: bool = True) -> float:
+    """The training loop shared by fine-tuning and CARE: random batches -> synthesized pairs -> one step.
+
+    ``step_loss(blurred, sharp)`` returns the loss tensor; every 10th loss is appended to ``log`` as
+    ``(iteration, value)``. Returns the seconds taken.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    bar = tqdm(range(iterations), desc=desc, disable=not progress)
+    for it in bar:
+        model.train()
+        loss = step_loss(*synth(batches(patches, batch_size, rng), rng))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if it % 10 == 0 or it == iterations - 1:
+            log.append((it, loss.item()))
+            bar.set_postfix(postfix(loss.item()))
+    return round(time.perf_counter() - t0, 2)
+
+
 def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth: PairSynthesizer,
              settings: FinetuneSettings, val: tuple[torch.Tensor, torch.Tensor] | None = None,
              progress: bool = True) -> dict:
@@ -64,8 +90,6 @@ def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth
     patches : (n, P, P) float32
         Sharp normalised lateral patches.
     """
-    from tqdm.auto import tqdm
-
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     device = torch.device(settings.device)
@@ -79,21 +103,14 @@ def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth
     history: dict = {"trainable_parameters": n_train, "loss": []}
     if val is not None:
         history["val_psnr_before"] = -validation_loss(model, *val)
-    t0 = time.perf_counter()
-    bar = tqdm(range(settings.iterations), desc="fine-tune", disable=not progress)
-    for it in bar:
-        model.train()
-        blurred, sharp = synth(batches(patches, settings.batch_size, rng), rng)
+
+    def step_loss(blurred: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
         with amp:
-            loss = psnr_loss(gray_forward(model, blurred).float(), sharp)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if it % 10 == 0 or it == settings.iterations - 1:
-            history["loss"].append((it, loss.item()))
-            bar.set_postfix(psnr=f"{-loss.item():.2f}")
-    history["seconds"] = round(time.perf_counter() - t0, 2)
+            return psnr_loss(gray_forward(model, blurred).float(), sharp)
+
+    history["seconds"] = train_steps(model, opt, sched, step_loss, patches, synth, settings.iterations,
+                                     settings.batch_size, rng, history["loss"], "fine-tune",
+                                     lambda v: {"psnr": f"{-v:.2f}"}, progress)
     if val is not None:
         history["val_psnr_after"] = -validation_loss(model, *val)
         logger.info("fine-tuned %d parameters in %.1f s: validation PSNR %.2f -> %.2f dB", n_train,

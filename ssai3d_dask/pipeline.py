@@ -60,6 +60,8 @@ class RestoreSettings:
                 raise SettingsError(f"--psf-sigma-um needs three positive numbers (z y x), got {self.psf_sigma_um}")
             if self.rl_iterations < 1:
                 raise SettingsError(f"--rl-iterations must be >= 1, got {self.rl_iterations}")
+        elif self.psf_sigma_um is not None or self.psf_file is not None:
+            raise SettingsError("--psf-sigma-um/--psf are for --method rl (CARE takes its PSF at `ssai3d train-care`)")
         sizes = {"--chunks": self.chunks, "--region": self.region, "--halo": (self.halo or 16,)}
         for name, vals in sizes.items():
             if any(int(v) <= 0 or int(v) % 16 for v in vals):
@@ -106,17 +108,12 @@ def process_region(plan: Plan, region: Region, crop: np.ndarray, out: str, spec:
     norm = Normalization.from_dict(spec["norm"])
     planes = denoise_planes(norm.apply(np.asarray(crop, np.float32)), denoiser)
     ext, offset = extended_crop(plan, region, planes)
+    core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
     skipped = bool(spec["skip_empty"] and float(ext.max()) <= spec["empty_level"])
     if skipped:  # nothing but background within reach: the interpolation is the answer
-        oz, oy, ox = offset
-        cz, cy, cx = region.shape
-        restored = ext[oz:oz + cz, oy:oy + cy, ox:ox + cx]
+        restored = ext[core]
     elif spec["method"] == "rl":
-        oz, oy, ox = offset
-        cz, cy, cx = region.shape
-        rl_device = "cuda" if spec["device"] == "cuda" else "cpu"
-        restored = richardson_lucy(ext, spec["psf"], spec["rl_iterations"], rl_device)[oz:oz + cz, oy:oy + cy,
-                                                                                      ox:ox + cx]
+        restored = richardson_lucy(ext, spec["psf"], spec["rl_iterations"], spec["device"])[core]
     else:
         restored = restore_block(ext, offset, region.shape, model, spec["view"], spec["batch"], device)
     data = to_output(restored, norm, np.dtype(spec["dtype"]))

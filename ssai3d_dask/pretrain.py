@@ -22,7 +22,7 @@ import torch
 
 from . import __version__
 from .checkpoint import load_model, load_state_strict, save_model
-from .nafnet import NAFNet, build, count_parameters, gray_forward
+from .nafnet import PRESETS, NAFNet, build, count_parameters, gray_forward
 from .pretrain_data import degrade, image_pool, random_crops
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
     parent = None
     if settings.init:
         model, parent = load_model(settings.init)
-        if model.config.to_dict() != build(settings.preset).config.to_dict():
+        if model.config.to_dict() != PRESETS[settings.preset].to_dict():
             raise ValueError(f"--init {settings.init} is not a '{settings.preset}' model; pass --preset to match it")
         model = model.float().to(settings.device)
     else:

@@ -142,19 +142,21 @@ def _reflect_pad(a: np.ndarray, pad: list[tuple[int, int]]) -> np.ndarray:
     return a
 
 
+def apply_network(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(n, 1, H, W) -> (n, 1, H, W): a NAFNet through its 3-channel grayscale wrapper, other networks directly."""
+    return gray_forward(model, x) if isinstance(model, NAFNet) else model(x)
+
+
 @torch.no_grad()
 def run_slices(model: NAFNet, slices: np.ndarray, batch: int, device: torch.device) -> np.ndarray:
-    """Model on a stack of 2D slices (n, H, W), z along rows, in batches.
-
-    A NAFNet gets grayscale replicated to its 3 channels; other networks (CARE) take 1 channel.
-    """
+    """Model on a stack of 2D slices (n, H, W), z along rows, in batches (:func:`apply_network`)."""
     out = np.empty_like(slices, dtype=np.float32)
     use_amp = device.type == "cuda"
     for i in range(0, len(slices), batch):
         x = torch.from_numpy(np.ascontiguousarray(slices[i:i + batch], np.float32))[:, None]
         x = x.pin_memory().to(device, non_blocking=True) if use_amp else x
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            y = gray_forward(model, x) if isinstance(model, NAFNet) else model(x)
+            y = apply_network(model, x)
         out[i:i + batch] = y[:, 0].float().cpu().numpy()
     return out
 

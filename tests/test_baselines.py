@@ -8,11 +8,12 @@ import zarr
 from click.testing import CliRunner
 from scipy.ndimage import gaussian_filter
 
-from ssai3d_dask.care import CareSettings, CareUNet, count_parameters, load_care, train_care
+from ssai3d_dask.care import CareSettings, CareUNet, load_care, train_care
 from ssai3d_dask.cli import main
 from ssai3d_dask.denoise import Denoiser
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.metrics import bead_fwhm, find_beads
+from ssai3d_dask.nafnet import count_parameters
 from ssai3d_dask.pipeline import RestoreSettings, restore
 from ssai3d_dask.restore import _reflect_pad, resample_z_block, restore_in_memory, to_output
 from ssai3d_dask.rl import gaussian_psf, gaussian_psf_on_grid, load_psf, richardson_lucy
