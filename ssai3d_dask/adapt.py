@@ -22,6 +22,7 @@ from .checkpoint import load_model, save_model, shipped_path
 from .denoise import Denoiser, calibrate
 from .errors import SettingsError, VolumeError
 from .finetune import FinetuneSettings, finetune
+from .geometry import isotropic_geometry
 from .nafnet import NAFNet
 from .pairs import PairSynthesizer, split_validation
 from .pretrain import psnr_loss
@@ -143,7 +144,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
 
     model, base_manifest = load_model(settings.base)
     model.set_pool_window(model.local_window())
-    z_factor = max(1.0, vol.anisotropy)
+    z_factor = isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor
     bank = PSFBank(tuple(settings.sigmas_px), tuple(settings.angles_deg))
     synth = PairSynthesizer(bank, z_factor, settings.finetune.device)
     val = synth(torch.from_numpy(val_patches[:, None]), np.random.default_rng(settings.seed + 2))

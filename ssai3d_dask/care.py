@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from . import __version__
 from .errors import CheckpointError, SettingsError, VolumeError
 from .finetune import train_steps
+from .geometry import isotropic_geometry
 from .nafnet import count_parameters
 from .pairs import PairSynthesizer, split_validation
 from .psf import PSFBank
@@ -143,7 +144,7 @@ def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings |
     if out_dir is not None and Path(out_dir).exists() and any(Path(out_dir).iterdir()) and not overwrite:
         raise VolumeError(f"model folder {out_dir} already exists; pass --overwrite or another --out")
     sigma = settings.blur_sigma_px(vol)
-    z_factor = max(1.0, vol.anisotropy)
+    z_factor = isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor
     t_start = time.perf_counter()
     norm = volume_statistics(vol, settings.seed)
     patches = sample_lateral_patches(vol, settings.n_patches, settings.patch_px, norm, settings.seed).patches

@@ -257,7 +257,18 @@ def _restore_options(fn):
                      show_default=True, help="Output data type."),
         click.option("--batch", type=int, default=None,
                      help="Slices per forward pass (default 4 on CPU, 32 on CUDA)."),
-        click.option("--no-skip-empty", is_flag=True, help="Run the model on background-only regions too."),
+        click.option("--no-skip-empty", is_flag=True,
+                     help="Compute every region, also those whose input holds no written data or only background "
+                          "(by default they are pruned before scheduling and read as the background level)."),
+        click.option("--shards", nargs=3, type=int, default=None, metavar="Z Y X",
+                     help="Output shard shape in voxels (zarr v3): a whole number of --chunks that divides --region, "
+                          "so one task writes whole shards. Default: one shard per region."),
+        click.option("--no-shards", is_flag=True, help="Write one file per chunk instead of sharding."),
+        click.option("--ngff-version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True,
+                     help="0.5: zarr v3, sharded; 0.4: zarr v2 (unsharded) for older viewers."),
+        click.option("--dry-run", is_flag=True,
+                     help="Print the plan (regions, pruning, files, bytes, memory and time measured on one "
+                          "calibration piece) and exit without writing anything."),
         click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (default: LocalCluster)."),
         click.option("--workers", type=int, default=None, help="LocalCluster workers (default: sized to the machine)."),
         click.option("--threads-per-worker", type=int, default=1, show_default=True),
@@ -277,25 +288,48 @@ def _check_output(out, overwrite: bool, resume: bool) -> None:
 
 
 def _restore_settings(method, chunks, region, halo, view, dtype, batch, no_skip_empty, device="auto",
-                      psf_sigma_um=None, psf_file=None, rl_iterations=30, **_):
+                      psf_sigma_um=None, psf_file=None, rl_iterations=30, shards=None, no_shards=False,
+                      ngff_version="0.5", **_):
     from .pipeline import RestoreSettings
 
     settings = RestoreSettings(method=method, chunks=tuple(chunks), region=tuple(region), halo=halo, view=view,
                                dtype=None if dtype == "input" else dtype, batch=batch, device=device,
                                skip_empty=not no_skip_empty, psf_sigma_um=tuple(psf_sigma_um) if psf_sigma_um else None,
-                               psf_file=str(psf_file) if psf_file else None, rl_iterations=rl_iterations)
+                               psf_file=str(psf_file) if psf_file else None, rl_iterations=rl_iterations,
+                               shards=tuple(shards) if shards else None, sharding=not no_shards,
+                               ngff_version=ngff_version)
+    if no_shards and shards:
+        raise Ssai3dError("--shards and --no-shards contradict each other; give one")
     settings.validate()
     return settings
 
 
+def _print_dry_run(vol, model_dir, out, settings, resume, workers, threads_per_worker, adapted=None, extra=()):
+    from .dryrun import dry_run, format_report
+    from .pipeline import prepare_restore
+
+    job = prepare_restore(vol, model_dir, settings, adapted=adapted)
+    if workers is None:
+        from .cluster import default_workers
+
+        workers = default_workers()
+    click.echo(format_report(dry_run(job, out, resume), workers, threads_per_worker))
+    for line in extra:
+        click.echo(line)
+    click.echo("dry run: nothing was written")
+
+
 def _restore(vol, model_dir, out, method, chunks, region, halo, view, dtype, batch, no_skip_empty, scheduler,
              workers, threads_per_worker, memory_limit, overwrite, resume, device="auto", psf_sigma_um=None,
-             psf_file=None, rl_iterations=30):
+             psf_file=None, rl_iterations=30, shards=None, no_shards=False, ngff_version="0.5", dry_run=False):
     from .cluster import make_client
     from .pipeline import restore as run_restore
 
     settings = _restore_settings(method, chunks, region, halo, view, dtype, batch, no_skip_empty, device,
-                                 psf_sigma_um, psf_file, rl_iterations)
+                                 psf_sigma_um, psf_file, rl_iterations, shards, no_shards, ngff_version)
+    if dry_run:
+        _print_dry_run(vol, model_dir, out, settings, resume, workers, threads_per_worker)
+        return None
     _check_output(out, overwrite, resume)
     client = make_client(scheduler, workers, threads_per_worker, memory_limit)
     try:
@@ -332,7 +366,9 @@ def restore(path, out, model_dir, method, voxel_size, channel, time_, **kw):
     from .volume import open_volume
 
     vol = open_volume(path, voxel_size, channel, time_)
-    click.echo(str(_restore(vol, model_dir, out, method, **kw)))
+    done = _restore(vol, model_dir, out, method, **kw)
+    if done is not None:
+        click.echo(str(done))
 
 
 @main.command()
@@ -355,12 +391,56 @@ def run(path, out, model_dir, voxel_size, channel, time_, **kw):
     adapt_keys = ("base", "n_patches", "patch_px", "iterations", "batch_size", "lr", "layers_fraction", "selection",
                   "denoise", "sigmas", "angles", "seed", "device")
     settings = _adapt_settings(**{k: kw.pop(k) for k in adapt_keys if k != "device"}, device=kw.get("device", "auto"))
+    restore_settings = _restore_settings("ssai3d", **kw)  # bad sizes fail now, not after adaptation
+    if kw["dry_run"]:
+        _dry_run_run(vol, out, settings, restore_settings, kw)
+        return
     _check_output(out, kw["overwrite"], kw["resume"])
-    _restore_settings("ssai3d", **kw)  # bad sizes fail now, not after adaptation
     model_dir = model_dir or Path(str(out).rstrip("/") + ".model")
     if not (kw["resume"] and (Path(model_dir) / "model.pt").exists()):
         run_adapt(vol, model_dir, settings, overwrite=True)
     click.echo(str(_restore(vol, model_dir, out, "ssai3d", **kw)))
+
+
+def _dry_run_run(vol, out, adapt_settings, restore_settings, kw) -> None:
+    """`run --dry-run`: the restore plan, timed with the base model standing in for the adapted one (same
+    architecture, so the same cost), plus a measured fine-tuning step."""
+    import time
+
+    import torch
+
+    from .adapt import AdaptedModel
+    from .checkpoint import load_model
+    from .denoise import Denoiser
+    from .geometry import isotropic_geometry
+    from .sampling import volume_statistics
+
+    adapt_settings.validate(vol)
+    model, _ = load_model(adapt_settings.base)
+    model.set_pool_window(model.local_window())
+    denoiser = Denoiser(0.05, 0.05, "on") if adapt_settings.denoise == "on" else Denoiser()
+    stand_in = AdaptedModel(model, volume_statistics(vol, adapt_settings.seed), denoiser,
+                            isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor, {})
+    ft = adapt_settings.finetune
+    x = torch.rand(ft.batch_size, 1, adapt_settings.patch_px, adapt_settings.patch_px)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-9)
+    from .nafnet import gray_forward
+
+    steps = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        gray_forward(model.train(), x).abs().mean().backward()
+        opt.step()
+        steps.append(time.perf_counter() - t0)
+    model.eval()
+    step = min(steps[1:])
+    note = (f"adaptation   {ft.iterations} fine-tuning steps x {step:.2f} s (measured, batch {ft.batch_size}, "
+            f"{adapt_settings.patch_px} px) = ~{ft.iterations * step / 60:.0f} min, plus sampling, denoiser "
+            f"calibration and zero-shot metrics; restore times above use the base model as a stand-in"
+            + ("; with --denoise auto the denoiser (if chosen) adds its cost" if adapt_settings.denoise == "auto" else ""))
+    _print_dry_run(vol, None, out, restore_settings, kw["resume"], kw["workers"], kw["threads_per_worker"],
+                   adapted=stand_in, extra=[note])
 
 
 @main.command("train-care")

@@ -22,6 +22,11 @@ def gpu_count() -> int:
         return 0
 
 
+def default_workers() -> int:
+    """LocalCluster workers by default: one per GPU, else min(4, cores // 2), at least 1."""
+    return gpu_count() or max(1, min(4, (os.cpu_count() or 1) // 2))
+
+
 def make_client(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int | None = None,
                 memory_limit: str | None = None, processes: bool = True):
     """Connect to ``scheduler`` or start an embedded LocalCluster sized to this machine.
@@ -44,12 +49,8 @@ def make_client(scheduler: str | None = None, workers: int | None = None, thread
         return client
     n_gpu = gpu_count()
     cores = os.cpu_count() or 1
-    if n_gpu:
-        workers = workers or n_gpu
-        kwargs = {"resources": {"GPU": 1}}
-    else:
-        workers = workers or max(1, min(4, cores // 2))
-        kwargs = {}
+    workers = workers or default_workers()
+    kwargs = {"resources": {"GPU": 1}} if n_gpu else {}
     # Worker environment: intra-op threads so that all workers together use the cores once, and no
     # MALLOC_TRIM_THRESHOLD_ (distributed's default sets it; any explicit malloc tuning turns off glibc's
     # dynamic mmap threshold, so every large torch buffer is mmapped and page-faulted afresh: the demo

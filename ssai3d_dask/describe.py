@@ -7,6 +7,7 @@ from pathlib import Path
 
 import zarr
 
+from .geometry import isotropic_geometry
 from .volume import open_volume, read_multiscales
 
 
@@ -28,6 +29,7 @@ def describe(path: str | os.PathLike, voxel_size_um=None, channel=None, time=Non
     """Shape, dtype, chunks, voxel size, anisotropy, pyramid levels and size on disk. Reads no voxels."""
     path = Path(path)
     vol = open_volume(path, voxel_size_um, channel, time, level)
+    geom = isotropic_geometry(vol.shape, vol.voxel_size_um)
     levels = [list(vol.shape)]
     if path.is_dir() and any((path / n).exists() for n in ("zarr.json", ".zattrs", ".zgroup")):
         node = zarr.open(str(path), mode="r")
@@ -42,7 +44,8 @@ def describe(path: str | os.PathLike, voxel_size_um=None, channel=None, time=Non
         "chunks": [int(c[0]) for c in vol.data.chunks],
         "voxel size (um)": list(vol.voxel_size_um),
         "anisotropy dz/dx": round(vol.anisotropy, 4),
-        "isotropic shape": [int(round(vol.shape[0] * vol.anisotropy)), vol.shape[1], vol.shape[2]],
+        "isotropic shape": list(geom.out_shape),
+        "isotropic voxel (um)": list(geom.out_voxel_um),
         "levels": levels,
         "selection": vol.selection,
         "uncompressed": _human(vol.nbytes),

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,37 +31,25 @@ from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.writer import write_multiscales_metadata
 
 from .errors import VolumeError
+from .pyramid import DOWNSAMPLING_TYPE, Level, downsample_mean, pyramid_factors, pyramid_layout
 
 logger = logging.getLogger(__name__)
 
 DONE_DIR = ".ssai3d/done"
+RUN_RECORD = ".ssai3d/run.json"
 
 
-def pyramid_factors(shape: Sequence[int], voxel_size_um: Sequence[float], chunks: Sequence[int],
-                    max_levels: int = 12) -> list[tuple[int, ...]]:
-    """Per-level, per-axis downsampling factors relative to the level above.
+def default_window(sample: np.ndarray, dtype: np.dtype, fill_value: float | None = None) -> dict[str, float]:
+    """omero window from robust percentiles (0.1, 99.9) of a sample, with the dtype range.
 
-    An axis is halved when its voxel is within 1.5x of the finest axis (so
-    anisotropic data becomes more isotropic first) and it still spans more
-    than one chunk. Levels stop when no axis spans
-    more than one chunk.
+    When more than half the sample is ``fill_value`` (a sparse volume: mostly never-written chunks), the
+    percentiles come from the other voxels, so the window shows the tissue rather than the void.
     """
-    shape, vox = list(shape), list(voxel_size_um)
-    levels: list[tuple[int, ...]] = []
-    while len(levels) < max_levels:
-        finest = min(vox)
-        f = tuple(2 if (shape[i] > chunks[i] and vox[i] <= 1.5 * finest) else 1 for i in range(len(shape)))
-        if all(v == 1 for v in f):
-            break
-        levels.append(f)
-        shape = [max(1, s // k) for s, k in zip(shape, f)]
-        vox = [v * k for v, k in zip(vox, f)]
-    return levels
-
-
-def default_window(sample: np.ndarray, dtype: np.dtype) -> dict[str, float]:
-    """omero window from robust percentiles (0.1, 99.9) of a sample, with the dtype range."""
     vals = np.asarray(sample, dtype=np.float64).ravel()
+    if fill_value is not None and vals.size:
+        other = vals[vals != fill_value]
+        if other.size >= 1000 and other.size < vals.size / 2:
+            vals = other
     lo, hi = (np.percentile(vals, (0.1, 99.9)) if vals.size else (0.0, 1.0))
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
@@ -72,7 +60,8 @@ def default_window(sample: np.ndarray, dtype: np.dtype) -> dict[str, float]:
 
 
 class MultiscaleWriter:
-    """An OME-Zarr image being written: level-0 regions first, then the pyramid, then metadata.
+    """An OME-Zarr image being written: level-0 regions (with their task-written levels), then the rest of
+    the pyramid, then metadata.
 
     Parameters
     ----------
@@ -85,52 +74,87 @@ class MultiscaleWriter:
     overwrite : bool
         Replace an existing output; otherwise an existing path is an error.
     resume : bool
-        Open an existing output of the same shape/dtype/chunks and keep its records.
+        Open an existing output of the same layout and keep its records.
     ngff_version : "0.5" (zarr v3) or "0.4" (zarr v2)
+    region_shape : (z, y, x), optional
+        The regions tasks will write; levels nested in a region are laid out for them (:mod:`.pyramid`).
+    shards : (z, y, x), optional
+        Level-0 shard shape (zarr v3 only); a region must be a whole number of shards.
+    fill_value : float
+        What unwritten chunks read as (restore uses the background level).
+    run_record : dict, optional
+        Written to ``.ssai3d/run.json`` on creation; on resume it must equal the stored one.
     """
 
     def __init__(self, path: str | Path, shape: Sequence[int], dtype: Any, voxel_size_um: Sequence[float],
                  chunks: Sequence[int], overwrite: bool = False, resume: bool = False,
-                 ngff_version: str = "0.5", name: str = "image", units: str = "micrometer") -> None:
+                 ngff_version: str = "0.5", name: str = "image", units: str = "micrometer",
+                 region_shape: Sequence[int] | None = None, shards: Sequence[int] | None = None,
+                 fill_value: float = 0, run_record: dict | None = None) -> None:
         self.path = Path(path)
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.voxel_size_um = tuple(float(v) for v in voxel_size_um)
-        self.chunks = tuple(min(int(c), s) for c, s in zip(chunks, self.shape))
         self.name = name
         self.units = units
         if ngff_version not in ("0.4", "0.5"):
             raise VolumeError(f"NGFF version {ngff_version!r} unsupported; use 0.4 or 0.5")
+        if shards is not None and ngff_version == "0.4":
+            raise VolumeError("sharding needs zarr v3 (NGFF 0.5); use --no-shards or --ngff-version 0.5")
         self.fmt = FormatV05() if ngff_version == "0.5" else FormatV04()
         self.zarr_format = 3 if ngff_version == "0.5" else 2
-        self.factors = pyramid_factors(self.shape, self.voxel_size_um, self.chunks)
+        self.levels = pyramid_layout(self.shape, self.voxel_size_um, chunks, region_shape, shards)
+        self.chunks = self.levels[0].chunks
+        self.factors = [lv.step for lv in self.levels[1:]]
         exists = self.path.exists()
         if exists and resume:
             self.group = zarr.open_group(str(self.path), mode="r+")
-            lvl0 = self.group["0"]
-            if lvl0.shape != self.shape or lvl0.dtype != self.dtype or lvl0.chunks != self.chunks:
-                raise VolumeError(
-                    f"cannot resume into {self.path}: it holds {lvl0.shape} {lvl0.dtype} chunks {lvl0.chunks}, "
-                    f"this run writes {self.shape} {self.dtype} chunks {self.chunks}; use --overwrite"
-                )
+            self._check_resume(run_record)
             return
         if exists and not overwrite:
             raise VolumeError(f"output {self.path} already exists; pass --overwrite to replace it or --resume to finish it")
         if exists:
             shutil.rmtree(self.path)
         self.group = zarr.open_group(str(self.path), mode="w", zarr_format=self.zarr_format)
-        shape_l = self.shape
-        for level in range(len(self.factors) + 1):
-            if level:
-                shape_l = tuple(max(1, s // f) for s, f in zip(shape_l, self.factors[level - 1]))
-            self.group.create_array(str(level), shape=shape_l, chunks=tuple(min(c, s) for c, s in zip(self.chunks, shape_l)),
-                                    dtype=self.dtype, fill_value=0)
+        fill = _cast_fill(fill_value, self.dtype)
+        for i, lv in enumerate(self.levels):
+            kw: dict[str, Any] = {"dimension_names": list("zyx")} if self.zarr_format == 3 else {}
+            if lv.shards is not None:
+                kw["shards"] = lv.shards
+            self.group.create_array(str(i), shape=lv.shape, chunks=lv.chunks, dtype=self.dtype, fill_value=fill, **kw)
         (self.path / DONE_DIR).mkdir(parents=True, exist_ok=True)
+        if run_record is not None:
+            _atomic_write(self.path / RUN_RECORD, json.dumps(run_record, indent=1, sort_keys=True, default=str))
+
+    def _check_resume(self, run_record: dict | None) -> None:
+        for i, lv in enumerate(self.levels):
+            arr = self.group[str(i)] if str(i) in self.group else None
+            got = None if arr is None else (arr.shape, arr.dtype, arr.chunks, arr.shards)
+            if got != (lv.shape, self.dtype, lv.chunks, lv.shards):
+                held = "nothing" if arr is None else f"{arr.shape} {arr.dtype} chunks {arr.chunks} shards {arr.shards}"
+                raise VolumeError(
+                    f"cannot resume into {self.path}: level {i} holds {held}, this run writes {lv.shape} {self.dtype} "
+                    f"chunks {lv.chunks} shards {lv.shards}; use the first run's options or --overwrite")
+        stored = self.path / RUN_RECORD
+        if run_record is not None and stored.exists():
+            old = json.loads(stored.read_text())
+            diff = sorted(k for k in set(old) | set(run_record)
+                          if json.dumps(old.get(k), sort_keys=True, default=str)
+                          != json.dumps(run_record.get(k), sort_keys=True, default=str))
+            if diff:
+                raise VolumeError(f"cannot resume into {self.path}: it was started with another {', '.join(diff)} "
+                                  f"({diff[0]} was {old.get(diff[0])!r}, now {run_record.get(diff[0])!r}); "
+                                  f"rerun with the first run's options or use --overwrite")
 
     # --- level 0 -------------------------------------------------------------------------
     @property
     def level0(self) -> zarr.Array:
         return self.group["0"]
+
+    @property
+    def task_levels(self) -> int:
+        """How many levels (from 0) region tasks write."""
+        return sum(lv.in_task for lv in self.levels)
 
     def check_region(self, region: Sequence[slice]) -> None:
         """A region must start on chunk boundaries and end on one or at the array edge."""
@@ -138,34 +162,38 @@ class MultiscaleWriter:
             if s.start % c or (s.stop % c and s.stop != n):
                 raise VolumeError(f"region {region} is not chunk-aligned (chunks {self.chunks}, shape {self.shape})")
 
-    def write_region(self, region: Sequence[slice], data: np.ndarray, block_id: str,
-                     record: dict | None = None) -> None:
-        """Write one chunk-aligned region of level 0 and record it done."""
-        self.check_region(region)
-        self.level0[tuple(region)] = np.asarray(data, dtype=self.dtype)
-        self.mark_done(block_id, record or {})
-
     def mark_done(self, block_id: str, record: dict) -> None:
         mark_done(self.path, block_id, record)
 
     def done_blocks(self) -> set[str]:
         done = self.path / DONE_DIR
-        return {f.stem for f in done.glob("*.json")} if done.exists() else set()
+        return {e.name[:-5] for e in os.scandir(done) if e.name.endswith(".json")} if done.exists() else set()
 
     # --- pyramid and metadata ------------------------------------------------------------
-    def build_pyramid(self) -> None:
-        """Levels 1.. from the level above by block means (integer data rounded), on the active scheduler."""
-        for level, f in enumerate(self.factors, start=1):
-            src = da.from_zarr(self.group[str(level - 1)])
+    def build_pyramid(self, occupied: Callable[[Sequence[slice]], bool] | None = None, batch: int = 64) -> None:
+        """Levels not written by region tasks, each from the level above (:func:`.pyramid.downsample_mean`).
+
+        ``occupied(box)`` says whether a level-0 box may hold anything but the fill value; blocks where it
+        says no are skipped (they read as the fill value). Blocks run on the active Dask scheduler.
+        """
+        import dask
+
+        first = max(self.task_levels, 1)
+        for level in range(first, len(self.levels)):
+            lv, src = self.levels[level], self.group[str(level - 1)]
             target = self.group[str(level)]
-            trimmed = src[tuple(slice(0, (s // k) * k) for s, k in zip(src.shape, f))]
-            down = da.coarsen(np.mean, trimmed.astype(np.float32), dict(enumerate(f)), trim_excess=True)
-            if np.issubdtype(self.dtype, np.integer):
-                down = da.round(down)
-            da.store(down.astype(self.dtype).rechunk(target.chunks), target, lock=False)
+            todo = []
+            for box in _grid(lv.shape, lv.chunks):
+                if occupied is not None and not occupied(
+                        tuple(slice(b.start * f, b.stop * f) for b, f in zip(box, lv.factor))):
+                    continue
+                todo.append(dask.delayed(_downsample_block)(src, target, box, lv.step, self.dtype))
+            for i in range(0, len(todo), batch):
+                dask.compute(*todo[i:i + batch])
 
     def write_metadata(self, window: dict[str, float] | None = None, extra: dict | None = None) -> None:
-        """NGFF multiscales (axes, units, per-level scale + translation), omero window, provenance."""
+        """NGFF multiscales (axes, units, per-level scale + translation, downsampling type), omero window,
+        provenance."""
         datasets = []
         scale = list(self.voxel_size_um)
         trans = [0.0, 0.0, 0.0]
@@ -178,18 +206,27 @@ class MultiscaleWriter:
                 {"type": "scale", "scale": list(scale)}, {"type": "translation", "translation": list(trans)}]})
         axes = [{"name": ax, "type": "space", "unit": self.units} for ax in "zyx"]
         if window is None:
-            window = default_window(self._window_sample(), self.dtype)
+            window = default_window(self._window_sample(), self.dtype, self._fill())
         omero = {"channels": [{"label": self.name, "color": "FFFFFF", "active": True, "coefficient": 1.0,
                                "family": "linear", "inverted": False, "window": window}],
                  "rdefs": {"model": "greyscale", "defaultT": 0, "defaultZ": self.shape[0] // 2}}
         write_multiscales_metadata(self.group, datasets, fmt=self.fmt, axes=axes, name=self.name,
-                                   metadata={"omero": omero})
+                                   metadata={"omero": omero, "method": "ssai3d_dask.pyramid.downsample_mean",
+                                             "description": "block mean over each level's factors; integers rounded"})
+        attrs = dict(self.group.attrs)
+        ms = (attrs["ome"] if "ome" in attrs else attrs)["multiscales"]
+        ms[0]["type"] = DOWNSAMPLING_TYPE
+        self.group.attrs.update({"ome": attrs["ome"]} if "ome" in attrs else {"multiscales": ms})
         if extra:
             self.group.attrs.update({"ssai3d": extra})
 
+    def _fill(self) -> float:
+        fv = self.level0.fill_value
+        return float(fv) if fv is not None else 0.0
+
     def _window_sample(self, min_voxels: int = 1 << 20) -> np.ndarray:
         """The coarsest level with at least ``min_voxels`` (bounded memory, little smoothing), else level 0."""
-        for level in range(len(self.factors), -1, -1):
+        for level in range(len(self.levels) - 1, -1, -1):
             arr = self.group[str(level)]
             if math.prod(arr.shape) >= min_voxels:
                 return arr[...]
@@ -200,20 +237,52 @@ class MultiscaleWriter:
         self.write_metadata(window, extra)
 
 
+def _grid(shape: Sequence[int], block: Sequence[int]):
+    counts = [-(-s // b) for s, b in zip(shape, block)]
+    for idx in np.ndindex(*counts):
+        yield tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(idx, block, shape))
+
+
+def _downsample_block(src: zarr.Array, target: zarr.Array, box: Sequence[slice], step: Sequence[int],
+                      dtype: np.dtype) -> None:
+    src_box = tuple(slice(b.start * f, min(b.stop * f, n)) for b, f, n in zip(box, step, src.shape))
+    target[tuple(box)] = downsample_mean(src[src_box], step, dtype)
+
+
+def _cast_fill(value: float, dtype: np.dtype):
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return int(np.clip(round(float(value)), info.min, info.max))
+    return float(value)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def mark_done(path: str | Path, block_id: str, record: dict) -> None:
-    """Record a finished region atomically (temporary file, then rename), after its data is written."""
+    """Record a finished region atomically (temporary file, then rename), after all its data is written."""
     done = Path(path) / DONE_DIR
     done.mkdir(parents=True, exist_ok=True)
-    tmp = done / f".{block_id}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(record))
-    tmp.replace(done / f"{block_id}.json")
+    _atomic_write(done / f"{block_id}.json", json.dumps(record))
 
 
-def write_level0_region(path: str | Path, region: Sequence[slice], data: np.ndarray, block_id: str,
-                        record: dict) -> None:
-    """Write one region of level 0 of an existing output (from any worker), then record it done."""
-    arr = zarr.open_array(str(Path(path) / "0"), mode="r+")
-    arr[tuple(region)] = np.asarray(data, dtype=arr.dtype)
+def write_region_levels(path: str | Path, levels: Sequence[Level], core: Sequence[slice], data: np.ndarray,
+                        block_id: str, record: dict) -> None:
+    """Write one restored region at level 0 and every task-written level below it, then record it done.
+
+    Runs on any worker; the region's chunks and shards at every level belong to it alone.
+    """
+    dtype = np.dtype(data.dtype)
+    for i, lv in enumerate(levels):
+        if not lv.in_task:
+            break
+        if i:
+            data = downsample_mean(data, lv.step, dtype)
+        arr = zarr.open_array(str(Path(path) / str(i)), mode="r+")
+        arr[lv.box(core)] = data
     mark_done(path, block_id, record)
 
 
@@ -240,12 +309,3 @@ def write_multiscale(data: da.Array | np.ndarray, path: str | Path, voxel_size_u
     writer.mark_done("all", {"shape": list(arr.shape)})
     writer.finalize(extra=extra)
     return writer
-
-
-def chunk_grid(shape: Sequence[int], region_shape: Sequence[int]) -> list[tuple[slice, ...]]:
-    """Regions tiling ``shape`` with ``region_shape`` (the last ones cut at the edge), C order."""
-    counts = [math.ceil(s / r) for s, r in zip(shape, region_shape)]
-    out = []
-    for idx in np.ndindex(*counts):
-        out.append(tuple(slice(i * r, min((i + 1) * r, s)) for i, r, s in zip(idx, region_shape, shape)))
-    return out

@@ -1,14 +1,26 @@
-"""restore(): the Dask graph over the block plan, resumable writes, progress, metadata."""
+"""restore(): plan, prune, run one small task per region with bounded submission, write, resume.
+
+The flow of one restoration:
+
+1. :func:`prepare_restore` checks the settings, derives the output grid (:mod:`.geometry`) and the block
+   plan (:mod:`.plan`), takes the normalisation (the model's, or sampled where the tissue is), and decides
+   which regions can hold anything (:mod:`.tissue`). It writes nothing, so ``--dry-run`` uses it too.
+2. :func:`restore` creates the output (sharded zarr v3 by default) and runs :func:`run_region` for every
+   region that is neither pruned nor already recorded done (:mod:`.scheduling`). A task receives its
+   region, the small plan, a picklable source handle and a small spec, and reads its own crop.
+3. Each task writes its region at level 0 and at every pyramid level nested in it, then records itself
+   done. The remaining coarse levels and the NGFF metadata are written at the end.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import dask
 import numpy as np
 import torch
 
@@ -16,11 +28,15 @@ from . import __version__
 from .cluster import cached_adapted_model, gpu_count
 from .denoise import Denoiser
 from .errors import SettingsError
-from .omezarr import MultiscaleWriter, default_window, write_level0_region
-from .restore import (Plan, Region, default_halo, denoise_planes, extended_crop, make_plan, restore_block,
-                      to_output)
+from .geometry import Geometry, isotropic_geometry
+from .omezarr import MultiscaleWriter, default_window, write_region_levels
+from .plan import Plan, Region, make_plan
+from .pyramid import Level, pyramid_layout
+from .restore import default_halo, denoise_planes, extended_crop, restore_block, to_output
 from .rl import default_rl_halo, gaussian_psf_on_grid, load_psf, richardson_lucy
 from .sampling import Normalization, volume_statistics
+from .source import Source
+from .tissue import Occupancy, coarse_view, tissue_occupancy, written_occupancy
 from .volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -45,12 +61,17 @@ class RestoreSettings:
     skip_empty: bool = True
     empty_level: float = 0.01
     ngff_version: str = "0.5"
+    #: zarr v3 shard shape at level 0 (None: one shard per region); ignored when ``sharding`` is False.
+    shards: tuple[int, int, int] | None = None
+    sharding: bool = True
+    #: Tasks in flight on a cluster (None: twice the cluster's threads, or GPUs).
+    in_flight: int | None = None
     psf_sigma_um: tuple[float, float, float] | None = None  # rl: Gaussian PSF sd (z, y, x)
     psf_file: str | None = None  # rl: a measured PSF at the output voxel size instead
     rl_iterations: int = 30
 
     def validate(self) -> None:
-        """Check sizes before any expensive work (multiples of 16, regions of whole chunks)."""
+        """Check sizes before any expensive work (multiples of 16, regions of whole chunks and shards)."""
         if self.method not in METHODS:
             raise SettingsError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.method == "rl":
@@ -62,12 +83,33 @@ class RestoreSettings:
                 raise SettingsError(f"--rl-iterations must be >= 1, got {self.rl_iterations}")
         elif self.psf_sigma_um is not None or self.psf_file is not None:
             raise SettingsError("--psf-sigma-um/--psf are for --method rl (CARE takes its PSF at `ssai3d train-care`)")
+        if self.view not in ("mean", "xz", "yz"):
+            raise SettingsError(f"--view must be mean, xz or yz, got {self.view!r}")
+        if self.ngff_version not in ("0.4", "0.5"):
+            raise SettingsError(f"--ngff-version must be 0.4 or 0.5, got {self.ngff_version!r}")
+        if self.batch is not None and self.batch < 1:
+            raise SettingsError(f"--batch must be >= 1, got {self.batch}")
+        if self.in_flight is not None and self.in_flight < 1:
+            raise SettingsError(f"in_flight must be >= 1, got {self.in_flight}")
         sizes = {"--chunks": self.chunks, "--region": self.region, "--halo": (self.halo or 16,)}
         for name, vals in sizes.items():
-            if any(int(v) <= 0 or int(v) % 16 for v in vals):
+            if len(vals) not in (1, 3) or any(int(v) <= 0 or int(v) % 16 for v in vals):
                 raise SettingsError(f"{name} {tuple(vals)} must be positive multiples of 16 (the network's down-sampling)")
         if any(r % c for r, c in zip(self.region, self.chunks)):
             raise SettingsError(f"--region {tuple(self.region)} must be a whole number of --chunks {tuple(self.chunks)}")
+        if self.shards is not None:
+            if self.ngff_version == "0.4" and self.sharding:
+                raise SettingsError("--shards needs NGFF 0.5 (zarr v3); NGFF 0.4 (zarr v2) has no shards")
+            if any(s <= 0 or s % c or r % s for s, c, r in zip(self.shards, self.chunks, self.region)):
+                raise SettingsError(f"--shards {tuple(self.shards)} must be a whole number of --chunks "
+                                    f"{tuple(self.chunks)} and divide --region {tuple(self.region)}, so that "
+                                    f"one task writes whole shards")
+
+    def shard_shape(self) -> tuple[int, int, int] | None:
+        """Level-0 shards of the output (None: unsharded)."""
+        if not self.sharding or self.ngff_version == "0.4":
+            return None
+        return tuple(self.shards or self.region)  # type: ignore[return-value]
 
     def resolved_device(self) -> str:
         if self.device == "auto":
@@ -90,37 +132,188 @@ def _check_model_dir(method: str, model_dir) -> None:
                             f"use --method {'care' if is_care(model_dir) else 'ssai3d'} with it")
 
 
-def process_region(plan: Plan, region: Region, crop: np.ndarray, out: str, spec: dict) -> dict:
-    """Restore one region and write it. Runs on a worker; loads the model once per worker."""
-    t0 = time.perf_counter()
-    if spec["torch_threads"] and torch.get_num_threads() != spec["torch_threads"]:
-        torch.set_num_threads(spec["torch_threads"])
-    if spec["model_dir"] is not None:  # ssai3d or care
-        adapted = cached_adapted_model(spec["model_dir"])
-        model, denoiser = adapted.model, adapted.denoiser
-        device = torch.device(spec["device"])
-        if next(model.parameters()).device != device:
-            model.to(device)
-            if device.type == "cuda":
-                model.to(memory_format=torch.channels_last)
+@dataclass
+class RestoreJob:
+    """Everything decided before the first region runs (nothing written yet)."""
+
+    settings: RestoreSettings
+    geometry: Geometry
+    plan: Plan
+    levels: list[Level]
+    norm: Normalization
+    dtype: np.dtype
+    fill_value: float
+    source: Source
+    keep: np.ndarray  # bool over plan.grid: regions that may hold anything
+    pruned: dict[str, int]
+    spec: dict
+    model: object | None = None  # AdaptedModel for ssai3d/care
+    psf: np.ndarray | None = None
+    provenance_model: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def todo(self, done: set[str] = frozenset()):  # type: ignore[assignment]
+        """Region indices to run, in C order, lazily."""
+        for i in np.flatnonzero(self.keep.ravel()):
+            if f"r{int(i):07d}" not in done:
+                yield int(i)
+
+    def occupied(self, box) -> bool:
+        """Whether a level-0 output box meets a kept region (else it holds only the fill value)."""
+        return Occupancy(self.keep, tuple(float(r) for r in self.plan.region_shape)).any_in_box(box)  # type: ignore[arg-type]
+
+
+def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: RestoreSettings | None = None,
+                    adapted=None) -> RestoreJob:
+    """Validate and plan a restoration; read only statistics samples, the store listing and a coarse level.
+
+    ``adapted`` (an AdaptedModel) may stand in for ``model_dir`` (the dry run of ``ssai3d run`` uses the
+    base model, as no adapted one exists yet).
+    """
+    settings = settings or RestoreSettings()
+    settings.validate()
+    uses_model = settings.method in ("ssai3d", "care")
+    if uses_model and adapted is None:
+        _check_model_dir(settings.method, model_dir)
+        adapted = cached_adapted_model(model_dir)
+    geom = isotropic_geometry(vol.shape, vol.voxel_size_um)
+    notes = []
+    if geom.z_finer_than_x:
+        notes.append(f"z step {geom.in_voxel_um[0]} um is finer than x {geom.in_voxel_um[2]} um: nothing to undo "
+                     f"along z; the output keeps z spacing {geom.out_voxel_um[0]} um")
+    if uses_model:
+        norm, model, denoiser = adapted.norm, adapted.model, adapted.denoiser
+        if abs(adapted.z_factor - geom.z_factor) > 0.02 * geom.z_factor:
+            notes.append(f"model was adapted for dz/dx = {adapted.z_factor:.3f}, this volume has "
+                         f"{geom.z_factor:.3f}; results may suffer")
     else:
-        model, denoiser, device = None, Denoiser(), torch.device("cpu")
+        norm, model, denoiser = volume_statistics(vol), None, Denoiser()
+    psf = None
+    if settings.method == "rl":
+        psf = (load_psf(settings.psf_file) if settings.psf_file
+               else gaussian_psf_on_grid(settings.psf_sigma_um, geom.out_voxel_um[2], geom.z_factor)[0])
+        halo = settings.halo if settings.halo is not None else default_rl_halo(psf)
+    else:
+        halo = settings.halo if settings.halo is not None else default_halo(model, denoiser)
+    try:
+        plan = make_plan(vol.shape, geom.z_factor, settings.chunks, settings.region, (halo, halo, halo))
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
+    dtype = np.dtype(settings.dtype or vol.dtype)
+    fill = float(to_output(np.zeros(1, np.float32), norm, dtype)[0])  # the background level
+    levels = pyramid_layout(plan.out_shape, geom.out_voxel_um, plan.chunks, plan.region_shape, settings.shard_shape())
+    source = vol.source_handle()
+    keep, pruned = _prune(plan, source, norm, settings)
+    spec = {"method": settings.method, "model_dir": str(Path(model_dir).resolve()) if model_dir else None,
+            "psf_path": None, "rl_iterations": settings.rl_iterations, "norm": norm.to_dict(), "view": settings.view,
+            "batch": settings.batch or (32 if settings.resolved_device() == "cuda" else 4),
+            "device": settings.resolved_device(), "dtype": dtype.str, "skip_empty": settings.skip_empty,
+            "empty_level": settings.empty_level, "levels": levels, "torch_threads": None}
+    prov = None
+    if settings.method == "ssai3d":
+        prov = adapted.manifest.get("selection", {}) | {"base": adapted.manifest.get("base_model")}
+    elif settings.method == "care":
+        prov = {"kind": "care", "settings": adapted.manifest.get("settings")}
+    return RestoreJob(settings, geom, plan, levels, norm, dtype, fill, source, keep, pruned, spec,
+                      adapted if uses_model else None, psf, prov, notes)
+
+
+def _prune(plan: Plan, source: Source, norm: Normalization, settings: RestoreSettings) -> tuple[np.ndarray, dict]:
+    """Regions whose input reach touches written data and coarse-level tissue (all of them with skip_empty off)."""
+    keep = np.ones(plan.grid, bool)
+    pruned = {"unwritten": 0, "background": 0}
+    if not settings.skip_empty:
+        return keep, pruned
+    bounds = plan.input_bounds()
+    written = written_occupancy(source)
+    if written is not None:
+        keep &= written.any_in(bounds)
+        pruned["unwritten"] = int(keep.size - keep.sum())
+    coarse = coarse_view(source)
+    if coarse is not None:
+        before = int(keep.sum())
+        keep &= tissue_occupancy(coarse, norm.low, norm.high, settings.empty_level).any_in(bounds)
+        pruned["background"] = before - int(keep.sum())
+    return keep, pruned
+
+
+# --- the task ------------------------------------------------------------------------------------
+
+_PSF: dict = {}
+_PSF_LOCK = threading.Lock()
+
+
+def _cached_psf(path: str) -> np.ndarray:
+    key = (path, os.stat(path).st_mtime_ns)
+    with _PSF_LOCK:
+        if key not in _PSF:
+            _PSF.clear()
+            _PSF[key] = np.load(path, allow_pickle=False)
+        return _PSF[key]
+
+
+def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, model=None,
+                   denoiser: Denoiser | None = None, psf: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """Restore one region from its input crop (no I/O). Returns the output-dtype core and whether the
+    region was background only (then the interpolation is the answer)."""
+    denoiser = denoiser or Denoiser()
     norm = Normalization.from_dict(spec["norm"])
     planes = denoise_planes(norm.apply(np.asarray(crop, np.float32)), denoiser)
     ext, offset = extended_crop(plan, region, planes)
     core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
     skipped = bool(spec["skip_empty"] and float(ext.max()) <= spec["empty_level"])
-    if skipped:  # nothing but background within reach: the interpolation is the answer
+    if skipped or spec["method"] == "interp":
         restored = ext[core]
     elif spec["method"] == "rl":
-        restored = richardson_lucy(ext, spec["psf"], spec["rl_iterations"], spec["device"])[core]
+        restored = richardson_lucy(ext, psf, spec["rl_iterations"], spec["device"])[core]
     else:
-        restored = restore_block(ext, offset, region.shape, model, spec["view"], spec["batch"], device)
-    data = to_output(restored, norm, np.dtype(spec["dtype"]))
+        restored = restore_block(ext, offset, region.shape, model, spec["view"], spec["batch"], torch.device(spec["device"]))
+    return to_output(restored, norm, np.dtype(spec["dtype"])), skipped
+
+
+def _worker_model(spec: dict):
+    if spec["model_dir"] is None:
+        return None, None
+    adapted = cached_adapted_model(spec["model_dir"])
+    model, device = adapted.model, torch.device(spec["device"])
+    if next(model.parameters()).device != device:
+        model.to(device)
+        if device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+    return model, adapted.denoiser
+
+
+def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict) -> dict:
+    """One task: read the region's input crop, restore it, write it (all task levels), record it done.
+
+    Runs on a worker; the model and PSF are loaded once per worker process and reused.
+    """
+    t0 = time.perf_counter()
+    if spec["torch_threads"] and torch.get_num_threads() != spec["torch_threads"]:
+        torch.set_num_threads(spec["torch_threads"])
+    model, denoiser = _worker_model(spec) if spec["method"] in ("ssai3d", "care") else (None, None)
+    psf = _cached_psf(spec["psf_path"]) if spec["method"] == "rl" else None
+    crop = source.read(plan.input_crop(region))
+    data, skipped = compute_region(plan, region, crop, spec, model, denoiser, psf)
     record = {"core": [[s.start, s.stop] for s in region.core], "skipped": skipped,
               "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
-    write_level0_region(out, region.core, data, region.block_id, record)
-    return {"id": region.block_id, "voxels": int(np.prod(region.shape)), "skipped": skipped}
+    write_region_levels(out, spec["levels"], region.core, data, region.block_id, record)
+    return {"id": region.block_id, "voxels": int(np.prod(region.shape)), "skipped": skipped,
+            "bytes_read": int(crop.nbytes)}
+
+
+# --- the whole restoration ------------------------------------------------------------------------
+
+def run_record(job: RestoreJob, vol: Volume) -> dict:
+    """What must not change between a run and its ``--resume`` (results would otherwise mix)."""
+    s = job.settings
+    return {"method": s.method, "model_dir": job.spec["model_dir"], "halo": job.plan.halo[0], "view": s.view,
+            "normalization": job.norm.to_dict(), "dtype": job.dtype.str, "skip_empty": s.skip_empty,
+            "empty_level": s.empty_level, "rl_iterations": s.rl_iterations if s.method == "rl" else None,
+            "psf": None if job.psf is None else [list(job.psf.shape), float(np.round(job.psf.sum(), 6)),
+                                                 float(np.round((job.psf ** 2).sum(), 9))],
+            "input": {"source": vol.source, "shape": list(vol.shape), "voxel_size_um": list(vol.voxel_size_um),
+                      "selection": vol.selection}}
 
 
 def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings: RestoreSettings | None = None,
@@ -133,44 +326,33 @@ def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings
         An adapted model folder (``ssai3d adapt``, method ``ssai3d``) or a CARE model folder
         (``ssai3d train-care``, method ``care``); None for ``rl`` and ``interp``.
     client : distributed.Client, optional
-        Used when given (or when one is active); otherwise dask's local scheduler.
+        Used when given (or when one is active); otherwise regions run one after another in this process.
     resume : bool
         Keep regions recorded as done in ``out`` and compute only the rest.
     """
-    settings = settings or RestoreSettings()
-    settings.validate()
-    uses_model = settings.method in ("ssai3d", "care")
-    if uses_model:
-        _check_model_dir(settings.method, model_dir)
+    from .scheduling import run_regions
+
+    job = prepare_restore(vol, model_dir, settings)
+    settings = job.settings
+    for note in job.notes:
+        logger.warning(note)
     out = Path(out)
-    dz, dy, dx = vol.voxel_size_um
-    z_factor = max(1.0, vol.anisotropy)
-    psf = None
-    if uses_model:
-        adapted = cached_adapted_model(model_dir)
-        norm, model, denoiser = adapted.norm, adapted.model, adapted.denoiser
-        if abs(adapted.z_factor - z_factor) > 0.02 * z_factor:
-            logger.warning("model was adapted for dz/dx = %.3f, this volume has %.3f; results may suffer",
-                           adapted.z_factor, z_factor)
-    else:
-        norm, model, denoiser = volume_statistics(vol), None, Denoiser()
-    if settings.method == "rl":
-        psf = (load_psf(settings.psf_file) if settings.psf_file
-               else gaussian_psf_on_grid(settings.psf_sigma_um, dx, z_factor)[0])
-        halo = settings.halo if settings.halo is not None else default_rl_halo(psf)
-    else:
-        halo = settings.halo if settings.halo is not None else default_halo(model, denoiser)
-    try:
-        plan = make_plan(vol.shape, z_factor, settings.chunks, settings.region, (halo, halo, halo))
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from exc
-    dtype = np.dtype(settings.dtype or vol.dtype)
-    writer = MultiscaleWriter(out, plan.out_shape, dtype, (dx, dy, dx), plan.chunks, overwrite=overwrite,
-                              resume=resume, ngff_version=settings.ngff_version, name="restored")
+    plan = job.plan
+    writer = MultiscaleWriter(out, plan.out_shape, job.dtype, job.geometry.out_voxel_um, plan.chunks,
+                              overwrite=overwrite, resume=resume, ngff_version=settings.ngff_version, name="restored",
+                              region_shape=plan.region_shape, shards=settings.shard_shape(),
+                              fill_value=job.fill_value, run_record=run_record(job, vol))
+    if job.psf is not None:
+        psf_path = out / ".ssai3d" / "psf.npy"
+        np.save(psf_path, job.psf)
+        job.spec["psf_path"] = str(psf_path.resolve())
     done = writer.done_blocks() if resume else set()
-    todo = [r for r in plan.regions if r.block_id not in done]
-    logger.info("output %s voxels %s um; %d regions of %s with halo %d (%d already done)", plan.out_shape,
-                (dx, dy, dx), len(plan.regions), plan.region_shape, halo, len(done))
+    n_keep = int(job.keep.sum())
+    n_todo = n_keep - len({d for d in done if _kept(job, d)})
+    logger.info("output %s voxels %s um; %d regions of %s, halo %d; pruned %d (%d unwritten input, %d background); "
+                "%d already done, %d to run", plan.out_shape, job.geometry.out_voxel_um, plan.n_regions,
+                plan.region_shape, plan.halo[0], plan.n_regions - n_keep, job.pruned["unwritten"],
+                job.pruned["background"], n_keep - n_todo, n_todo)
     if client is None:
         try:
             from distributed import get_client
@@ -178,50 +360,22 @@ def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings
             client = get_client()
         except ValueError:
             client = None
-    spec = {"method": settings.method, "model_dir": str(Path(model_dir).resolve()) if uses_model else None,
-            "psf": psf, "rl_iterations": settings.rl_iterations,
-            "norm": norm.to_dict(), "view": settings.view,
-            "batch": settings.batch or (32 if settings.resolved_device() == "cuda" else 4),
-            "device": settings.resolved_device(), "dtype": dtype.str, "skip_empty": settings.skip_empty,
-            "empty_level": settings.empty_level,
-            # Workers of a cluster keep the OpenMP pool they were started with (cluster.make_client sizes it);
-            # the local scheduler runs one region at a time with every core.
-            "torch_threads": None if client is not None else (os.cpu_count() or 1)}
-    annotations = {"resources": {"GPU": 1}} if spec["device"] == "cuda" and client is not None else {}
-    with dask.annotate(**annotations):
-        tasks = [dask.delayed(process_region, pure=False)(plan, r, vol.data[plan.input_crop(r)], str(out), spec,
-                                                          dask_key_name=f"restore-{r.block_id}-{id(spec)}")
-                 for r in todo]
-    from tqdm.auto import tqdm
-
-    if client is not None:
-        from distributed import as_completed
-
-        results = (fut.result() for fut in as_completed(client.compute(tasks, optimize_graph=False)))
-    else:  # the local scheduler: one region at a time, bounded memory
-        results = (task.compute(scheduler="threads") for task in tasks)
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="restore", unit="region", disable=not progress)
-    voxels = skipped = 0
-    for res in results:
-        voxels += res["voxels"]
-        skipped += res["skipped"]
-        bar.update(1)
-        bar.set_postfix(Mvox_s=f"{voxels / 1e6 / max(time.perf_counter() - t0, 1e-9):.2f}")
-    bar.close()
-    seconds = time.perf_counter() - t0
-    logger.info("restored %d regions (%d background) in %.1f s: %.2f Mvoxel/s", len(todo), skipped, seconds,
-                voxels / 1e6 / max(seconds, 1e-9))
-    writer.build_pyramid()
-    window = default_window(writer._window_sample(), dtype)
+    stats = run_regions(job, str(out), job.todo(done), n_todo, client, settings.in_flight, progress)
+    writer.build_pyramid(occupied=job.occupied)
+    window = default_window(writer._window_sample(), job.dtype, job.fill_value)
     provenance = {"package_version": __version__, "input": {"source": vol.source, "shape": list(vol.shape),
                   "voxel_size_um": list(vol.voxel_size_um), "selection": vol.selection},
-                  "method": settings.method, "model_dir": spec["model_dir"],
-                  "model": (adapted.manifest.get("selection", {}) | {"base": adapted.manifest.get("base_model")})
-                  if settings.method == "ssai3d" else
-                  ({"kind": "care", "settings": adapted.manifest.get("settings")} if settings.method == "care"
-                   else None),
-                  "psf_shape": list(psf.shape) if psf is not None else None,
-                  "settings": asdict(settings) | {"halo": halo}, "normalization": norm.to_dict()}
+                  "method": settings.method, "model_dir": job.spec["model_dir"], "model": job.provenance_model,
+                  "psf_shape": list(job.psf.shape) if job.psf is not None else None,
+                  "settings": asdict(settings) | {"halo": plan.halo[0]}, "normalization": job.norm.to_dict(),
+                  "regions": {"total": plan.n_regions, "pruned_unwritten": job.pruned["unwritten"],
+                              "pruned_background": job.pruned["background"], "computed_this_run": stats["regions"]}}
     writer.write_metadata(window, provenance)
     return out
+
+
+def _kept(job: RestoreJob, block_id: str) -> bool:
+    try:
+        return bool(job.keep.ravel()[int(block_id[1:])])
+    except (ValueError, IndexError):
+        return False

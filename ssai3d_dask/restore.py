@@ -1,10 +1,10 @@
-"""Restoration: the block plan and the pure block kernels.
+"""Restoration: the pure block kernels (one region in, one restored region out; no I/O, no Dask).
 
-Geometry. The output grid puts z on the lateral pixel: ``Zo = round(Z * f)``
+Geometry (:mod:`ssai3d_dask.geometry`). The output grid puts z on the lateral pixel: ``Zo = round(Z * f)``
 with ``f = dz / dx``; output plane ``i`` sits at input coordinate ``i / f``
 (linear interpolation, clamped at the ends; :func:`ssai3d_dask.psf.resample_linear`,
 the function training used). The output is cut into regions of whole output
-chunks; each region is processed with a halo in z, y and x.
+chunks (:mod:`ssai3d_dask.plan`); each region is processed with a halo in z, y and x.
 
 Block invariance. Conceptually the whole output volume is reflect-padded by
 the halo, and every region cuts its extended crop out of that padded volume.
@@ -19,91 +19,20 @@ network's effective reach, the trimmed interior equals whole-volume inference.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .denoise import RADIUS_PX, Denoiser
 from .nafnet import NAFNet, gray_forward
+from .plan import Plan, Region
 from .psf import resample_linear
 from .sampling import Normalization
 
 logger = logging.getLogger(__name__)
 
 VIEWS = ("mean", "xz", "yz")
-
-
-@dataclass(frozen=True)
-class Region:
-    """One output region: ``core`` in output voxels, and the input z planes it needs."""
-
-    index: int
-    core: tuple[slice, slice, slice]
-    halo: tuple[int, int, int]
-
-    @property
-    def block_id(self) -> str:
-        return f"r{self.index:06d}"
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(s.stop - s.start for s in self.core)  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Output geometry and regions. ``region_shape`` and ``halo`` are in output voxels (z, y, x)."""
-
-    in_shape: tuple[int, int, int]
-    z_factor: float
-    out_shape: tuple[int, int, int]
-    chunks: tuple[int, int, int]
-    region_shape: tuple[int, int, int]
-    halo: tuple[int, int, int]
-    regions: tuple[Region, ...]
-
-    def input_z_range(self, region: Region) -> tuple[int, int]:
-        """Input planes [z0, z1) covering the region's output planes with halo (clipped to the volume)."""
-        zo0 = max(region.core[0].start - self.halo[0], 0)
-        zo1 = min(region.core[0].stop + self.halo[0], self.out_shape[0])
-        z0 = int(math.floor(zo0 / self.z_factor))
-        z1 = int(math.floor((zo1 - 1) / self.z_factor)) + 2
-        return max(z0, 0), min(z1, self.in_shape[0])
-
-    def input_crop(self, region: Region) -> tuple[slice, slice, slice]:
-        z0, z1 = self.input_z_range(region)
-        y, x = region.core[1], region.core[2]
-        hy, hx = self.halo[1], self.halo[2]
-        return (slice(z0, z1), slice(max(y.start - hy, 0), min(y.stop + hy, self.in_shape[1])),
-                slice(max(x.start - hx, 0), min(x.stop + hx, self.in_shape[2])))
-
-
-def make_plan(in_shape: Sequence[int], z_factor: float, chunks: Sequence[int], region_shape: Sequence[int],
-              halo: Sequence[int], multiple: int = 16) -> Plan:
-    """Regions of whole output chunks tiling the isotropic output grid.
-
-    Raises ValueError when chunks, regions or halos break the alignment that
-    block invariance needs (multiples of ``multiple``; regions of whole chunks).
-    """
-    in_shape = tuple(int(s) for s in in_shape)
-    out_shape = (int(round(in_shape[0] * z_factor)), in_shape[1], in_shape[2])
-    chunks = tuple(int(c) for c in chunks)
-    region_shape = tuple(min(int(r), -(-o // c) * c) for r, o, c in zip(region_shape, out_shape, chunks))
-    for name, vals in (("chunks", chunks), ("region", region_shape), ("halo", halo)):
-        if any(v % multiple for v in vals):
-            raise ValueError(f"{name} {tuple(vals)} must be multiples of {multiple} (the network's down-sampling)")
-    if any(r % c for r, c in zip(region_shape, chunks)):
-        raise ValueError(f"region {region_shape} must be a whole number of chunks {chunks}")
-    regions = []
-    counts = [-(-o // r) for o, r in zip(out_shape, region_shape)]
-    for i, idx in enumerate(np.ndindex(*counts)):
-        core = tuple(slice(k * r, min((k + 1) * r, o)) for k, r, o in zip(idx, region_shape, out_shape))
-        regions.append(Region(i, core, tuple(int(h) for h in halo)))  # type: ignore[arg-type]
-    return Plan(in_shape, float(z_factor), out_shape, chunks, region_shape, tuple(int(h) for h in halo),
-                tuple(regions))
 
 
 def resample_z_block(block: np.ndarray, z0_in: int, out_z: slice, z_factor: float) -> np.ndarray:
@@ -199,13 +128,20 @@ def restore_block(ext: np.ndarray, core_offset: Sequence[int], core_shape: Seque
 
 
 def to_output(restored: np.ndarray, norm: Normalization, dtype: np.dtype) -> np.ndarray:
-    """Undo normalisation, clip to the dtype's range and cast (integers rounded)."""
-    y = norm.invert(restored.astype(np.float64))
+    """Undo normalisation, clip to the dtype's range and cast (integers rounded).
+
+    In float32, in place on a copy: values of 16-bit data are integers far below 2**24, so rounding to
+    the output type is the same as in float64, at a quarter of the memory traffic.
+    """
+    y = np.array(restored, dtype=np.float32, copy=True)
+    y *= np.float32(norm.high - norm.low)
+    y += np.float32(norm.low)
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        return np.clip(np.round(y), info.min, info.max).astype(dtype)
-    return y.astype(dtype)
+        np.rint(y, out=y)
+        np.clip(y, info.min, info.max, out=y)
+    return y.astype(dtype, copy=False)
 
 
 def default_halo(model: NAFNet | None, denoiser: Denoiser, multiple: int = 16) -> int:

@@ -1,10 +1,16 @@
 """Lazy lateral patch sampling and global intensity statistics.
 
 Nothing here loads a volume: statistics come from a bounded number of randomly
-chosen chunks (or a coarse pyramid level), patches are cut from the dask
-array so only the chunks they touch are read, and the reads are computed on
-whatever Dask scheduler is active (a distributed client spreads them over
-the cluster).
+chosen chunks, patches are cut from the dask array so only the chunks they
+touch are read, and the reads are computed on whatever Dask scheduler is
+active (a distributed client spreads them over the cluster).
+
+Where the signal is decides where to sample (:func:`chunk_weights`): chunks the
+store never wrote are never drawn, and chunks where a coarse pyramid level shows
+tissue are drawn four times as often as other written ones. A whole-brain volume
+that is mostly empty space therefore gets its statistics and training patches
+from the brain. Without that knowledge (TIFF, in-memory arrays, dense stores
+without a pyramid) chunks are drawn uniformly.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .errors import SettingsError
+from .errors import SettingsError, VolumeError
+from .tissue import Occupancy, coarse_foreground_weights, coarse_view, written_occupancy
 from .volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -61,14 +68,51 @@ def _chunk_slices(arr: da.Array) -> list[tuple[slice, ...]]:
     return out
 
 
+def _chunk_bounds(arr: da.Array) -> list[np.ndarray]:
+    return [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in arr.chunks]
+
+
+def chunk_weights(vol: Volume) -> np.ndarray | None:
+    """Sampling weight of each dask chunk of ``vol`` (shape ``vol.data.numblocks``), or None for uniform.
+
+    0 where the store holds no bytes under the chunk, 4 where the coarse level shows tissue, 1 elsewhere.
+    Raises VolumeError when the store holds no bytes at all.
+    """
+    if vol.reader is None:
+        return None
+    written = written_occupancy(vol.reader)
+    coarse = coarse_view(vol.reader)
+    if written is None and coarse is None:
+        return None
+    bounds = [(b[:-1], b[1:]) for b in _chunk_bounds(vol.data)]
+    weights = np.ones(vol.data.numblocks, np.float64)
+    if written is not None:
+        weights *= written.any_in(bounds)
+        if not weights.any():
+            raise VolumeError(f"{vol.source} holds no data (no chunk of the selected array was ever written)")
+    if coarse is not None:
+        weights *= 1 + 3 * Occupancy(coarse_foreground_weights(coarse), coarse.factor).any_in(bounds)
+    return None if weights.min() == weights.max() else weights
+
+
 def sample_chunks(vol: Volume, n_chunks: int, seed: int, max_voxels_per_chunk: int = 1 << 18) -> list[np.ndarray]:
-    """Values of ``n_chunks`` random chunks (each subsampled to at most ``max_voxels_per_chunk``)."""
+    """Values of ``n_chunks`` random chunks (each subsampled to at most ``max_voxels_per_chunk``),
+    drawn by :func:`chunk_weights`."""
     rng = np.random.default_rng(seed)
-    slices = _chunk_slices(vol.data)
-    pick = rng.choice(len(slices), size=min(n_chunks, len(slices)), replace=False)
+    weights = chunk_weights(vol)
+    if weights is None:
+        slices = _chunk_slices(vol.data)
+        chosen = [slices[i] for i in sorted(rng.choice(len(slices), size=min(n_chunks, len(slices)), replace=False))]
+    else:
+        flat = weights.ravel()
+        k = min(n_chunks, int(np.count_nonzero(flat)))
+        picks = sorted(rng.choice(flat.size, size=k, replace=False, p=flat / flat.sum()))
+        bounds = _chunk_bounds(vol.data)
+        chosen = [tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, np.unravel_index(j, weights.shape)))
+                  for j in picks]
     parts = []
-    for i in sorted(pick):
-        block = vol.data[slices[i]]
+    for sl in chosen:
+        block = vol.data[sl]
         step = max(1, int(math.ceil((math.prod(block.shape) / max_voxels_per_chunk) ** (1 / 3))))
         parts.append(block[::step, ::step, ::step].ravel())
     return list(dask.compute(*parts))
@@ -89,6 +133,19 @@ def volume_statistics(vol: Volume, seed: int = 0, n_chunks: int = 64,
     except ValueError:
         thr = 0.0
     return Normalization(low, high, tuple(percentiles), thr, int(values.size))
+
+
+def _positions_in_chunks(rng: np.random.Generator, weights: np.ndarray, bounds: list[np.ndarray], m: int,
+                         size: tuple[int, int, int], shape: tuple[int, int, int]) -> list[np.ndarray]:
+    """``m`` patch origins (per axis), each overlapping a chunk drawn by ``weights``."""
+    flat = weights.ravel()
+    cells = np.unravel_index(rng.choice(flat.size, size=m, p=flat / flat.sum()), weights.shape)
+    out = []
+    for b, cell, s, n in zip(bounds, cells, size, shape):
+        lo = np.clip(b[cell] - s + 1, 0, max(n - s, 0))
+        hi = np.clip(b[cell + 1] - 1, 0, max(n - s, 0))
+        out.append(lo + (rng.random(m) * (hi - lo + 1)).astype(np.int64))
+    return out
 
 
 @dataclass
@@ -127,13 +184,17 @@ def sample_lateral_patches(vol: Volume, n: int, patch_px: int, norm: Normalizati
     touched: set[tuple[int, int, int]] = set()
     candidates = 0
     bounds = [np.concatenate([[0], np.cumsum(c)]) for c in vol.data.chunks]
+    weights = chunk_weights(vol)
     rounds = 0
     while len(kept) < n and rounds < 20:
         rounds += 1
         m = max(8, 2 * (n - len(kept)))
-        zs = rng.integers(0, max(1, z - mip_planes + 1), m)
-        ys = rng.integers(0, y - patch_px + 1, m)
-        xs = rng.integers(0, x - patch_px + 1, m)
+        if weights is None:
+            zs = rng.integers(0, max(1, z - mip_planes + 1), m)
+            ys = rng.integers(0, y - patch_px + 1, m)
+            xs = rng.integers(0, x - patch_px + 1, m)
+        else:
+            zs, ys, xs = _positions_in_chunks(rng, weights, bounds, m, (mip_planes, patch_px, patch_px), (z, y, x))
         lazy = [vol.data[zi:zi + mip_planes, yi:yi + patch_px, xi:xi + patch_px].max(axis=0)
                 for zi, yi, xi in zip(zs, ys, xs)]
         values = dask.compute(*lazy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,60 @@ def write_simulation(sim: Simulation, out: str | Path, dtype: str = "float32", c
                              overwrite=True, name="truth", extra={"simulation": meta}).path
     (out / "simulation.json").write_text(json.dumps(meta, indent=2))
     return [raw, truth, out / "simulation.json"]
+
+
+def write_sparse_volume(path: str | Path, shape: Sequence[int], chunks: Sequence[int],
+                        voxel_size_um: Sequence[float], n_blocks: int = 4, seed: int = 0, kind: str = "strands",
+                        pyramid: bool = True, ngff_version: str = "0.5") -> list[tuple[slice, ...]]:
+    """A huge, mostly unwritten uint16 OME-Zarr: metadata for ``shape`` and data in ``n_blocks`` chunks only.
+
+    Stands in for a whole-brain volume whose tissue fills a few chunks (a terabyte of metadata costs
+    kilobytes on disk). Each foreground chunk holds a raw phantom of ``kind`` (anisotropy dz/dx, blurred,
+    scaled to uint16); the rest reads as 0 without being stored. With ``pyramid`` the coarser levels are
+    the block means of level 0, written only where the blocks are, as a real pyramid would be.
+    Returns the level-0 boxes that hold data.
+    """
+    from .omezarr import MultiscaleWriter, write_region_levels
+    from .simulate import ForwardModel, simulate
+    from .tissue import Occupancy
+
+    rng = np.random.default_rng(seed)
+    chunks = tuple(int(c) for c in chunks)
+    grid = [-(-s // c) for s, c in zip(shape, chunks)]
+    anis = float(voxel_size_um[0]) / float(voxel_size_um[2])
+    writer = MultiscaleWriter(path, shape, np.uint16, voxel_size_um, chunks, region_shape=chunks if pyramid else None,
+                              ngff_version=ngff_version, name="sparse")
+    if not pyramid:  # a single-level image: drop the empty coarser arrays the writer laid out
+        import shutil
+
+        for i in range(1, len(writer.levels)):
+            shutil.rmtree(Path(path) / str(i), ignore_errors=True)
+        writer.levels, writer.factors = writer.levels[:1], []
+    picks = rng.choice(int(np.prod(grid)), size=min(n_blocks, int(np.prod(grid))), replace=False)
+    boxes = []
+    for j, flat in enumerate(sorted(picks)):
+        idx = np.unravel_index(int(flat), grid)
+        box = tuple(slice(int(i) * c, min((int(i) + 1) * c, s)) for i, c, s in zip(idx, chunks, shape))
+        bshape = [b.stop - b.start for b in box]
+        truth_shape = (int(round(bshape[0] * anis)), bshape[1], bshape[2])
+        sim = simulate(kind, truth_shape, seed=seed + j + 1,
+                       model=ForwardModel(0.5, 3.0, z_factor=max(anis, 1.0)))
+        raw = np.zeros(bshape, np.float32)
+        raw[:min(len(sim.raw), bshape[0])] = sim.raw[:bshape[0]]
+        data = _cast(raw, "uint16")
+        if pyramid:
+            write_region_levels(path, writer.levels, box, data, f"b{j}", {})
+        else:
+            writer.level0[box] = data
+        boxes.append(box)
+    if pyramid:
+        mask = np.zeros(grid, bool)
+        for box in boxes:
+            mask[tuple(b.start // c for b, c in zip(box, chunks))] = True
+        occ = Occupancy(mask, tuple(float(c) for c in chunks))  # type: ignore[arg-type]
+        writer.build_pyramid(occupied=occ.any_in_box)
+    writer.write_metadata(window={"start": 0.0, "end": 65535.0, "min": 0.0, "max": 65535.0})
+    import shutil
+
+    shutil.rmtree(Path(path) / ".ssai3d", ignore_errors=True)
+    return boxes

@@ -23,6 +23,7 @@ from scipy.stats import spearmanr
 from .checkpoint import load_model
 from .denoise import calibrate
 from .finetune import FinetuneSettings, finetune, validation_loss
+from .geometry import isotropic_geometry
 from .pairs import PairSynthesizer
 from .pretrain import psnr_loss
 from .psf import PSFBank
@@ -45,7 +46,7 @@ def stack_record(name: str, vol: Volume, base: str = "base", n_patches: int = 48
     train, val_p = patches[n_val:], patches[:n_val]
     model, _ = load_model(base)
     model.set_pool_window(model.local_window())
-    synth = PairSynthesizer(PSFBank(), max(1.0, vol.anisotropy))
+    synth = PairSynthesizer(PSFBank(), isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor)
     val = synth(torch.from_numpy(val_p[:, None]), np.random.default_rng(seed + 1))
     mb, ms = synth(torch.from_numpy(train[: max(4, batch), None]), np.random.default_rng(seed + 2))
     raw = zero_shot_metrics(model, mb, ms, psnr_loss)

@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 
 from .errors import VolumeError
+from .source import DaskSource, PlaneFolderSource, Source, TiffSource, ZarrSource
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class Volume:
     voxel_size_um: tuple[float, float, float]
     source: str = "<memory>"
     selection: dict[str, Any] = field(default_factory=dict)
+    #: A small picklable handle to the same voxels as ``data`` (set by :func:`open_volume`), which Dask
+    #: tasks use to read their own crops; None for in-memory volumes.
+    reader: Source | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.data.ndim != 3:
@@ -75,6 +79,10 @@ class Volume:
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def source_handle(self) -> Source:
+        """What a task needs to read any crop: the file handle, or the dask array itself when in memory."""
+        return self.reader if self.reader is not None else DaskSource(self.data)
 
     @classmethod
     def from_array(cls, array: Any, voxel_size_um: Sequence[float], chunks: Any = "auto",
@@ -150,8 +158,11 @@ def _is_zarr(p: Path) -> bool:
 
 
 def _select(arr: da.Array, axes: str, channel: int | None, time: int | None,
-            source: str) -> tuple[da.Array, dict[str, Any]]:
-    """Reduce data with axes like 'tczyx' to (z, y, x), applying channel/time selection."""
+            source: str) -> tuple[da.Array, dict[str, Any], tuple[tuple[int, int], ...]]:
+    """Reduce data with axes like 'tczyx' to (z, y, x), applying channel/time selection.
+
+    Returns the (z, y, x) array, the selection by name, and the (axis position, index) pairs applied.
+    """
     axes = axes.lower()
     selection: dict[str, Any] = {}
     index: list[Any] = []
@@ -183,7 +194,8 @@ def _select(arr: da.Array, axes: str, channel: int | None, time: int | None,
     out = arr[tuple(index)]
     kept = [ax for ax in axes if ax in SPATIAL]
     out = out.transpose([kept.index(ax) for ax in SPATIAL])
-    return out, selection
+    fixed = tuple((i, int(ix)) for i, ix in enumerate(index) if not isinstance(ix, slice))
+    return out, selection, fixed
 
 
 def _voxel_or_error(file_voxel: dict[str, float | None], override, source: str) -> tuple[float, float, float]:
@@ -214,8 +226,9 @@ def _open_zarr(p: Path, voxel_override, channel, time, level, dataset) -> Volume
     if isinstance(node, zarr.Array):
         arr = da.from_zarr(node)
         axes = "zyx" if arr.ndim == 3 else "tczyx"[-arr.ndim:]
-        data, sel = _select(arr, axes, channel, time, source)
-        return Volume(data, _voxel_or_error({}, voxel_override, source), source, sel)
+        data, sel, fixed = _select(arr, axes, channel, time, source)
+        return Volume(data, _voxel_or_error({}, voxel_override, source), source, sel,
+                      ZarrSource(str(p.resolve()), axes, fixed))
     ms = read_multiscales(node)
     if ms is None:
         arrays = sorted(name for name, _ in node.arrays())
@@ -244,9 +257,12 @@ def _open_zarr(p: Path, voxel_override, channel, time, level, dataset) -> Volume
                               f"pass --voxel-size in micrometres")
         voxel[ax_meta["name"]] = float(s) * factor
     arr = da.from_zarr(node[ds["path"]])
-    data, sel = _select(arr, axes, channel, time, source)
+    data, sel, fixed = _select(arr, axes, channel, time, source)
     sel["level"] = level
-    return Volume(data, _voxel_or_error(voxel, voxel_override, source), source, sel)
+    root = p.resolve()
+    reader = ZarrSource(str(root / ds["path"]), axes, fixed, tuple(str(root / d["path"]) for d in datasets), level,
+                        ms.get("type"))
+    return Volume(data, _voxel_or_error(voxel, voxel_override, source), source, sel, reader)
 
 
 def _scale_of(ms: dict, ds: dict, ndim: int) -> list[float]:
@@ -351,18 +367,24 @@ def _open_tiff(p: Path, voxel_override, channel, time) -> Volume:
     pages = TiffPages(p, shape, dtype)
     arr = da.from_array(pages, chunks=(1,) * (len(shape) - 2) + tuple(shape[-2:]),
                         meta=np.empty((0,) * len(shape), dtype))
-    data, sel = _select(arr, axes, channel, time, str(p))
-    return Volume(data, _voxel_or_error(voxel, voxel_override, str(p)), str(p), sel)
+    data, sel, fixed = _select(arr, axes, channel, time, str(p))
+    reader = TiffSource(str(p.resolve()), tuple(shape), np.dtype(dtype).str, axes, fixed)
+    return Volume(data, _voxel_or_error(voxel, voxel_override, str(p)), str(p), sel, reader)
 
 
 def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def list_planes(p: Path) -> list[Path]:
+    """The TIFF planes of a folder in natural sort order (plane2 before plane10)."""
+    return sorted((f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES), key=lambda f: _natural_key(f.name))
+
+
 def _open_tiff_folder(p: Path, voxel_override) -> Volume:
     import tifffile
 
-    files = sorted((f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES), key=lambda f: _natural_key(f.name))
+    files = list_planes(p)
     if not files:
         raise VolumeError(f"{p} is a folder with neither Zarr metadata nor .tif planes; give a volume path")
     with tifffile.TiffFile(files[0]) as tif:
@@ -375,4 +397,5 @@ def _open_tiff_folder(p: Path, voxel_override) -> Volume:
     data = da.stack(planes)
     if len(files) < 2:
         raise VolumeError(f"{p} holds a single plane; a z-stack needs at least 2 planes")
-    return Volume(data, _voxel_or_error(voxel, voxel_override, str(p)), str(p), {"planes": len(files)})
+    reader = PlaneFolderSource(str(p.resolve()), tuple(shape), len(files), np.dtype(dtype).str)
+    return Volume(data, _voxel_or_error(voxel, voxel_override, str(p)), str(p), {"planes": len(files)}, reader)

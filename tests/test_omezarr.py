@@ -9,7 +9,8 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
 from ssai3d_dask.errors import VolumeError
-from ssai3d_dask.omezarr import MultiscaleWriter, chunk_grid, pyramid_factors, write_multiscale
+from ssai3d_dask.omezarr import MultiscaleWriter, write_multiscale
+from ssai3d_dask.pyramid import pyramid_factors
 
 GOLDEN = Path(__file__).parent / "golden" / "multiscales_v05.json"
 
@@ -68,15 +69,23 @@ def test_omero_window_from_percentiles(tmp_path, rng):
     assert win["max"] == 65535
 
 
+def _chunk_grid(shape, region_shape):
+    counts = [-(-s // r) for s, r in zip(shape, region_shape)]
+    return [tuple(slice(i * r, min((i + 1) * r, s)) for i, r, s in zip(idx, region_shape, shape))
+            for idx in np.ndindex(*counts)]
+
+
 def test_region_writes_must_be_chunk_aligned_and_are_recorded(tmp_path):
     w = MultiscaleWriter(tmp_path / "x.ome.zarr", (20, 30, 40), np.float32, (1, 1, 1), (8, 16, 16))
-    regions = chunk_grid(w.shape, (8, 16, 32))
+    regions = _chunk_grid(w.shape, (8, 16, 32))
     assert len(regions) == 3 * 2 * 2
     for i, reg in enumerate(regions):
-        w.write_region(reg, np.full([s.stop - s.start for s in reg], i, np.float32), f"b{i}")
+        w.check_region(reg)
+        w.level0[reg] = np.full([s.stop - s.start for s in reg], i, np.float32)
+        w.mark_done(f"b{i}", {})
     assert w.done_blocks() == {f"b{i}" for i in range(len(regions))}
     with pytest.raises(VolumeError, match="chunk-aligned"):
-        w.write_region((slice(4, 8), slice(0, 16), slice(0, 16)), np.zeros((4, 16, 16)), "bad")
+        w.check_region((slice(4, 8), slice(0, 16), slice(0, 16)))
     for i, reg in enumerate(regions):
         assert np.all(w.level0[reg] == i)
 

@@ -15,7 +15,8 @@ from hypothesis import given, settings, strategies as st
 from ssai3d_dask.adapt import AdaptedModel
 from ssai3d_dask.denoise import Denoiser
 from ssai3d_dask.pipeline import RestoreSettings, restore
-from ssai3d_dask.restore import make_plan, restore_in_memory
+from ssai3d_dask.plan import make_plan
+from ssai3d_dask.restore import restore_in_memory
 from ssai3d_dask.sampling import Normalization
 from ssai3d_dask.simulate import ForwardModel, simulate
 from ssai3d_dask.volume import Volume, open_volume
@@ -29,7 +30,7 @@ NORM = Normalization(0.0, 1.0)
 def test_plan_tiles_output_exactly_once(z, y, x, f, rz, ry, rx):
     plan = make_plan((z, y, x), f, (16, 16, 16), (rz, ry, rx), (16, 16, 16))
     cover = np.zeros(plan.out_shape, np.int32)
-    for r in plan.regions:
+    for r in plan:
         cover[r.core] += 1
         crop = plan.input_crop(r)
         assert 0 <= crop[0].start < crop[0].stop <= z
