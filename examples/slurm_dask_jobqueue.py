@@ -4,6 +4,16 @@ Needs `pip install dask-jobqueue` on the login node and the same environment on 
 Adapt once (one GPU job), then restore on many workers; each worker loads the model once and
 processes regions; an interrupted run continues with resume=True.
 
+Before submitting, see what the run will cost from the login node (no cluster, nothing written):
+
+    ssai3d restore /data/brain.ome.zarr /scratch/brain-iso.ome.zarr --model /scratch/brain-iso.ome.zarr.model \
+        --region 128 512 512 --chunks 64 256 256 --dry-run
+
+The client submits at most twice the cluster's GPU slots of region tasks at a time (RestoreSettings.in_flight),
+each a few hundred bytes that names its region; workers read their own input crops from the shared file
+system, so the client needs no more memory for a 10 TB volume than for a 10 GB one. The output is sharded
+zarr v3 with one shard per region (RestoreSettings.shards to change it), regions without tissue are skipped.
+
     python examples/slurm_dask_jobqueue.py /data/brain.ome.zarr /scratch/brain-iso.ome.zarr
 """
 
