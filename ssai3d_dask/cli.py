@@ -270,7 +270,9 @@ def _restore_options(fn):
                      help="Print the plan (regions, pruning, files, bytes, memory and time measured on one "
                           "calibration piece) and exit without writing anything."),
         click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (default: LocalCluster)."),
-        click.option("--workers", type=int, default=None, help="LocalCluster workers (default: sized to the machine)."),
+        click.option("--workers", type=int, default=None,
+                     help="LocalCluster workers (default: one per GPU, else min(4, cores/2) for networks and one "
+                          "per core for --method interp)."),
         click.option("--threads-per-worker", type=int, default=1, show_default=True),
         click.option("--memory-limit", default=None, help="Per-worker memory limit, e.g. 4GiB (default: auto)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output."),
@@ -331,6 +333,12 @@ def _restore(vol, model_dir, out, method, chunks, region, halo, view, dtype, bat
         _print_dry_run(vol, model_dir, out, settings, resume, workers, threads_per_worker)
         return None
     _check_output(out, overwrite, resume)
+    if workers is None and method == "interp" and not scheduler:
+        # Interpolation is bound by numpy and the codecs, one core per task: a worker per core beats one
+        # worker with a multi-threaded torch pool.
+        import os
+
+        workers = os.cpu_count() or 1
     client = make_client(scheduler, workers, threads_per_worker, memory_limit)
     try:
         return run_restore(vol, model_dir, out, settings, overwrite=overwrite, resume=resume, client=client)

@@ -193,6 +193,8 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
         psf = (load_psf(settings.psf_file) if settings.psf_file
                else gaussian_psf_on_grid(settings.psf_sigma_um, geom.out_voxel_um[2], geom.z_factor)[0])
         halo = settings.halo if settings.halo is not None else default_rl_halo(psf)
+    elif settings.method == "interp":  # linear z interpolation reaches only the input planes input_crop adds
+        halo = settings.halo if settings.halo is not None else 0
     else:
         halo = settings.halo if settings.halo is not None else default_halo(model, denoiser)
     try:
@@ -261,8 +263,10 @@ def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, mod
     planes = denoise_planes(norm.apply(np.asarray(crop, np.float32)), denoiser)
     ext, offset = extended_crop(plan, region, planes)
     core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
+    if spec["method"] == "interp":
+        return to_output(ext[core], norm, np.dtype(spec["dtype"])), False
     skipped = bool(spec["skip_empty"] and float(ext.max()) <= spec["empty_level"])
-    if skipped or spec["method"] == "interp":
+    if skipped:
         restored = ext[core]
     elif spec["method"] == "rl":
         restored = richardson_lucy(ext, psf, spec["rl_iterations"], spec["device"])[core]
