@@ -23,6 +23,7 @@ as noisy; force ``on`` or ``off`` when you know better.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -47,7 +48,7 @@ class Denoiser:
 
     @property
     def enabled(self) -> bool:
-        return self.h is not None
+        return self.h is not None and math.isfinite(self.h) and self.h > 0
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Denoise one 2D image or a stack of 2D images (..., H, W)."""
@@ -71,10 +72,16 @@ class Denoiser:
 
 
 def estimate_noise(patches: np.ndarray) -> float:
-    """Median over patches of scikit-image's wavelet noise-sd estimate."""
+    """Median over patches of scikit-image's wavelet noise-sd estimate.
+
+    Constant patches (empty background: common in sparse volumes) have no estimate (NaN) and are left
+    out; with no estimate at all the noise is taken as 0.
+    """
     from skimage.restoration import estimate_sigma
 
-    return float(np.median([estimate_sigma(p) for p in patches]))
+    est = np.array([estimate_sigma(p) if np.ptp(p) > 0 else np.nan for p in patches], np.float64)
+    est = est[np.isfinite(est)]
+    return float(np.median(est)) if est.size else 0.0
 
 
 def calibrate(patches: np.ndarray, mode: str = "auto", n_calib: int = 8) -> Denoiser:
@@ -87,7 +94,9 @@ def calibrate(patches: np.ndarray, mode: str = "auto", n_calib: int = 8) -> Deno
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"denoise mode must be auto, on or off, got {mode!r}")
     noise = estimate_noise(patches[: max(n_calib, 16)])
-    if mode == "off" or (mode == "auto" and noise < AUTO_THRESHOLD):
+    if mode == "on" and noise <= 0:
+        logger.warning("denoising asked for, but the sampled patches show no measurable noise; denoising off")
+    if mode == "off" or (mode == "auto" and noise < AUTO_THRESHOLD) or noise <= 0:
         logger.info("denoising off (mode %s, estimated noise sd %.4f)", mode, noise)
         return Denoiser(None, noise, "off")
     from skimage.restoration import calibrate_denoiser, denoise_nl_means
@@ -95,7 +104,8 @@ def calibrate(patches: np.ndarray, mode: str = "auto", n_calib: int = 8) -> Deno
     grid = {"h": [float(noise * f) for f in (0.1, 0.3, 0.5, 0.7, 0.9, 1.2)], "sigma": [noise],
             "patch_size": [PATCH_SIZE], "patch_distance": [PATCH_DISTANCE], "fast_mode": [True]}
     # J-invariant calibration on a mosaic of patches: one loss for the whole set.
-    mosaic = np.concatenate(list(patches[:n_calib]), axis=1).astype(np.float64)
+    varied = [p for p in patches if np.ptp(p) > 0] or list(patches)
+    mosaic = np.concatenate(varied[:n_calib], axis=1).astype(np.float64)
     _, (params, losses) = calibrate_denoiser(mosaic, denoise_nl_means, grid, extra_output=True)
     best = params[int(np.argmin(losses))]
     logger.info("denoising on: noise sd %.4f, calibrated h %.4f (J-invariant loss)", noise, best["h"])

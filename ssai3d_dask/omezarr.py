@@ -281,9 +281,25 @@ def write_region_levels(path: str | Path, levels: Sequence[Level], core: Sequenc
             break
         if i:
             data = downsample_mean(data, lv.step, dtype)
-        arr = zarr.open_array(str(Path(path) / str(i)), mode="r+")
-        arr[lv.box(core)] = data
+        _level_array(path, i)[lv.box(core)] = data
     mark_done(path, block_id, record)
+
+
+_ARRAYS: dict = {}
+
+
+def _level_array(path: str | Path, level: int) -> zarr.Array:
+    """An output level opened once per worker process (keyed by its metadata file, so a new output at the
+    same path, e.g. after --overwrite, is opened afresh)."""
+    p = Path(path) / str(level)
+    meta = p / "zarr.json" if (p / "zarr.json").exists() else p / ".zarray"
+    key = (str(p), meta.stat().st_mtime_ns, meta.stat().st_ino)
+    arr = _ARRAYS.get(key)
+    if arr is None:
+        if len(_ARRAYS) > 256:
+            _ARRAYS.clear()
+        arr = _ARRAYS[key] = zarr.open_array(str(p), mode="r+")
+    return arr
 
 
 def write_multiscale(data: da.Array | np.ndarray, path: str | Path, voxel_size_um: Sequence[float],

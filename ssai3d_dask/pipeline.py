@@ -32,7 +32,7 @@ from .geometry import Geometry, isotropic_geometry
 from .omezarr import MultiscaleWriter, default_window, write_region_levels
 from .plan import Plan, Region, make_plan
 from .pyramid import Level, pyramid_layout
-from .restore import default_halo, denoise_planes, extended_crop, restore_block, to_output
+from .restore import cast_output, default_halo, denoise_planes, extended_crop, restore_block, to_output
 from .rl import default_rl_halo, gaussian_psf_on_grid, load_psf, richardson_lucy
 from .sampling import Normalization, volume_statistics
 from .source import Source
@@ -160,7 +160,9 @@ class RestoreJob:
 
     def occupied(self, box) -> bool:
         """Whether a level-0 output box meets a kept region (else it holds only the fill value)."""
-        return Occupancy(self.keep, tuple(float(r) for r in self.plan.region_shape)).any_in_box(box)  # type: ignore[arg-type]
+        if getattr(self, "_kept_occupancy", None) is None:  # one integral image, reused for every box
+            self._kept_occupancy = Occupancy(self.keep, tuple(float(r) for r in self.plan.region_shape))  # type: ignore[arg-type]
+        return self._kept_occupancy.any_in_box(box)
 
 
 def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: RestoreSettings | None = None,
@@ -258,13 +260,15 @@ def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, mod
                    denoiser: Denoiser | None = None, psf: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """Restore one region from its input crop (no I/O). Returns the output-dtype core and whether the
     region was background only (then the interpolation is the answer)."""
+    if spec["method"] == "interp":  # in raw units: interpolation needs no normalisation (nor its rounding)
+        ext, offset = extended_crop(plan, region, np.asarray(crop, np.float32))
+        core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
+        return cast_output(np.ascontiguousarray(ext[core]), np.dtype(spec["dtype"])), False
     denoiser = denoiser or Denoiser()
     norm = Normalization.from_dict(spec["norm"])
     planes = denoise_planes(norm.apply(np.asarray(crop, np.float32)), denoiser)
     ext, offset = extended_crop(plan, region, planes)
     core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
-    if spec["method"] == "interp":
-        return to_output(ext[core], norm, np.dtype(spec["dtype"])), False
     skipped = bool(spec["skip_empty"] and float(ext.max()) <= spec["empty_level"])
     if skipped:
         restored = ext[core]

@@ -136,6 +136,11 @@ def to_output(restored: np.ndarray, norm: Normalization, dtype: np.dtype) -> np.
     y = np.array(restored, dtype=np.float32, copy=True)
     y *= np.float32(norm.high - norm.low)
     y += np.float32(norm.low)
+    return cast_output(y, dtype)
+
+
+def cast_output(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round (integers), clip to the dtype's range and cast a float32 array, in place where it can."""
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)

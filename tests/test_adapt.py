@@ -183,3 +183,19 @@ def test_bad_settings_raise_before_work():
         adapt(vol, None, AdaptSettings(patch_px=30))
     with pytest.raises(SettingsError, match="layers-fraction"):
         adapt(vol, None, AdaptSettings(patch_px=32, layers_fraction=0))
+
+
+def test_denoiser_calibration_on_mostly_empty_patches_is_finite():
+    """Sparse volumes give constant (all-background) patches: the noise estimate must not become NaN
+    (a NaN h once turned non-local means on, with NaN strength, for every plane)."""
+    from ssai3d_dask.denoise import Denoiser, calibrate
+
+    patches = np.zeros((20, 64, 64), np.float32)
+    patches[3, 10:20, 10:20] = 1.0
+    d = calibrate(patches, "auto")
+    assert not d.enabled and np.isfinite(d.estimated_noise)
+    noisy = np.clip(0.3 + np.random.default_rng(0).normal(0, 0.05, (20, 64, 64)), 0, 1).astype(np.float32)
+    noisy[:5] = 0.0
+    d = calibrate(noisy, "auto")
+    assert d.enabled and abs(d.estimated_noise - 0.05) < 0.01
+    assert not Denoiser(float("nan"), float("nan"), "auto").enabled
