@@ -237,3 +237,36 @@ def _validation_png(model: NAFNet, val: tuple[torch.Tensor, torch.Tensor], path:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def model_subdir(ds, t: int | None, c: int | None, per_time: bool) -> str:
+    """Where the model of slice (t, c) lives inside MODEL_DIR: ``c{c}`` per channel when several channels
+    are restored, ``t{t}/...`` with per-time adaptation, MODEL_DIR itself for one channel."""
+    parts = [f"t{t}"] if per_time and t is not None else []
+    if ds.channels is not None and len(ds.channels) > 1:
+        parts.append(f"c{c}")
+    return "/".join(parts)
+
+
+def adapt_dataset(ds, out_dir: str | Path, settings: AdaptSettings | None = None, per_time: bool = False,
+                  overwrite: bool = False, progress: bool = True) -> dict:
+    """Adapt once per channel (its own statistics, denoiser and layers) into ``MODEL_DIR/c{c}``; every
+    time point of a channel reuses its model unless ``per_time`` (then ``MODEL_DIR/t{t}/c{c}``).
+
+    Returns ``{subfolder: AdaptedModel}``; with one channel and one model the subfolder is ``""``
+    (MODEL_DIR itself, as for a single stack).
+    """
+    settings = settings or AdaptSettings()
+    for _, _, _, vol in ds.slices():
+        settings.validate(vol)  # every slice, before any work
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise VolumeError(f"model folder {out_dir} already exists; pass --overwrite or another --out")
+    done: dict = {}
+    for _, t, c, vol in ds.slices():
+        sub = model_subdir(ds, t, c, per_time)
+        if sub in done:
+            continue
+        logger.info("adapting %s (channel %s, time %s) into %s", ds.source, c, t, out / sub if sub else out)
+        done[sub] = adapt(vol, out / sub if sub else out, settings, progress=progress, overwrite=True)
+    return done

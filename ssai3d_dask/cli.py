@@ -47,6 +47,13 @@ voxel_option = click.option(
     help="Voxel size in micrometres (z, y, x). Overrides the file's metadata; required when the file has none.")
 channel_option = click.option("--channel", type=int, default=None, help="Channel index for multi-channel data.")
 time_option = click.option("--time", "time_", type=int, default=None, help="Time point for time series.")
+channels_option = click.option(
+    "--channel", default=None, metavar="SEL",
+    help="Channels to process: an index, a list (0,2), a range (1-3) or all (default: all). With several, the "
+         "output keeps the channel axis and each channel gets its own model (MODEL_DIR/c0, c1, ...).")
+times_option = click.option(
+    "--time", "time_", default=None, metavar="SEL",
+    help="Time points to process, like --channel (default: all); several keep the time axis in the output.")
 level_option = click.option("--level", type=int, default=0, show_default=True,
                             help="OME-Zarr pyramid level to read (0 = full resolution).")
 
@@ -224,23 +231,24 @@ def _adapt_settings(base, n_patches, patch_px, iterations, batch_size, lr, layer
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="MODEL_DIR to write.")
 @voxel_option
-@channel_option
-@time_option
+@channels_option
+@times_option
 @_adapt_options
+@click.option("--adapt-per-time", is_flag=True, help="One adaptation per time point too (MODEL_DIR/t3/c0).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing MODEL_DIR.")
 @friendly_errors
-def adapt(path, out_dir, voxel_size, channel, time_, overwrite, **kw):
-    """Adapt the base model to one stack from its own lateral planes; write MODEL_DIR.
+def adapt(path, out_dir, voxel_size, channel, time_, adapt_per_time, overwrite, **kw):
+    """Adapt the base model to a stack from its own lateral planes; write MODEL_DIR.
 
     MODEL_DIR holds model.pt, manifest.json (layers chosen with all 14 metrics, normalisation, PSF bank,
-    settings, timings) and validation.png.
+    settings, timings) and validation.png; for several channels, one such folder per channel (c0, c1, ...).
     """
-    from .adapt import adapt as run_adapt
-    from .volume import open_volume
+    from .adapt import adapt_dataset
+    from .dataset import open_dataset
 
-    vol = open_volume(path, voxel_size, channel, time_)
+    ds = open_dataset(path, voxel_size, channel, time_)
     settings = _adapt_settings(**kw)
-    run_adapt(vol, out_dir, settings, overwrite=overwrite)
+    adapt_dataset(ds, out_dir, settings, per_time=adapt_per_time, overwrite=overwrite)
     click.echo(str(out_dir))
 
 
@@ -306,10 +314,17 @@ def _restore_settings(method, chunks, region, halo, view, dtype, batch, no_skip_
     return settings
 
 
-def _print_dry_run(vol, model_dir, out, settings, resume, workers, threads_per_worker, adapted=None, extra=()):
+def _print_dry_run(ds, model_dir, out, settings, resume, workers, threads_per_worker, adapted=None, extra=()):
     from .dryrun import dry_run, format_report
-    from .pipeline import prepare_restore
+    from .pipeline import prepare_restore, slice_models
 
+    _, t, c, vol = next(ds.slices())
+    if adapted is None:
+        model_dir = slice_models(ds, model_dir, settings.method)[(t, c)]
+    n = len(ds.volumes)
+    if n > 1:
+        extra = [f"dataset      {n} slices ({ds.axes}: {ds.lead_shape}); the figures above are for the first, "
+                 f"the whole run costs about {n} times them", *extra]
     job = prepare_restore(vol, model_dir, settings, adapted=adapted)
     if workers is None:
         from .cluster import default_workers
@@ -361,8 +376,8 @@ def _restore(vol, model_dir, out, method, chunks, region, halo, view, dtype, bat
               help="rl: a measured 3D PSF (.tif/.npy, z y x) sampled at the output (lateral) voxel size.")
 @click.option("--rl-iterations", type=int, default=30, show_default=True, help="rl: Richardson-Lucy iterations.")
 @voxel_option
-@channel_option
-@time_option
+@channels_option
+@times_option
 @_restore_options
 @friendly_errors
 def restore(path, out, model_dir, method, voxel_size, channel, time_, **kw):
@@ -371,10 +386,10 @@ def restore(path, out, model_dir, method, voxel_size, channel, time_, **kw):
     Every method runs through the same block plan (halos, resume, pyramid), so baselines scale like the
     main method.
     """
-    from .volume import open_volume
+    from .dataset import open_dataset
 
-    vol = open_volume(path, voxel_size, channel, time_)
-    done = _restore(vol, model_dir, out, method, **kw)
+    ds = open_dataset(path, voxel_size, channel, time_)
+    done = _restore(ds, model_dir, out, method, **kw)
     if done is not None:
         click.echo(str(done))
 
@@ -385,32 +400,41 @@ def restore(path, out, model_dir, method, voxel_size, channel, time_, **kw):
 @click.option("--model-dir", type=click.Path(path_type=Path), default=None,
               help="Where to keep the adapted model (default: OUT with .model appended).")
 @voxel_option
-@channel_option
-@time_option
+@channels_option
+@times_option
+@click.option("--adapt-per-time", is_flag=True,
+              help="Adapt every time point on its own (default: one model per channel, reused over time).")
 @_adapt_options
 @_restore_options
 @friendly_errors
-def run(path, out, model_dir, voxel_size, channel, time_, **kw):
-    """Adapt the shipped model to PATH, then restore PATH into OUT: the whole job in one command."""
-    from .adapt import adapt as run_adapt
-    from .volume import open_volume
+def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, **kw):
+    """Adapt the shipped model to PATH, then restore PATH into OUT: the whole job in one command.
 
-    vol = open_volume(path, voxel_size, channel, time_)
+    On a 4D/5D input every channel and time point is restored into one OME-Zarr with the input's axes;
+    each channel is adapted on its own (MODEL_DIR/c0, c1, ...).
+    """
+    from .adapt import adapt_dataset
+    from .dataset import open_dataset
+
+    ds = open_dataset(path, voxel_size, channel, time_)
+    vol = ds.first
     adapt_keys = ("base", "n_patches", "patch_px", "iterations", "batch_size", "lr", "layers_fraction", "selection",
                   "denoise", "sigmas", "angles", "seed", "device")
     settings = _adapt_settings(**{k: kw.pop(k) for k in adapt_keys if k != "device"}, device=kw.get("device", "auto"))
     restore_settings = _restore_settings("ssai3d", **kw)  # bad sizes fail now, not after adaptation
     if kw["dry_run"]:
-        _dry_run_run(vol, out, settings, restore_settings, kw)
+        _dry_run_run(ds, out, settings, restore_settings, kw)
         return
     _check_output(out, kw["overwrite"], kw["resume"])
     model_dir = model_dir or Path(str(out).rstrip("/") + ".model")
-    if not (kw["resume"] and (Path(model_dir) / "model.pt").exists()):
-        run_adapt(vol, model_dir, settings, overwrite=True)
-    click.echo(str(_restore(vol, model_dir, out, "ssai3d", **kw)))
+    for _, _, _, v in ds.slices():
+        settings.validate(v)
+    if not (kw["resume"] and any(Path(model_dir).glob("**/model.pt"))):
+        adapt_dataset(ds, model_dir, settings, per_time=adapt_per_time, overwrite=True)
+    click.echo(str(_restore(ds, model_dir, out, "ssai3d", **kw)))
 
 
-def _dry_run_run(vol, out, adapt_settings, restore_settings, kw) -> None:
+def _dry_run_run(ds, out, adapt_settings, restore_settings, kw) -> None:
     """`run --dry-run`: the restore plan, timed with the base model standing in for the adapted one (same
     architecture, so the same cost), plus a measured fine-tuning step."""
     import time
@@ -423,6 +447,7 @@ def _dry_run_run(vol, out, adapt_settings, restore_settings, kw) -> None:
     from .geometry import isotropic_geometry
     from .sampling import volume_statistics
 
+    vol = ds.first
     adapt_settings.validate(vol)
     model, _ = load_model(adapt_settings.base)
     model.set_pool_window(model.local_window())
@@ -447,7 +472,7 @@ def _dry_run_run(vol, out, adapt_settings, restore_settings, kw) -> None:
             f"{adapt_settings.patch_px} px) = ~{ft.iterations * step / 60:.0f} min, plus sampling, denoiser "
             f"calibration and zero-shot metrics; restore times above use the base model as a stand-in"
             + ("; with --denoise auto the denoiser (if chosen) adds its cost" if adapt_settings.denoise == "auto" else ""))
-    _print_dry_run(vol, None, out, restore_settings, kw["resume"], kw["workers"], kw["threads_per_worker"],
+    _print_dry_run(ds, None, out, restore_settings, kw["resume"], kw["workers"], kw["threads_per_worker"],
                    adapted=stand_in, extra=[note])
 
 

@@ -27,8 +27,18 @@ def _human(n: float) -> str:
 
 def describe(path: str | os.PathLike, voxel_size_um=None, channel=None, time=None, level: int = 0) -> dict:
     """Shape, dtype, chunks, voxel size, anisotropy, pyramid levels and size on disk. Reads no voxels."""
+    from .dataset import input_axes
+
     path = Path(path)
-    vol = open_volume(path, voxel_size_um, channel, time, level)
+    sizes, labels, _ = input_axes(path, level)
+    extra = {}
+    if "c" in sizes:
+        extra["channels"] = f"{sizes['c']}" + (f" ({', '.join(str(lb) for lb in labels)})" if any(labels) else "")
+    if "t" in sizes:
+        extra["time points"] = sizes["t"]
+    # describe the first slice when the input has several (restore/run process them all)
+    vol = open_volume(path, voxel_size_um, channel if channel is not None else (0 if "c" in sizes else None),
+                      time if time is not None else (0 if "t" in sizes else None), level)
     geom = isotropic_geometry(vol.shape, vol.voxel_size_um)
     levels = [list(vol.shape)]
     if path.is_dir() and any((path / n).exists() for n in ("zarr.json", ".zattrs", ".zgroup")):
@@ -48,6 +58,7 @@ def describe(path: str | os.PathLike, voxel_size_um=None, channel=None, time=Non
         "isotropic voxel (um)": list(geom.out_voxel_um),
         "levels": levels,
         "selection": vol.selection,
+        **extra,
         "uncompressed": _human(vol.nbytes),
         "on disk": _human(size),
     }

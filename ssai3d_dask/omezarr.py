@@ -84,14 +84,28 @@ class MultiscaleWriter:
         What unwritten chunks read as (restore uses the background level).
     run_record : dict, optional
         Written to ``.ssai3d/run.json`` on creation; on resume it must equal the stored one.
+    lead_axes : str
+        Non-spatial axes before (z, y, x), e.g. ``"c"`` or ``"tc"``; ``lead_shape`` their sizes. Chunks and
+        shards span one entry along them, so every (t, c) slice is written and resumed on its own.
+    channel_labels : list of str
+        omero labels, one per channel (with a ``c`` axis).
+    time_unit : str, optional
+        Unit of the ``t`` axis.
     """
 
     def __init__(self, path: str | Path, shape: Sequence[int], dtype: Any, voxel_size_um: Sequence[float],
                  chunks: Sequence[int], overwrite: bool = False, resume: bool = False,
                  ngff_version: str = "0.5", name: str = "image", units: str = "micrometer",
                  region_shape: Sequence[int] | None = None, shards: Sequence[int] | None = None,
-                 fill_value: float = 0, run_record: dict | None = None) -> None:
+                 fill_value: float = 0, run_record: dict | None = None, lead_axes: str = "",
+                 lead_shape: Sequence[int] = (), channel_labels: Sequence[str] = (), time_unit: str | None = None) -> None:
         self.path = Path(path)
+        self.lead_axes = lead_axes
+        self.lead_shape = tuple(int(n) for n in lead_shape)
+        if len(self.lead_axes) != len(self.lead_shape) or set(self.lead_axes) - set("tc"):
+            raise VolumeError(f"lead axes {lead_axes!r} with sizes {self.lead_shape}: give t and/or c, one size each")
+        self.channel_labels = list(channel_labels)
+        self.time_unit = time_unit
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.voxel_size_um = tuple(float(v) for v in voxel_size_um)
@@ -117,11 +131,13 @@ class MultiscaleWriter:
             shutil.rmtree(self.path)
         self.group = zarr.open_group(str(self.path), mode="w", zarr_format=self.zarr_format)
         fill = _cast_fill(fill_value, self.dtype)
+        one = (1,) * len(self.lead_shape)
         for i, lv in enumerate(self.levels):
-            kw: dict[str, Any] = {"dimension_names": list("zyx")} if self.zarr_format == 3 else {}
+            kw: dict[str, Any] = {"dimension_names": [*self.lead_axes, *"zyx"]} if self.zarr_format == 3 else {}
             if lv.shards is not None:
-                kw["shards"] = lv.shards
-            self.group.create_array(str(i), shape=lv.shape, chunks=lv.chunks, dtype=self.dtype, fill_value=fill, **kw)
+                kw["shards"] = one + lv.shards
+            self.group.create_array(str(i), shape=self.lead_shape + lv.shape, chunks=one + lv.chunks, dtype=self.dtype,
+                                    fill_value=fill, **kw)
         (self.path / DONE_DIR).mkdir(parents=True, exist_ok=True)
         if run_record is not None:
             _atomic_write(self.path / RUN_RECORD, json.dumps(run_record, indent=1, sort_keys=True, default=str))
@@ -129,8 +145,10 @@ class MultiscaleWriter:
     def _check_resume(self, run_record: dict | None) -> None:
         for i, lv in enumerate(self.levels):
             arr = self.group[str(i)] if str(i) in self.group else None
+            one = (1,) * len(self.lead_shape)
+            want = (self.lead_shape + lv.shape, self.dtype, one + lv.chunks, one + lv.shards if lv.shards else None)
             got = None if arr is None else (arr.shape, arr.dtype, arr.chunks, arr.shards)
-            if got != (lv.shape, self.dtype, lv.chunks, lv.shards):
+            if got != want:
                 held = "nothing" if arr is None else f"{arr.shape} {arr.dtype} chunks {arr.chunks} shards {arr.shards}"
                 raise VolumeError(
                     f"cannot resume into {self.path}: level {i} holds {held}, this run writes {lv.shape} {self.dtype} "
@@ -170,11 +188,12 @@ class MultiscaleWriter:
         return {e.name[:-5] for e in os.scandir(done) if e.name.endswith(".json")} if done.exists() else set()
 
     # --- pyramid and metadata ------------------------------------------------------------
-    def build_pyramid(self, occupied: Callable[[Sequence[slice]], bool] | None = None, batch: int = 64) -> None:
+    def build_pyramid(self, occupied: Callable[[tuple, Sequence[slice]], bool] | None = None, batch: int = 64) -> None:
         """Levels not written by region tasks, each from the level above (:func:`.pyramid.downsample_mean`).
 
-        ``occupied(box)`` says whether a level-0 box may hold anything but the fill value; blocks where it
-        says no are skipped (they read as the fill value). Blocks run on the active Dask scheduler.
+        ``occupied(lead, box)`` says whether a level-0 box of the (t, c) slice ``lead`` (``()`` for 3D
+        output) may hold anything but the fill value; blocks where it says no are skipped (they read as
+        the fill value). Blocks run on the active Dask scheduler.
         """
         import dask
 
@@ -183,33 +202,36 @@ class MultiscaleWriter:
             lv, src = self.levels[level], self.group[str(level - 1)]
             target = self.group[str(level)]
             todo = []
-            for box in _grid(lv.shape, lv.chunks):
-                if occupied is not None and not occupied(
-                        tuple(slice(b.start * f, b.stop * f) for b, f in zip(box, lv.factor))):
-                    continue
-                todo.append(dask.delayed(_downsample_block)(src, target, box, lv.step, self.dtype))
+            for lead in np.ndindex(*self.lead_shape):
+                for box in _grid(lv.shape, lv.chunks):
+                    if occupied is not None and not occupied(
+                            lead, tuple(slice(b.start * f, b.stop * f) for b, f in zip(box, lv.factor))):
+                        continue
+                    todo.append(dask.delayed(_downsample_block)(src, target, lead, box, lv.step, self.dtype))
             for i in range(0, len(todo), batch):
                 dask.compute(*todo[i:i + batch])
 
-    def write_metadata(self, window: dict[str, float] | None = None, extra: dict | None = None) -> None:
+    def write_metadata(self, window: dict[str, float] | list | None = None, extra: dict | None = None) -> None:
         """NGFF multiscales (axes, units, per-level scale + translation, downsampling type), omero window,
         provenance."""
         datasets = []
         scale = list(self.voxel_size_um)
         trans = [0.0, 0.0, 0.0]
-        datasets.append({"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]})
+        lead1, lead0 = [1.0] * len(self.lead_axes), [0.0] * len(self.lead_axes)
+        datasets.append({"path": "0", "coordinateTransformations": [{"type": "scale", "scale": lead1 + list(scale)}]})
         for level, f in enumerate(self.factors, start=1):
             # A mean over f voxels sits at the centre of the voxels it averages.
             trans = [t + (k - 1) * s / 2 for t, k, s in zip(trans, f, scale)]
             scale = [s * k for s, k in zip(scale, f)]
             datasets.append({"path": str(level), "coordinateTransformations": [
-                {"type": "scale", "scale": list(scale)}, {"type": "translation", "translation": list(trans)}]})
-        axes = [{"name": ax, "type": "space", "unit": self.units} for ax in "zyx"]
-        if window is None:
-            window = default_window(self._window_sample(), self.dtype, self._fill())
-        omero = {"channels": [{"label": self.name, "color": "FFFFFF", "active": True, "coefficient": 1.0,
-                               "family": "linear", "inverted": False, "window": window}],
-                 "rdefs": {"model": "greyscale", "defaultT": 0, "defaultZ": self.shape[0] // 2}}
+                {"type": "scale", "scale": lead1 + list(scale)},
+                {"type": "translation", "translation": lead0 + list(trans)}]})
+        lead = [{"name": "t", "type": "time", **({"unit": self.time_unit} if self.time_unit else {})}
+                if ax == "t" else {"name": "c", "type": "channel"} for ax in self.lead_axes]
+        axes = lead + [{"name": ax, "type": "space", "unit": self.units} for ax in "zyx"]
+        omero = {"channels": self._omero_channels(window),
+                 "rdefs": {"model": "greyscale" if "c" not in self.lead_axes else "color", "defaultT": 0,
+                           "defaultZ": self.shape[0] // 2}}
         write_multiscales_metadata(self.group, datasets, fmt=self.fmt, axes=axes, name=self.name,
                                    metadata={"omero": omero, "method": "ssai3d_dask.pyramid.downsample_mean",
                                              "description": "block mean over each level's factors; integers rounded"})
@@ -219,6 +241,27 @@ class MultiscaleWriter:
         self.group.attrs.update({"ome": attrs["ome"]} if "ome" in attrs else {"multiscales": ms})
         if extra:
             self.group.attrs.update({"ssai3d": extra})
+
+    def _omero_channels(self, window: dict | list | None) -> list[dict]:
+        """One omero entry per channel: label, colour, window from that channel's own values."""
+        sample = None
+        if "c" not in self.lead_axes:
+            if window is None:
+                sample = self._window_sample()
+                window = default_window(sample, self.dtype, self._fill())
+            return [{"label": self.name, "color": "FFFFFF", "active": True, "coefficient": 1.0, "family": "linear",
+                     "inverted": False, "window": window}]
+        from .dataset import PALETTE
+
+        axis = self.lead_axes.index("c")
+        n = self.lead_shape[axis]
+        windows = window if isinstance(window, list) else None
+        if windows is None:
+            sample = self._window_sample()
+            windows = [default_window(np.take(sample, i, axis=axis), self.dtype, self._fill()) for i in range(n)]
+        labels = self.channel_labels or [f"c{i}" for i in range(n)]
+        return [{"label": labels[i], "color": PALETTE[i % len(PALETTE)] if n > 1 else "FFFFFF", "active": True,
+                 "coefficient": 1.0, "family": "linear", "inverted": False, "window": windows[i]} for i in range(n)]
 
     def _fill(self) -> float:
         fv = self.level0.fill_value
@@ -243,10 +286,11 @@ def _grid(shape: Sequence[int], block: Sequence[int]):
         yield tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(idx, block, shape))
 
 
-def _downsample_block(src: zarr.Array, target: zarr.Array, box: Sequence[slice], step: Sequence[int],
+def _downsample_block(src: zarr.Array, target: zarr.Array, lead: tuple, box: Sequence[slice], step: Sequence[int],
                       dtype: np.dtype) -> None:
-    src_box = tuple(slice(b.start * f, min(b.stop * f, n)) for b, f, n in zip(box, step, src.shape))
-    target[tuple(box)] = downsample_mean(src[src_box], step, dtype)
+    spatial = src.shape[len(lead):]
+    src_box = tuple(slice(b.start * f, min(b.stop * f, n)) for b, f, n in zip(box, step, spatial))
+    target[tuple(lead) + tuple(box)] = downsample_mean(src[tuple(lead) + src_box], step, dtype)
 
 
 def _cast_fill(value: float, dtype: np.dtype):
@@ -270,10 +314,11 @@ def mark_done(path: str | Path, block_id: str, record: dict) -> None:
 
 
 def write_region_levels(path: str | Path, levels: Sequence[Level], core: Sequence[slice], data: np.ndarray,
-                        block_id: str, record: dict) -> None:
+                        block_id: str, record: dict, lead: tuple = ()) -> None:
     """Write one restored region at level 0 and every task-written level below it, then record it done.
 
-    Runs on any worker; the region's chunks and shards at every level belong to it alone.
+    ``lead`` indexes the (t, c) slice in an output with such axes. Runs on any worker; the region's
+    chunks and shards at every level belong to it alone.
     """
     dtype = np.dtype(data.dtype)
     for i, lv in enumerate(levels):
@@ -281,7 +326,7 @@ def write_region_levels(path: str | Path, levels: Sequence[Level], core: Sequenc
             break
         if i:
             data = downsample_mean(data, lv.step, dtype)
-        _level_array(path, i)[lv.box(core)] = data
+        _level_array(path, i)[tuple(lead) + lv.box(core)] = data
     mark_done(path, block_id, record)
 
 

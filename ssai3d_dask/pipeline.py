@@ -151,12 +151,28 @@ class RestoreJob:
     psf: np.ndarray | None = None
     provenance_model: dict | None = None
     notes: list[str] = field(default_factory=list)
+    source_volume: Volume | None = None
+
+    @property
+    def prefix(self) -> str:
+        """Block-id prefix of this job's (t, c) slice (empty for a 3D output)."""
+        return self.spec.get("prefix", "")
 
     def todo(self, done: set[str] = frozenset()):  # type: ignore[assignment]
         """Region indices to run, in C order, lazily."""
+        prefix = self.prefix
         for i in np.flatnonzero(self.keep.ravel()):
-            if f"r{int(i):07d}" not in done:
+            if f"{prefix}r{int(i):07d}" not in done:
                 yield int(i)
+
+    def n_done(self, done: set[str]) -> int:
+        """How many of this job's kept regions are recorded done."""
+        prefix, flat, n = self.prefix, self.keep.ravel(), 0
+        for d in done:
+            if d.startswith(prefix + "r") and d[len(prefix) + 1:].isdigit():
+                i = int(d[len(prefix) + 1:])
+                n += bool(i < flat.size and flat[i])
+        return n
 
     def occupied(self, box) -> bool:
         """Whether a level-0 output box meets a kept region (else it holds only the fill value)."""
@@ -219,7 +235,7 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
     elif settings.method == "care":
         prov = {"kind": "care", "settings": adapted.manifest.get("settings")}
     return RestoreJob(settings, geom, plan, levels, norm, dtype, fill, source, keep, pruned, spec,
-                      adapted if uses_model else None, psf, prov, notes)
+                      adapted if uses_model else None, psf, prov, notes, vol)
 
 
 def _prune(plan: Plan, source: Source, norm: Normalization, settings: RestoreSettings) -> tuple[np.ndarray, dict]:
@@ -303,11 +319,11 @@ def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict)
     psf = _cached_psf(spec["psf_path"]) if spec["method"] == "rl" else None
     crop = source.read(plan.input_crop(region))
     data, skipped = compute_region(plan, region, crop, spec, model, denoiser, psf)
+    block_id = spec.get("prefix", "") + region.block_id
     record = {"core": [[s.start, s.stop] for s in region.core], "skipped": skipped,
               "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
-    write_region_levels(out, spec["levels"], region.core, data, region.block_id, record)
-    return {"id": region.block_id, "voxels": int(np.prod(region.shape)), "skipped": skipped,
-            "bytes_read": int(crop.nbytes)}
+    write_region_levels(out, spec["levels"], region.core, data, block_id, record, tuple(spec.get("lead", ())))
+    return {"id": block_id, "voxels": int(np.prod(region.shape)), "skipped": skipped, "bytes_read": int(crop.nbytes)}
 
 
 # --- the whole restoration ------------------------------------------------------------------------
@@ -324,43 +340,110 @@ def run_record(job: RestoreJob, vol: Volume) -> dict:
                       "selection": vol.selection}}
 
 
-def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings: RestoreSettings | None = None,
+def slice_models(ds, model_dir, method: str) -> dict:
+    """The model folder of every (t, c) slice: MODEL_DIR itself for one model, MODEL_DIR/c{c} (or
+    MODEL_DIR/t{t}/c{c}) for a folder of per-channel models, as ``ssai3d run`` writes them."""
+    keys = list(ds.volumes)
+    if method not in ("ssai3d", "care"):
+        return dict.fromkeys(keys)
+    if model_dir is None or (Path(model_dir) / "model.pt").exists():
+        if ds.channels is not None and len(ds.channels) > 1 and model_dir is not None:
+            raise SettingsError(f"{model_dir} holds one model, this input has channels {ds.channels}: channels "
+                                f"differ, so each needs its own adaptation (`ssai3d run` or `ssai3d adapt` on the "
+                                f"whole input write MODEL_DIR/c0, c1, ...); or choose one with --channel")
+        return dict.fromkeys(keys, model_dir)
+    found, missing = {}, []
+    for t, c in keys:
+        root = Path(model_dir)
+        candidates = ([root / f"t{t}" / f"c{c}", root / f"t{t}"] if t is not None else []) + [root / f"c{c}"]
+        hit = next((d for d in candidates if (d / "model.pt").exists()), None)
+        if hit is None:
+            missing.append(f"c{c}" if t is None else f"t{t}/c{c}")
+        found[(t, c)] = hit
+    if missing:
+        have = sorted(str(p.relative_to(model_dir).parent) for p in Path(model_dir).glob("**/model.pt"))
+        raise SettingsError(f"{model_dir} has no model for {', '.join(missing)} (it holds {', '.join(have) or 'none'}); "
+                            f"adapt those channels (`ssai3d adapt INPUT --out {model_dir} --channel ...`) or select "
+                            f"the channels it has with --channel")
+    return found
+
+
+def _share_fill(jobs: list[RestoreJob]) -> float:
+    """One zarr fill value for all slices: the lowest background level. A slice whose own background level
+    is further from it than its empty level is computed everywhere (pruned regions would read wrong)."""
+    fill = min(j.fill_value for j in jobs)
+    for j in jobs:
+        tol = j.settings.empty_level * (j.norm.high - j.norm.low)
+        if abs(j.fill_value - fill) > max(tol, 0.5) and j.keep.size != j.keep.sum():
+            j.notes.append(f"slice {j.prefix.rstrip('-')}: background level {j.fill_value:g} differs from the "
+                           f"output fill value {fill:g}; all its regions are computed")
+            j.keep = np.ones_like(j.keep)
+            j.pruned = {"unwritten": 0, "background": 0}
+    return fill
+
+
+def restore(vol, model_dir: str | Path | None, out: str | Path, settings: RestoreSettings | None = None,
             overwrite: bool = False, resume: bool = False, client=None, progress: bool = True) -> Path:
-    """Restore ``vol`` into a multiscale OME-Zarr at ``out`` with isotropic voxels.
+    """Restore a :class:`Volume` (or every slice of a :class:`~ssai3d_dask.dataset.Dataset`) into a
+    multiscale OME-Zarr at ``out`` with isotropic voxels.
 
     Parameters
     ----------
+    vol : Volume or Dataset
+        A dataset keeps its channel/time axes in the output; each slice runs through the same block plan.
     model_dir : path or None
         An adapted model folder (``ssai3d adapt``, method ``ssai3d``) or a CARE model folder
-        (``ssai3d train-care``, method ``care``); None for ``rl`` and ``interp``.
+        (``ssai3d train-care``, method ``care``); for a multichannel dataset a folder of per-channel
+        models (``MODEL_DIR/c0``, ``c1``, ...); None for ``rl`` and ``interp``.
     client : distributed.Client, optional
         Used when given (or when one is active); otherwise regions run one after another in this process.
     resume : bool
         Keep regions recorded as done in ``out`` and compute only the rest.
     """
+    from itertools import chain
+
+    from .dataset import Dataset, dataset_from_volume
     from .scheduling import run_regions
 
-    job = prepare_restore(vol, model_dir, settings)
-    settings = job.settings
-    for note in job.notes:
+    ds = vol if isinstance(vol, Dataset) else dataset_from_volume(vol)
+    settings = settings or RestoreSettings()
+    settings.validate()
+    models = slice_models(ds, model_dir, settings.method)
+    jobs = []
+    for lead, t, c, v in ds.slices():
+        job = prepare_restore(v, models[(t, c)], settings)
+        job.spec["lead"] = lead
+        job.spec["prefix"] = "".join(f"{a}{i}" for a, i in zip(ds.axes, lead)) + ("-" if lead else "")
+        jobs.append(job)
+    fill = _share_fill(jobs) if len(jobs) > 1 else jobs[0].fill_value
+    first = jobs[0]
+    for note in dict.fromkeys(n for j in jobs for n in j.notes):
         logger.warning(note)
     out = Path(out)
-    plan = job.plan
-    writer = MultiscaleWriter(out, plan.out_shape, job.dtype, job.geometry.out_voxel_um, plan.chunks,
+    plan = first.plan
+    record = run_record(first, first.source_volume) | {
+        "slices": [{"prefix": j.prefix, "model_dir": j.spec["model_dir"], "normalization": j.norm.to_dict()}
+                   for j in jobs]}
+    writer = MultiscaleWriter(out, plan.out_shape, first.dtype, first.geometry.out_voxel_um, plan.chunks,
                               overwrite=overwrite, resume=resume, ngff_version=settings.ngff_version, name="restored",
-                              region_shape=plan.region_shape, shards=settings.shard_shape(),
-                              fill_value=job.fill_value, run_record=run_record(job, vol))
-    if job.psf is not None:
+                              region_shape=plan.region_shape, shards=settings.shard_shape(), fill_value=fill,
+                              run_record=record, lead_axes=ds.axes, lead_shape=ds.lead_shape,
+                              channel_labels=ds.labels, time_unit=ds.time_meta.get("unit"))
+    if first.psf is not None:
         psf_path = out / ".ssai3d" / "psf.npy"
-        np.save(psf_path, job.psf)
-        job.spec["psf_path"] = str(psf_path.resolve())
+        np.save(psf_path, first.psf)
+        for j in jobs:
+            j.spec["psf_path"] = str(psf_path.resolve())
     done = writer.done_blocks() if resume else set()
-    n_keep = int(job.keep.sum())
-    n_todo = n_keep - len({d for d in done if _kept(job, d)})
-    logger.info("output %s voxels %s um; %d regions of %s, halo %d; pruned %d (%d unwritten input, %d background); "
-                "%d already done, %d to run", plan.out_shape, job.geometry.out_voxel_um, plan.n_regions,
-                plan.region_shape, plan.halo[0], plan.n_regions - n_keep, job.pruned["unwritten"],
-                job.pruned["background"], n_keep - n_todo, n_todo)
+    n_keep = sum(int(j.keep.sum()) for j in jobs)
+    n_done = sum(j.n_done(done) for j in jobs)
+    n_todo = n_keep - n_done
+    pruned = {k: sum(j.pruned[k] for j in jobs) for k in ("unwritten", "background")}
+    total = plan.n_regions * len(jobs)
+    logger.info("output %s%s voxels %s um; %d regions of %s (%d slices), halo %d; pruned %d (%d unwritten input, "
+                "%d background); %d already done, %d to run", ds.lead_shape, plan.out_shape,
+                first.geometry.out_voxel_um, total, plan.region_shape, len(jobs), plan.halo[0], total - n_keep,
+                pruned["unwritten"], pruned["background"], n_done, n_todo)
     if client is None:
         try:
             from distributed import get_client
@@ -368,22 +451,20 @@ def restore(vol: Volume, model_dir: str | Path | None, out: str | Path, settings
             client = get_client()
         except ValueError:
             client = None
-    stats = run_regions(job, str(out), job.todo(done), n_todo, client, settings.in_flight, progress)
-    writer.build_pyramid(occupied=job.occupied)
-    window = default_window(writer._window_sample(), job.dtype, job.fill_value)
-    provenance = {"package_version": __version__, "input": {"source": vol.source, "shape": list(vol.shape),
-                  "voxel_size_um": list(vol.voxel_size_um), "selection": vol.selection},
-                  "method": settings.method, "model_dir": job.spec["model_dir"], "model": job.provenance_model,
-                  "psf_shape": list(job.psf.shape) if job.psf is not None else None,
-                  "settings": asdict(settings) | {"halo": plan.halo[0]}, "normalization": job.norm.to_dict(),
-                  "regions": {"total": plan.n_regions, "pruned_unwritten": job.pruned["unwritten"],
-                              "pruned_background": job.pruned["background"], "computed_this_run": stats["regions"]}}
+    todo = chain.from_iterable(((j, i) for i in j.todo(done)) for j in jobs)
+    stats = run_regions(todo, n_todo, str(out), client, settings.in_flight, progress)
+    by_lead = {tuple(j.spec["lead"]): j for j in jobs}
+    writer.build_pyramid(occupied=lambda lead, box: by_lead[tuple(lead)].occupied(box))
+    window = default_window(writer._window_sample(), first.dtype, fill) if not ds.axes.count("c") else None
+    provenance = {"package_version": __version__, "input": {"source": ds.source, "shape": list(first.source_volume.shape),
+                  "voxel_size_um": list(first.source_volume.voxel_size_um), "axes": ds.axes, "times": ds.times,
+                  "channels": ds.channels, "selection": first.source_volume.selection},
+                  "method": settings.method, "model_dir": first.spec["model_dir"], "model": first.provenance_model,
+                  "slices": [{"prefix": j.prefix, "model_dir": j.spec["model_dir"], "normalization": j.norm.to_dict()}
+                             for j in jobs] if len(jobs) > 1 else None,
+                  "psf_shape": list(first.psf.shape) if first.psf is not None else None,
+                  "settings": asdict(settings) | {"halo": plan.halo[0]}, "normalization": first.norm.to_dict(),
+                  "regions": {"total": total, "pruned_unwritten": pruned["unwritten"],
+                              "pruned_background": pruned["background"], "computed_this_run": stats["regions"]}}
     writer.write_metadata(window, provenance)
     return out
-
-
-def _kept(job: RestoreJob, block_id: str) -> bool:
-    try:
-        return bool(job.keep.ravel()[int(block_id[1:])])
-    except (ValueError, IndexError):
-        return False

@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from itertools import islice
+from itertools import chain, islice
 
 logger = logging.getLogger(__name__)
 
@@ -47,21 +47,31 @@ def task_payload(job, out: str, index: int) -> tuple:
     return job.plan, job.plan.region(index), job.source, out, job.spec
 
 
-def _distributed(job, out: str, todo: Iterator[int], client, in_flight: int | None) -> Iterator[dict]:
+def _distributed(out: str, todo: Iterator[tuple], client, in_flight: int | None) -> Iterator[dict]:
     from distributed import as_completed
 
     from .pipeline import run_region
 
-    device = job.spec["device"]
+    todo = iter(todo)
+    head = next(todo, None)
+    if head is None:
+        return
+    todo = chain([head], todo)
+    device = head[0].spec["device"]
     in_flight = in_flight or default_in_flight(client, device)
-    source = job.source if job.source.is_small else client.scatter(job.source, broadcast=True, hash=False)
     resources = {"GPU": 1} if device == "cuda" else None
     token = uuid.uuid4().hex[:8]
+    scattered: dict[int, object] = {}
 
-    def submit(i: int):
+    def submit(item: tuple):
+        job, i = item
+        if id(job) not in scattered:  # a path handle travels in each task; an in-memory array once
+            scattered[id(job)] = job.source if job.source.is_small else client.scatter(job.source, broadcast=True,
+                                                                                      hash=False)
         plan, region, _, _, spec = task_payload(job, out, i)
-        return client.submit(run_region, plan, region, source, out, spec, key=f"restore-{region.block_id}-{token}",
-                             pure=False, resources=resources)
+        return client.submit(run_region, plan, region, scattered[id(job)], out, spec,
+                             key=f"restore-{spec.get('prefix', '')}{region.block_id}-{token}", pure=False,
+                             resources=resources)
 
     logger.debug("submitting with at most %d tasks in flight", in_flight)
     pending = as_completed([submit(i) for i in islice(todo, in_flight)])
@@ -74,20 +84,20 @@ def _distributed(job, out: str, todo: Iterator[int], client, in_flight: int | No
         yield res
 
 
-def _local(job, out: str, todo: Iterator[int]) -> Iterator[dict]:
+def _local(out: str, todo: Iterator[tuple]) -> Iterator[dict]:
     from .pipeline import run_region
 
-    spec = dict(job.spec, torch_threads=os.cpu_count() or 1)  # one region at a time with every core
-    for i in todo:
-        yield run_region(job.plan, job.plan.region(i), job.source, out, spec)
+    threads = os.cpu_count() or 1  # one region at a time with every core
+    for job, i in todo:
+        yield run_region(job.plan, job.plan.region(i), job.source, out, dict(job.spec, torch_threads=threads))
 
 
-def run_regions(job, out: str, todo: Iterator[int], n_todo: int, client=None, in_flight: int | None = None,
+def run_regions(todo: Iterator[tuple], n_todo: int, out: str, client=None, in_flight: int | None = None,
                 progress: bool = True) -> dict:
-    """Run every region of ``todo`` (indices) and return totals: regions, voxels, background regions, seconds."""
+    """Run every (job, region index) of ``todo`` and return totals: regions, voxels, background regions, seconds."""
     from tqdm.auto import tqdm
 
-    results = _distributed(job, out, todo, client, in_flight) if client is not None else _local(job, out, todo)
+    results = _distributed(out, todo, client, in_flight) if client is not None else _local(out, todo)
     t0 = time.perf_counter()
     bar = tqdm(total=n_todo, desc="restore", unit="region", disable=not progress, smoothing=0.05)
     regions = voxels = skipped = nbytes = 0

@@ -104,7 +104,7 @@ def write_sparse_volume(path: str | Path, shape: Sequence[int], chunks: Sequence
         for box in boxes:
             mask[tuple(b.start // c for b, c in zip(box, chunks))] = True
         occ = Occupancy(mask, tuple(float(c) for c in chunks))  # type: ignore[arg-type]
-        writer.build_pyramid(occupied=occ.any_in_box)
+        writer.build_pyramid(occupied=lambda lead, box: occ.any_in_box(box))
     writer.write_metadata(window={"start": 0.0, "end": 65535.0, "min": 0.0, "max": 65535.0})
     import shutil
 
