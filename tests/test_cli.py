@@ -60,7 +60,9 @@ def test_simulate_tiff_output(runner, tmp_path):
     (["info", "plain.zarr"], "--voxel-size"),
     (["info", "plain.zarr", "--voxel-size", "0", "1", "1"], "positive"),
     (["info", "plain.zarr", "--voxel-size", "nan", "1", "1"], "NaN or Inf"),
-    (["info", "tc.ome.zarr"], "--time"),
+    (["info", "tc.ome.zarr", "--channel", "9"], "out of range"),
+    (["restore", "tc.ome.zarr", "o.ome.zarr", "--method", "interp", "--channel", "0,9"], "out of range"),
+    (["restore", "tc.ome.zarr", "o.ome.zarr", "--method", "interp", "--time", "x"], "not understood"),
 ])
 def test_bad_input_one_line_exit_2(runner, tmp_path, monkeypatch, args, msg):
     import zarr
@@ -85,3 +87,12 @@ def test_existing_output_refused(runner, tmp_path):
     res = runner.invoke(main, args)
     assert res.exit_code == 2 and "--overwrite" in res.output
     assert runner.invoke(main, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_info_lists_channels_and_time_points(runner, tmp_path):
+    from tests.test_volume import _write_5d
+
+    _write_5d(tmp_path / "tc.ome.zarr")
+    res = runner.invoke(main, ["info", str(tmp_path / "tc.ome.zarr")])
+    assert res.exit_code == 0, res.output
+    assert "channels" in res.output and "time points" in res.output
