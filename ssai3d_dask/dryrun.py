@@ -214,9 +214,10 @@ def format_report(r: dict, workers: int | None = None, threads_per_worker: int =
             f"read on {cal['device']} ({cal['threads']} threads), peak +{_human(cal['peak_rss_bytes'])}",
             f"memory       ~{_human(est['peak_bytes_per_task'])} per running task (scaled to a full region), "
             f"x {tasks} tasks per machine at once" + (f" = ~{_human(est['peak_bytes_per_task'] * tasks)}" if tasks > 1 else ""),
-            f"time         ~{_duration(est['seconds_per_region'])} per full region here; "
-            f"~{_duration(est['seconds_this_machine'])} for the run on this machine "
-            f"(a cluster with N times this machine's compute: divide by N)",
+            f"time         ~{_duration(est['seconds_per_region'])} per full region here; at most "
+            f"~{_duration(est['seconds_this_machine'])} for the run on this machine (regions found background-only "
+            f"at run time take the interpolation and cost far less; a cluster with N times this machine's "
+            f"compute: divide by N)",
         ]
     elif cal is None and "calibration" in r:
         lines.append("time         nothing to run")
