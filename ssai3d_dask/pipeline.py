@@ -440,8 +440,8 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
     n_todo = n_keep - n_done
     pruned = {k: sum(j.pruned[k] for j in jobs) for k in ("unwritten", "background")}
     total = plan.n_regions * len(jobs)
-    logger.info("output %s%s voxels %s um; %d regions of %s (%d slices), halo %d; pruned %d (%d unwritten input, "
-                "%d background); %d already done, %d to run", ds.lead_shape, plan.out_shape,
+    logger.info("output %s voxels %s um; %d regions of %s (%d slices), halo %d; pruned %d (%d unwritten input, "
+                "%d background); %d already done, %d to run", ds.lead_shape + plan.out_shape,
                 first.geometry.out_voxel_um, total, plan.region_shape, len(jobs), plan.halo[0], total - n_keep,
                 pruned["unwritten"], pruned["background"], n_done, n_todo)
     if client is None:
