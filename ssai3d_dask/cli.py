@@ -417,7 +417,6 @@ def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, **kw):
     from .dataset import open_dataset
 
     ds = open_dataset(path, voxel_size, channel, time_)
-    vol = ds.first
     adapt_keys = ("base", "n_patches", "patch_px", "iterations", "batch_size", "lr", "layers_fraction", "selection",
                   "denoise", "sigmas", "angles", "seed", "device")
     settings = _adapt_settings(**{k: kw.pop(k) for k in adapt_keys if k != "device"}, device=kw.get("device", "auto"))

@@ -31,7 +31,7 @@ from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.writer import write_multiscales_metadata
 
 from .errors import VolumeError
-from .pyramid import DOWNSAMPLING_TYPE, Level, downsample_mean, pyramid_factors, pyramid_layout
+from .pyramid import DOWNSAMPLING_TYPE, Level, downsample_mean, pyramid_layout
 
 logger = logging.getLogger(__name__)
 

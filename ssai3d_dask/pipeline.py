@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .casting import cast_output
 from .cluster import cached_adapted_model, gpu_count
 from .denoise import Denoiser
 from .errors import SettingsError
@@ -32,7 +33,7 @@ from .geometry import Geometry, isotropic_geometry
 from .omezarr import MultiscaleWriter, default_window, write_region_levels
 from .plan import Plan, Region, make_plan
 from .pyramid import Level, pyramid_layout
-from .restore import cast_output, default_halo, denoise_planes, extended_crop, restore_block, to_output
+from .restore import default_halo, denoise_planes, extended_crop, restore_block, to_output
 from .rl import default_rl_halo, gaussian_psf_on_grid, load_psf, richardson_lucy
 from .sampling import Normalization, volume_statistics
 from .source import Source

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .casting import cast_output
+
 #: A level is written by region tasks while a region's footprint there has at least this many voxels
 #: (32 KiB of uint16) and at least 8 voxels along every axis: smaller pieces make too many tiny files.
 MIN_TASK_LEVEL_VOXELS = 1 << 15
@@ -118,9 +120,4 @@ def downsample_mean(block: np.ndarray, step: Sequence[int], dtype: np.dtype) -> 
             total += acc[tuple(index)]
         acc = total
     acc *= np.float32(1.0 / math.prod(step))
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        np.rint(acc, out=acc)
-        np.clip(acc, info.min, info.max, out=acc)
-    return acc.astype(dtype, copy=False)
+    return cast_output(acc, dtype)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .casting import cast_output
 from .denoise import RADIUS_PX, Denoiser
 from .nafnet import NAFNet, gray_forward
 from .plan import Plan, Region
@@ -137,16 +138,6 @@ def to_output(restored: np.ndarray, norm: Normalization, dtype: np.dtype) -> np.
     y *= np.float32(norm.high - norm.low)
     y += np.float32(norm.low)
     return cast_output(y, dtype)
-
-
-def cast_output(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round (integers), clip to the dtype's range and cast a float32 array, in place where it can."""
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        np.rint(y, out=y)
-        np.clip(y, info.min, info.max, out=y)
-    return y.astype(dtype, copy=False)
 
 
 def default_halo(model: NAFNet | None, denoiser: Denoiser, multiple: int = 16) -> int:

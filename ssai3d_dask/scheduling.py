@@ -41,9 +41,7 @@ def _params(fn) -> set[str]:
 
 def task_payload(job, out: str, index: int) -> tuple:
     """The arguments of one region task: (plan, region, source, out, spec). Small and independent of the
-    number of regions (a test pickles it at 1e3 and 1e6 regions)."""
-    from .pipeline import run_region  # noqa: F401  (the function the payload is for)
-
+    number of regions (a test pickles it at 1e3 and 1e6 regions); :func:`.pipeline.run_region` takes it."""
     return job.plan, job.plan.region(index), job.source, out, job.spec
 
 
