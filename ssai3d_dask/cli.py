@@ -291,8 +291,12 @@ def _restore_options(fn):
     return fn
 
 
-def _check_output(out, overwrite: bool, resume: bool) -> None:
-    """Refuse an existing output before a cluster starts or a model is adapted."""
+def _check_output(out, overwrite: bool, resume: bool, inputs=()) -> None:
+    """Refuse an existing output, or one that is, holds or lies in an input, before a cluster starts or a
+    model is adapted."""
+    from .omezarr import check_output_apart
+
+    check_output_apart(out, inputs)
     if Path(out).exists() and not (overwrite or resume):
         raise Ssai3dError(f"output {out} already exists; pass --overwrite to replace it or --resume to finish it")
 
@@ -347,7 +351,7 @@ def _restore(vol, model_dir, out, method, chunks, region, halo, view, dtype, bat
     if dry_run:
         _print_dry_run(vol, model_dir, out, settings, resume, workers, threads_per_worker)
         return None
-    _check_output(out, overwrite, resume)
+    _check_output(out, overwrite, resume, [vol.source] + ([model_dir] if model_dir else []))
     if workers is None and method == "interp" and not scheduler:
         # Interpolation is bound by numpy and the codecs, one core per task: a worker per core beats one
         # worker with a multi-threaded torch pool.
@@ -424,8 +428,9 @@ def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, **kw):
     if kw["dry_run"]:
         _dry_run_run(ds, out, settings, restore_settings, kw)
         return
-    _check_output(out, kw["overwrite"], kw["resume"])
     model_dir = model_dir or Path(str(out).rstrip("/") + ".model")
+    _check_output(out, kw["overwrite"], kw["resume"], [ds.source])
+    _check_output(model_dir, True, True, [ds.source])
     for _, _, _, v in ds.slices():
         settings.validate(v)
     if not (kw["resume"] and any(Path(model_dir).glob("**/model.pt"))):

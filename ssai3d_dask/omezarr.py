@@ -280,6 +280,19 @@ class MultiscaleWriter:
         self.write_metadata(window, extra)
 
 
+def check_output_apart(out: str | Path, inputs: Sequence[str | Path]) -> None:
+    """Refuse an output that is, lies inside, or contains an input (``--overwrite`` would delete it)."""
+    o = Path(out).resolve()
+    for src in inputs:
+        if not src or str(src).startswith("<"):
+            continue
+        i = Path(src).resolve()
+        if o == i or i in o.parents or o in i.parents:
+            where = "is" if o == i else ("lies inside" if i in o.parents else "contains")
+            raise VolumeError(f"output {out} {where} the input {src}; choose an output outside the input "
+                              f"(nothing was written)")
+
+
 def _grid(shape: Sequence[int], block: Sequence[int]):
     counts = [-(-s // b) for s, b in zip(shape, block)]
     for idx in np.ndindex(*counts):

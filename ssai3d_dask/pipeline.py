@@ -30,7 +30,7 @@ from .cluster import cached_adapted_model, gpu_count
 from .denoise import Denoiser
 from .errors import SettingsError
 from .geometry import Geometry, isotropic_geometry
-from .omezarr import MultiscaleWriter, default_window, write_region_levels
+from .omezarr import MultiscaleWriter, check_output_apart, default_window, write_region_levels
 from .plan import Plan, Region, make_plan
 from .pyramid import Level, pyramid_layout
 from .restore import default_halo, denoise_planes, extended_crop, restore_block, to_output
@@ -421,6 +421,7 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
     for note in dict.fromkeys(n for j in jobs for n in j.notes):
         logger.warning(note)
     out = Path(out)
+    check_output_apart(out, [ds.source] + [j.spec["model_dir"] for j in jobs if j.spec["model_dir"]])
     plan = first.plan
     record = run_record(first, first.source_volume) | {
         "slices": [{"prefix": j.prefix, "model_dir": j.spec["model_dir"], "normalization": j.norm.to_dict()}

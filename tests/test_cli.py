@@ -61,6 +61,10 @@ def test_simulate_tiff_output(runner, tmp_path):
     (["info", "plain.zarr", "--voxel-size", "0", "1", "1"], "positive"),
     (["info", "plain.zarr", "--voxel-size", "nan", "1", "1"], "NaN or Inf"),
     (["info", "tc.ome.zarr", "--channel", "9"], "out of range"),
+    (["restore", "tc.ome.zarr", "tc.ome.zarr", "--method", "interp", "--overwrite"], "is the input"),
+    (["restore", "tc.ome.zarr", "tc.ome.zarr/out.ome.zarr", "--method", "interp", "--overwrite"], "lies inside the input"),
+    (["restore", "tc.ome.zarr", ".", "--method", "interp", "--overwrite"], "contains the input"),
+    (["run", "tc.ome.zarr", "tc.ome.zarr", "--overwrite"], "is the input"),
     (["restore", "tc.ome.zarr", "o.ome.zarr", "--method", "interp", "--channel", "0,9"], "out of range"),
     (["restore", "tc.ome.zarr", "o.ome.zarr", "--method", "interp", "--time", "x"], "not understood"),
 ])
@@ -96,3 +100,18 @@ def test_info_lists_channels_and_time_points(runner, tmp_path):
     res = runner.invoke(main, ["info", str(tmp_path / "tc.ome.zarr")])
     assert res.exit_code == 0, res.output
     assert "channels" in res.output and "time points" in res.output
+
+
+def test_output_over_input_leaves_the_input_intact(runner, tmp_path):
+    """Once, `restore IN IN --overwrite` deleted the input; the library refuses it too (not only the CLI)."""
+    from ssai3d_dask.errors import VolumeError
+    from ssai3d_dask.pipeline import RestoreSettings, restore
+    from ssai3d_dask.volume import open_volume
+    from tests.test_volume import _write_5d
+
+    _write_5d(tmp_path / "tc.ome.zarr")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    vol = open_volume(tmp_path / "tc.ome.zarr", channel=0, time=0)
+    with pytest.raises(VolumeError, match="is the input"):
+        restore(vol, None, tmp_path / "tc.ome.zarr", RestoreSettings(method="interp"), overwrite=True, progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
