@@ -7,6 +7,8 @@ import os
 import threading
 from pathlib import Path
 
+from .errors import SettingsError
+
 logger = logging.getLogger(__name__)
 
 _CACHE: dict = {}
@@ -43,8 +45,16 @@ def make_client(scheduler: str | None = None, workers: int | None = None, thread
     if not logger.isEnabledFor(logging.DEBUG):
         logging.getLogger("distributed").setLevel(logging.WARNING)
 
+    if workers is not None and workers < 1:
+        raise SettingsError(f"--workers must be at least 1, got {workers}")
+    if threads_per_worker is not None and threads_per_worker < 1:
+        raise SettingsError(f"--threads-per-worker must be at least 1, got {threads_per_worker}")
     if scheduler:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise SettingsError(f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__}); check the "
+                                f"address and that the scheduler runs, or drop --scheduler for a local cluster") from exc
         logger.info("connected to %s (dashboard %s)", scheduler, client.dashboard_link)
         return client
     n_gpu = gpu_count()

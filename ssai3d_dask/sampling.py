@@ -124,6 +124,10 @@ def volume_statistics(vol: Volume, seed: int = 0, n_chunks: int = 64,
     from skimage.filters import threshold_otsu
 
     values = np.concatenate([v.astype(np.float64) for v in sample_chunks(vol, n_chunks, seed)])
+    bad = int(values.size - np.isfinite(values).sum())
+    if bad:
+        raise VolumeError(f"{vol.source} holds NaN or Inf ({bad} of {values.size} sampled voxels); replace them "
+                          f"(e.g. with 0) before restoring, or the output would carry them")
     low, high = (float(v) for v in np.percentile(values, percentiles))
     if not high > low:
         raise SettingsError(f"{vol.source} looks constant (percentiles {percentiles} both {low}); nothing to restore")

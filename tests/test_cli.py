@@ -8,6 +8,7 @@ import tifffile
 from click.testing import CliRunner
 
 from ssai3d_dask.cli import main
+from ssai3d_dask.omezarr import write_multiscale
 
 
 @pytest.fixture
@@ -65,6 +66,10 @@ def test_simulate_tiff_output(runner, tmp_path):
     (["restore", "tc.ome.zarr", "tc.ome.zarr/out.ome.zarr", "--method", "interp", "--overwrite"], "lies inside the input"),
     (["restore", "tc.ome.zarr", ".", "--method", "interp", "--overwrite"], "contains the input"),
     (["run", "tc.ome.zarr", "tc.ome.zarr", "--overwrite"], "is the input"),
+    (["restore", "tc.ome.zarr", "o.ome.zarr", "--method", "interp", "--workers", "-1"], "--workers must be"),
+    (["restore", "tc.ome.zarr", "o.ome.zarr", "--method", "interp", "--scheduler", "tcp://127.0.0.1:9"],
+     "cannot reach the Dask scheduler"),
+    (["restore", "nan.ome.zarr", "o.ome.zarr", "--method", "interp"], "NaN or Inf"),
     (["restore", "tc.ome.zarr", "o.ome.zarr", "--method", "interp", "--channel", "0,9"], "out of range"),
     (["restore", "tc.ome.zarr", "o.ome.zarr", "--method", "interp", "--time", "x"], "not understood"),
 ])
@@ -78,6 +83,9 @@ def test_bad_input_one_line_exit_2(runner, tmp_path, monkeypatch, args, msg):
     tifffile.imwrite(tmp_path / "plane.tif", np.zeros((8, 8), np.uint16))
     zarr.save_array(str(tmp_path / "plain.zarr"), np.zeros((4, 8, 8), np.uint16))
     _write_5d(tmp_path / "tc.ome.zarr")
+    nan = np.ones((8, 32, 32), np.float32)
+    nan[3, 4, 4] = np.nan
+    write_multiscale(nan, tmp_path / "nan.ome.zarr", (1, 1, 1), chunks=(8, 32, 32))
     res = runner.invoke(main, args)
     assert res.exit_code == 2
     assert msg in res.output
