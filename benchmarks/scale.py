@@ -191,15 +191,11 @@ def part_model(work: Path, quick: bool) -> list[str]:
              f"steps) took {sum(manifest['timings'].values()):.0f} s of the wall time; regions within the network's "
              f"reach of the beads run the network, the other kept regions are background-only and take the "
              f"interpolation. `--dry-run` took {dry['wall_s']:.0f} s.", "", *HEADER, *_sparse_table("run (adapt + restore)", r, out), ""]
-    lines += ["Dry run printed:", "", "```", *[ln for ln in dry_text(dry)], "```", ""]
+    lines += ["Dry run printed:", "", "```", *dry["stdout"], "```", ""]
     shutil.rmtree(out)
     shutil.rmtree(Path(str(out) + ".model"))
     shutil.rmtree(src)
     return lines
-
-
-def dry_text(res: dict) -> list[str]:
-    return res["stdout"]
 
 
 def part_dense(work: Path, quick: bool) -> list[str]:

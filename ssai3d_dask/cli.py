@@ -333,7 +333,7 @@ def _print_dry_run(ds, model_dir, out, settings, resume, workers, threads_per_wo
     if workers is None:
         from .cluster import default_workers
 
-        workers = default_workers()
+        workers = default_workers(settings.method)
     click.echo(format_report(dry_run(job, out, resume), workers, threads_per_worker))
     for line in extra:
         click.echo(line)
@@ -352,12 +352,10 @@ def _restore(vol, model_dir, out, method, chunks, region, halo, view, dtype, bat
         _print_dry_run(vol, model_dir, out, settings, resume, workers, threads_per_worker)
         return None
     _check_output(out, overwrite, resume, [vol.source] + ([model_dir] if model_dir else []))
-    if workers is None and method == "interp" and not scheduler:
-        # Interpolation is bound by numpy and the codecs, one core per task: a worker per core beats one
-        # worker with a multi-threaded torch pool.
-        import os
+    if workers is None and not scheduler:
+        from .cluster import default_workers
 
-        workers = os.cpu_count() or 1
+        workers = default_workers(method)
     client = make_client(scheduler, workers, threads_per_worker, memory_limit)
     try:
         return run_restore(vol, model_dir, out, settings, overwrite=overwrite, resume=resume, client=client)
@@ -431,8 +429,6 @@ def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, **kw):
     model_dir = model_dir or Path(str(out).rstrip("/") + ".model")
     _check_output(out, kw["overwrite"], kw["resume"], [ds.source])
     _check_output(model_dir, True, True, [ds.source])
-    for _, _, _, v in ds.slices():
-        settings.validate(v)
     if not (kw["resume"] and any(Path(model_dir).glob("**/model.pt"))):
         adapt_dataset(ds, model_dir, settings, per_time=adapt_per_time, overwrite=True)
     click.echo(str(_restore(ds, model_dir, out, "ssai3d", **kw)))

@@ -24,9 +24,12 @@ def gpu_count() -> int:
         return 0
 
 
-def default_workers() -> int:
-    """LocalCluster workers by default: one per GPU, else min(4, cores // 2), at least 1."""
-    return gpu_count() or max(1, min(4, (os.cpu_count() or 1) // 2))
+def default_workers(method: str | None = None) -> int:
+    """LocalCluster workers by default: one per GPU; else one per core for ``interp`` (bound by numpy and the
+    codecs, one core per task: that beats one worker with a multi-threaded torch pool), else
+    min(4, cores // 2), at least 1."""
+    cores = os.cpu_count() or 1
+    return gpu_count() or (cores if method == "interp" else max(1, min(4, cores // 2)))
 
 
 def make_client(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int | None = None,

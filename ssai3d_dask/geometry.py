@@ -28,6 +28,11 @@ class Geometry:
         return self.in_voxel_um[0] < self.in_voxel_um[2]
 
 
+def output_shape(in_shape: Sequence[int], z_factor: float) -> tuple[int, int, int]:
+    """(round(Z * f), Y, X): the output grid of a stack whose z is sampled ``z_factor`` times coarser."""
+    return (int(round(int(in_shape[0]) * z_factor)), int(in_shape[1]), int(in_shape[2]))
+
+
 def isotropic_geometry(in_shape: Sequence[int], voxel_size_um: Sequence[float]) -> Geometry:
     """The output grid for a (z, y, x) stack of ``in_shape`` voxels with ``voxel_size_um`` (dz, dy, dx).
 
@@ -42,6 +47,6 @@ def isotropic_geometry(in_shape: Sequence[int], voxel_size_um: Sequence[float]) 
     shape = tuple(int(s) for s in in_shape)
     dz, dy, dx = (float(v) for v in voxel_size_um)
     z_factor = max(1.0, dz / dx)
-    out_shape = (int(round(shape[0] * z_factor)), shape[1], shape[2])
+    out_shape = output_shape(shape, z_factor)
     out_dz = float(f"{dz / z_factor:.12g}")
     return Geometry(shape, (dz, dy, dx), z_factor, out_shape, (out_dz, dy, dx))  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ from ome_zarr.writer import write_multiscales_metadata
 
 from .errors import VolumeError
 from .pyramid import DOWNSAMPLING_TYPE, Level, downsample_mean, pyramid_layout
+from .source import cached_array
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class MultiscaleWriter:
         omero labels, one per channel (with a ``c`` axis).
     time_unit : str, optional
         Unit of the ``t`` axis.
+    max_levels : int
+        At most this many levels below level 0 (0: a single-level image).
     """
 
     def __init__(self, path: str | Path, shape: Sequence[int], dtype: Any, voxel_size_um: Sequence[float],
@@ -98,7 +101,8 @@ class MultiscaleWriter:
                  ngff_version: str = "0.5", name: str = "image", units: str = "micrometer",
                  region_shape: Sequence[int] | None = None, shards: Sequence[int] | None = None,
                  fill_value: float = 0, run_record: dict | None = None, lead_axes: str = "",
-                 lead_shape: Sequence[int] = (), channel_labels: Sequence[str] = (), time_unit: str | None = None) -> None:
+                 lead_shape: Sequence[int] = (), channel_labels: Sequence[str] = (), time_unit: str | None = None,
+                 max_levels: int = 12) -> None:
         self.path = Path(path)
         self.lead_axes = lead_axes
         self.lead_shape = tuple(int(n) for n in lead_shape)
@@ -117,7 +121,7 @@ class MultiscaleWriter:
             raise VolumeError("sharding needs zarr v3 (NGFF 0.5); use --no-shards or --ngff-version 0.5")
         self.fmt = FormatV05() if ngff_version == "0.5" else FormatV04()
         self.zarr_format = 3 if ngff_version == "0.5" else 2
-        self.levels = pyramid_layout(self.shape, self.voxel_size_um, chunks, region_shape, shards)
+        self.levels = pyramid_layout(self.shape, self.voxel_size_um, chunks, region_shape, shards, max_levels)
         self.chunks = self.levels[0].chunks
         self.factors = [lv.step for lv in self.levels[1:]]
         exists = self.path.exists()
@@ -244,11 +248,9 @@ class MultiscaleWriter:
 
     def _omero_channels(self, window: dict | list | None) -> list[dict]:
         """One omero entry per channel: label, colour, window from that channel's own values."""
-        sample = None
         if "c" not in self.lead_axes:
             if window is None:
-                sample = self._window_sample()
-                window = default_window(sample, self.dtype, self._fill())
+                window = default_window(self._window_sample(), self.dtype, self._fill())
             return [{"label": self.name, "color": "FFFFFF", "active": True, "coefficient": 1.0, "family": "linear",
                      "inverted": False, "window": window}]
         from .dataset import PALETTE
@@ -339,25 +341,8 @@ def write_region_levels(path: str | Path, levels: Sequence[Level], core: Sequenc
             break
         if i:
             data = downsample_mean(data, lv.step, dtype)
-        _level_array(path, i)[tuple(lead) + lv.box(core)] = data
+        cached_array(Path(path) / str(i), "r+")[tuple(lead) + lv.box(core)] = data  # opened once per worker
     mark_done(path, block_id, record)
-
-
-_ARRAYS: dict = {}
-
-
-def _level_array(path: str | Path, level: int) -> zarr.Array:
-    """An output level opened once per worker process (keyed by its metadata file, so a new output at the
-    same path, e.g. after --overwrite, is opened afresh)."""
-    p = Path(path) / str(level)
-    meta = p / "zarr.json" if (p / "zarr.json").exists() else p / ".zarray"
-    key = (str(p), meta.stat().st_mtime_ns, meta.stat().st_ino)
-    arr = _ARRAYS.get(key)
-    if arr is None:
-        if len(_ARRAYS) > 256:
-            _ARRAYS.clear()
-        arr = _ARRAYS[key] = zarr.open_array(str(p), mode="r+")
-    return arr
 
 
 def write_multiscale(data: da.Array | np.ndarray, path: str | Path, voxel_size_um: Sequence[float],

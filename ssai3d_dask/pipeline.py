@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +31,14 @@ from .cluster import cached_adapted_model, gpu_count
 from .denoise import Denoiser
 from .errors import SettingsError
 from .geometry import Geometry, isotropic_geometry
-from .omezarr import MultiscaleWriter, check_output_apart, default_window, write_region_levels
+from .omezarr import MultiscaleWriter, check_output_apart, write_region_levels
 from .plan import Plan, Region, make_plan
 from .pyramid import Level, pyramid_layout
 from .restore import default_halo, denoise_planes, extended_crop, restore_block, to_output
 from .rl import default_rl_halo, gaussian_psf_on_grid, load_psf, richardson_lucy
 from .sampling import Normalization, volume_statistics
 from .source import Source
-from .tissue import Occupancy, coarse_view, tissue_occupancy, written_occupancy
+from .tissue import Occupancy, TissueViews, tissue_occupancy, tissue_views
 from .volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -175,10 +176,13 @@ class RestoreJob:
                 n += bool(i < flat.size and flat[i])
         return n
 
+    @cached_property
+    def _kept_occupancy(self) -> Occupancy:
+        """One integral image of the kept regions, reused for every box (made after pruning is final)."""
+        return Occupancy(self.keep, tuple(float(r) for r in self.plan.region_shape))  # type: ignore[arg-type]
+
     def occupied(self, box) -> bool:
         """Whether a level-0 output box meets a kept region (else it holds only the fill value)."""
-        if getattr(self, "_kept_occupancy", None) is None:  # one integral image, reused for every box
-            self._kept_occupancy = Occupancy(self.keep, tuple(float(r) for r in self.plan.region_shape))  # type: ignore[arg-type]
         return self._kept_occupancy.any_in_box(box)
 
 
@@ -224,7 +228,7 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
     fill = float(to_output(np.zeros(1, np.float32), norm, dtype)[0])  # the background level
     levels = pyramid_layout(plan.out_shape, geom.out_voxel_um, plan.chunks, plan.region_shape, settings.shard_shape())
     source = vol.source_handle()
-    keep, pruned = _prune(plan, source, norm, settings)
+    keep, pruned = _prune(plan, tissue_views(vol), norm, settings)
     spec = {"method": settings.method, "model_dir": str(Path(model_dir).resolve()) if model_dir else None,
             "psf_path": None, "rl_iterations": settings.rl_iterations, "norm": norm.to_dict(), "view": settings.view,
             "batch": settings.batch or (32 if settings.resolved_device() == "cuda" else 4),
@@ -239,18 +243,17 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
                       adapted if uses_model else None, psf, prov, notes, vol)
 
 
-def _prune(plan: Plan, source: Source, norm: Normalization, settings: RestoreSettings) -> tuple[np.ndarray, dict]:
+def _prune(plan: Plan, views: TissueViews, norm: Normalization, settings: RestoreSettings) -> tuple[np.ndarray, dict]:
     """Regions whose input reach touches written data and coarse-level tissue (all of them with skip_empty off)."""
     keep = np.ones(plan.grid, bool)
     pruned = {"unwritten": 0, "background": 0}
     if not settings.skip_empty:
         return keep, pruned
     bounds = plan.input_bounds()
-    written = written_occupancy(source)
-    if written is not None:
-        keep &= written.any_in(bounds)
+    if views.written is not None:
+        keep &= views.written.any_in(bounds)
         pruned["unwritten"] = int(keep.size - keep.sum())
-    coarse = coarse_view(source)
+    coarse = views.coarse
     if coarse is not None:
         before = int(keep.sum())
         keep &= tissue_occupancy(coarse, norm.low, norm.high, settings.empty_level).any_in(bounds)
@@ -329,9 +332,9 @@ def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict)
 
 # --- the whole restoration ------------------------------------------------------------------------
 
-def run_record(job: RestoreJob, vol: Volume) -> dict:
+def run_record(job: RestoreJob) -> dict:
     """What must not change between a run and its ``--resume`` (results would otherwise mix)."""
-    s = job.settings
+    s, vol = job.settings, job.source_volume
     return {"method": s.method, "model_dir": job.spec["model_dir"], "halo": job.plan.halo[0], "view": s.view,
             "normalization": job.norm.to_dict(), "dtype": job.dtype.str, "skip_empty": s.skip_empty,
             "empty_level": s.empty_level, "rl_iterations": s.rl_iterations if s.method == "rl" else None,
@@ -423,9 +426,8 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
     out = Path(out)
     check_output_apart(out, [ds.source] + [j.spec["model_dir"] for j in jobs if j.spec["model_dir"]])
     plan = first.plan
-    record = run_record(first, first.source_volume) | {
-        "slices": [{"prefix": j.prefix, "model_dir": j.spec["model_dir"], "normalization": j.norm.to_dict()}
-                   for j in jobs]}
+    slices = [{"prefix": j.prefix, "model_dir": j.spec["model_dir"], "normalization": j.norm.to_dict()} for j in jobs]
+    record = run_record(first) | {"slices": slices}
     writer = MultiscaleWriter(out, plan.out_shape, first.dtype, first.geometry.out_voxel_um, plan.chunks,
                               overwrite=overwrite, resume=resume, ngff_version=settings.ngff_version, name="restored",
                               region_shape=plan.region_shape, shards=settings.shard_shape(), fill_value=fill,
@@ -457,16 +459,14 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
     stats = run_regions(todo, n_todo, str(out), client, settings.in_flight, progress)
     by_lead = {tuple(j.spec["lead"]): j for j in jobs}
     writer.build_pyramid(occupied=lambda lead, box: by_lead[tuple(lead)].occupied(box))
-    window = default_window(writer._window_sample(), first.dtype, fill) if not ds.axes.count("c") else None
     provenance = {"package_version": __version__, "input": {"source": ds.source, "shape": list(first.source_volume.shape),
                   "voxel_size_um": list(first.source_volume.voxel_size_um), "axes": ds.axes, "times": ds.times,
                   "channels": ds.channels, "selection": first.source_volume.selection},
                   "method": settings.method, "model_dir": first.spec["model_dir"], "model": first.provenance_model,
-                  "slices": [{"prefix": j.prefix, "model_dir": j.spec["model_dir"], "normalization": j.norm.to_dict()}
-                             for j in jobs] if len(jobs) > 1 else None,
+                  "slices": slices if len(jobs) > 1 else None,
                   "psf_shape": list(first.psf.shape) if first.psf is not None else None,
                   "settings": asdict(settings) | {"halo": plan.halo[0]}, "normalization": first.norm.to_dict(),
                   "regions": {"total": total, "pruned_unwritten": pruned["unwritten"],
                               "pruned_background": pruned["background"], "computed_this_run": stats["regions"]}}
-    writer.write_metadata(window, provenance)
+    writer.write_metadata(None, provenance)  # omero windows from the written data, per channel
     return out

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .geometry import output_shape
+
 
 @dataclass(frozen=True)
 class Region:
@@ -112,7 +114,7 @@ def make_plan(in_shape: Sequence[int], z_factor: float, chunks: Sequence[int], r
     block invariance needs (multiples of ``multiple``; regions of whole chunks).
     """
     in_shape = tuple(int(s) for s in in_shape)
-    out_shape = (int(round(in_shape[0] * z_factor)), in_shape[1], in_shape[2])
+    out_shape = output_shape(in_shape, z_factor)
     chunks = tuple(int(c) for c in chunks)
     region_shape = tuple(min(int(r), -(-o // c) * c) for r, o, c in zip(region_shape, out_shape, chunks))
     for name, vals in (("chunks", chunks), ("region", region_shape), ("halo", halo)):

@@ -71,7 +71,8 @@ def _clip_shard(shards: Sequence[int], chunks: Sequence[int], shape: Sequence[in
 
 
 def pyramid_layout(shape: Sequence[int], voxel_size_um: Sequence[float], chunks: Sequence[int],
-                   region_shape: Sequence[int] | None = None, shards: Sequence[int] | None = None) -> list[Level]:
+                   region_shape: Sequence[int] | None = None, shards: Sequence[int] | None = None,
+                   max_levels: int = 12) -> list[Level]:
     """Levels of a multiscale image written region by region (``region_shape``) or in one go (None).
 
     ``shards`` is the level-0 shard shape (None: unsharded); it must divide ``region_shape`` and be a
@@ -83,7 +84,7 @@ def pyramid_layout(shape: Sequence[int], voxel_size_um: Sequence[float], chunks:
                     (1, 1, 1), (1, 1, 1), region_shape is not None)]
     factor = (1, 1, 1)
     shape_l = shape
-    for step in pyramid_factors(shape, voxel_size_um, chunks):
+    for step in pyramid_factors(shape, voxel_size_um, chunks, max_levels):
         factor = tuple(f * s for f, s in zip(factor, step))
         shape_l = tuple(max(1, n // s) for n, s in zip(shape_l, step))
         in_task = False

@@ -24,7 +24,7 @@ import dask.array as da
 import numpy as np
 
 from .errors import SettingsError, VolumeError
-from .tissue import Occupancy, coarse_foreground_weights, coarse_view, written_occupancy
+from .tissue import Occupancy, coarse_foreground_weights, tissue_views
 from .volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -78,10 +78,8 @@ def chunk_weights(vol: Volume) -> np.ndarray | None:
     0 where the store holds no bytes under the chunk, 4 where the coarse level shows tissue, 1 elsewhere.
     Raises VolumeError when the store holds no bytes at all.
     """
-    if vol.reader is None:
-        return None
-    written = written_occupancy(vol.reader)
-    coarse = coarse_view(vol.reader)
+    views = tissue_views(vol)
+    written, coarse = views.written, views.coarse
     if written is None and coarse is None:
         return None
     bounds = [(b[:-1], b[1:]) for b in _chunk_bounds(vol.data)]
@@ -187,7 +185,7 @@ def sample_lateral_patches(vol: Volume, n: int, patch_px: int, norm: Normalizati
     origins: list[tuple[int, int, int]] = []
     touched: set[tuple[int, int, int]] = set()
     candidates = 0
-    bounds = [np.concatenate([[0], np.cumsum(c)]) for c in vol.data.chunks]
+    bounds = _chunk_bounds(vol.data)
     weights = chunk_weights(vol)
     rounds = 0
     while len(kept) < n and rounds < 20:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,13 +76,7 @@ def write_sparse_volume(path: str | Path, shape: Sequence[int], chunks: Sequence
     grid = [-(-s // c) for s, c in zip(shape, chunks)]
     anis = float(voxel_size_um[0]) / float(voxel_size_um[2])
     writer = MultiscaleWriter(path, shape, np.uint16, voxel_size_um, chunks, region_shape=chunks if pyramid else None,
-                              ngff_version=ngff_version, name="sparse")
-    if not pyramid:  # a single-level image: drop the empty coarser arrays the writer laid out
-        import shutil
-
-        for i in range(1, len(writer.levels)):
-            shutil.rmtree(Path(path) / str(i), ignore_errors=True)
-        writer.levels, writer.factors = writer.levels[:1], []
+                              ngff_version=ngff_version, name="sparse", max_levels=12 if pyramid else 0)
     picks = rng.choice(int(np.prod(grid)), size=min(n_blocks, int(np.prod(grid))), replace=False)
     boxes = []
     for j, flat in enumerate(sorted(picks)):
@@ -106,7 +101,5 @@ def write_sparse_volume(path: str | Path, shape: Sequence[int], chunks: Sequence
         occ = Occupancy(mask, tuple(float(c) for c in chunks))  # type: ignore[arg-type]
         writer.build_pyramid(occupied=lambda lead, box: occ.any_in_box(box))
     writer.write_metadata(window={"start": 0.0, "end": 65535.0, "min": 0.0, "max": 65535.0})
-    import shutil
-
     shutil.rmtree(Path(path) / ".ssai3d", ignore_errors=True)
     return boxes

@@ -34,10 +34,22 @@ def _cached(key, opener):
     """One open handle per process and key (workers reuse it for every task)."""
     with _OPEN_LOCK:
         if key not in _OPEN:
-            if len(_OPEN) > 64:
+            if len(_OPEN) > 256:
                 _OPEN.clear()
             _OPEN[key] = opener()
         return _OPEN[key]
+
+
+def cached_array(path: str | Path, mode: str = "r"):
+    """A zarr array opened once per process and mode. The key includes its metadata file's mtime and inode,
+    so an array re-created at the same path (``--overwrite``) is opened afresh."""
+    import zarr
+
+    p = Path(path)
+    meta = p / "zarr.json" if (p / "zarr.json").exists() else p / ".zarray"
+    st = meta.stat() if meta.exists() else None
+    stamp = (st.st_mtime_ns, st.st_ino) if st else (0, 0)
+    return _cached(("zarr", str(p), mode, stamp), lambda: zarr.open_array(str(p), mode=mode))
 
 
 @dataclass(frozen=True)
@@ -123,13 +135,7 @@ class ZarrSource(Source):
     downsampling: str | None = None
 
     def _array(self, path: str | None = None):
-        import zarr
-
-        p = path or self.path
-        meta = Path(p) / "zarr.json"
-        meta = meta if meta.exists() else Path(p) / ".zarray"
-        stamp = meta.stat().st_mtime_ns if meta.exists() else 0
-        return _cached(("zarr", p, stamp), lambda: zarr.open_array(p, mode="r"))
+        return cached_array(path or self.path)
 
     @property
     def _fixed(self) -> dict[int, int]:

@@ -75,6 +75,25 @@ class Occupancy:
         return bool(self.any_in([(np.array([s.start]), np.array([s.stop])) for s in box])[0, 0, 0])
 
 
+@dataclass(frozen=True)
+class TissueViews:
+    """What a volume's store says about where the data is: written units and a coarse level (each may be None)."""
+
+    written: Occupancy | None
+    coarse: object | None  # a source.Coarse
+
+
+def tissue_views(vol) -> TissueViews:
+    """The store listing and coarse level of ``vol``'s source, made once per Volume object and kept on it
+    (statistics, patch sampling and pruning all ask; a terabyte store is listed once)."""
+    views = getattr(vol, "_tissue_views", None)
+    if views is None:
+        src = vol.reader
+        views = TissueViews(written_occupancy(src), coarse_view(src)) if src is not None else TissueViews(None, None)
+        vol._tissue_views = views
+    return views
+
+
 def written_occupancy(source: Source) -> Occupancy | None:
     """Storage units holding bytes, or None when the source cannot tell (TIFF, in-memory, unlistable)."""
     mask = source.written_units()
