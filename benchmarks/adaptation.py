@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from ssai3d_dask.adapt import AdaptSettings, adapt
-from ssai3d_dask.checkpoint import load_model
-from ssai3d_dask.denoise import Denoiser
-from ssai3d_dask.finetune import FinetuneSettings
-from ssai3d_dask.metrics import psnr
-from ssai3d_dask.restore import restore_in_memory
-from ssai3d_dask.sampling import volume_statistics
-from ssai3d_dask.simulate import ForwardModel, simulate
-from ssai3d_dask.volume import Volume
+from ssai3d_dask.adaptation.adapt import AdaptSettings, adapt
+from ssai3d_dask.models.checkpoint import load_model
+from ssai3d_dask.adaptation.denoise import Denoiser
+from ssai3d_dask.adaptation.finetune import FinetuneSettings
+from ssai3d_dask.evaluation.metrics import psnr
+from ssai3d_dask.restoration.kernels import restore_in_memory
+from ssai3d_dask.adaptation.sampling import volume_statistics
+from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
+from ssai3d_dask.io.volume import Volume
 
 RESULTS = Path(__file__).parent / "results"
 CASES = {

@@ -1,6 +1,6 @@
 """Fidelity against baselines on phantoms with ground truth (issue 6; DESIGN.md "Evaluation protocol").
 
-Every method runs through the package's block pipeline (``ssai3d_dask.pipeline.restore``):
+Every method runs through the package's block pipeline (``ssai3d_dask.restoration.pipeline.restore``):
 
 - interp      linear z interpolation (what the user has without restoration)
 - rl          Richardson-Lucy with the true (nominal) PSF, 30 iterations
@@ -41,18 +41,18 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from ssai3d_dask.adapt import AdaptSettings, adapt
-from ssai3d_dask.care import CareSettings, train_care
-from ssai3d_dask.cluster import cached_adapted_model
-from ssai3d_dask.finetune import FinetuneSettings
-from ssai3d_dask.metrics import bead_fwhm, find_beads, ms_ssim, psnr, ssim
-from ssai3d_dask.pairs import PairSynthesizer
-from ssai3d_dask.pipeline import RestoreSettings, restore
-from ssai3d_dask.psf import PSFBank
-from ssai3d_dask.restore import apply_network
-from ssai3d_dask.sampling import sample_lateral_patches, volume_statistics
-from ssai3d_dask.simulate import ForwardModel, simulate
-from ssai3d_dask.volume import Volume, open_volume
+from ssai3d_dask.adaptation.adapt import AdaptSettings, adapt
+from ssai3d_dask.adaptation.care import CareSettings, train_care
+from ssai3d_dask.restoration.cluster import cached_adapted_model
+from ssai3d_dask.adaptation.finetune import FinetuneSettings
+from ssai3d_dask.evaluation.metrics import bead_fwhm, find_beads, ms_ssim, psnr, ssim
+from ssai3d_dask.adaptation.pairs import PairSynthesizer
+from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+from ssai3d_dask.adaptation.psf import PSFBank
+from ssai3d_dask.restoration.kernels import apply_network
+from ssai3d_dask.adaptation.sampling import sample_lateral_patches, volume_statistics
+from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
+from ssai3d_dask.io.volume import Volume, open_volume
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("interp", "rl", "care", "ssai3d-full", "ssai3d")

@@ -25,9 +25,9 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 CHILD = r'''
 import json, sys, threading, time, os, psutil, numpy as np, torch
-from ssai3d_dask.cluster import make_client
-from ssai3d_dask.pipeline import RestoreSettings, restore
-from ssai3d_dask.volume import open_volume
+from ssai3d_dask.restoration.cluster import make_client
+from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+from ssai3d_dask.io.volume import open_volume
 src, model, out, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 peak = [0]
 def watch():
@@ -52,11 +52,11 @@ print(json.dumps({"seconds": secs, "peak_rss": peak[0], "voxels": int(np.prod(op
 
 
 def make_inputs(tmp: Path) -> tuple[Path, Path, Path]:
-    from ssai3d_dask.adapt import AdaptSettings, adapt
-    from ssai3d_dask.finetune import FinetuneSettings
-    from ssai3d_dask.omezarr import write_multiscale
-    from ssai3d_dask.simulate import ForwardModel, simulate
-    from ssai3d_dask.volume import open_volume
+    from ssai3d_dask.adaptation.adapt import AdaptSettings, adapt
+    from ssai3d_dask.adaptation.finetune import FinetuneSettings
+    from ssai3d_dask.io.omezarr import write_multiscale
+    from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
+    from ssai3d_dask.io.volume import open_volume
 
     sim = simulate("tubes", (32, 128, 128), seed=3, model=ForwardModel(0.5, 3.0, z_factor=4))
     small = np.round(sim.raw * 60000).astype(np.uint16)
@@ -78,8 +78,8 @@ def pure_forward_seconds(model_dir: Path, z_out: int, y: int, x: int, halo: int,
     """Model-only time for the slices restore feeds the network on this volume (batch 4, all cores)."""
     import torch
 
-    from ssai3d_dask.adapt import AdaptedModel
-    from ssai3d_dask.nafnet import gray_forward
+    from ssai3d_dask.adaptation.adapt import AdaptedModel
+    from ssai3d_dask.models.nafnet import gray_forward
 
     torch.set_num_threads(2)
     m = AdaptedModel.load(model_dir).model

@@ -103,10 +103,10 @@ def files_and_bytes(path: Path) -> tuple[int, int]:
 
 
 def part_plan(work: Path, quick: bool) -> list[str]:
-    from ssai3d_dask.pipeline import RestoreSettings, prepare_restore
-    from ssai3d_dask.scheduling import task_payload
-    from ssai3d_dask.simio import write_sparse_volume
-    from ssai3d_dask.volume import open_volume
+    from ssai3d_dask.restoration.pipeline import RestoreSettings, prepare_restore
+    from ssai3d_dask.restoration.scheduling import task_payload
+    from ssai3d_dask.evaluation.simio import write_sparse_volume
+    from ssai3d_dask.io.volume import open_volume
 
     rows = ["| regions | input (z, y, x) | plan + prune | task pickled | build + pickle per task |", "|---|---|---|---|---|"]
     sides = [(1, 8, 125), (10, 10, 100), (10, 100, 100), (100, 100, 100)][: 2 if quick else 4]
@@ -146,7 +146,7 @@ HEADER = ["| run | wall | client peak RSS | worker peak RSS | regions | pruned |
 
 
 def part_sparse(work: Path, quick: bool) -> list[str]:
-    from ssai3d_dask.simio import write_sparse_volume
+    from ssai3d_dask.evaluation.simio import write_sparse_volume
 
     shape = (256, 8192, 8192) if quick else (1024, 32768, 32768)
     src = work / "sparse.ome.zarr"
@@ -170,8 +170,8 @@ def part_sparse(work: Path, quick: bool) -> list[str]:
 def part_model(work: Path, quick: bool) -> list[str]:
     import zarr
 
-    from ssai3d_dask.simio import write_sparse_volume
-    from ssai3d_dask.simulate import ForwardModel, simulate
+    from ssai3d_dask.evaluation.simio import write_sparse_volume
+    from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
 
     shape = (256, 8192, 8192) if quick else (1024, 32768, 32768)
     src = work / "beads.ome.zarr"
@@ -203,7 +203,7 @@ def part_dense(work: Path, quick: bool) -> list[str]:
     import dask.array as da
     import zarr
 
-    from ssai3d_dask.omezarr import MultiscaleWriter
+    from ssai3d_dask.io.omezarr import MultiscaleWriter
 
     shape = (64, 1024, 1024) if quick else (256, 2048, 2048)
     src = work / "dense.ome.zarr"

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from ssai3d_dask.omezarr import MultiscaleWriter
+from ssai3d_dask.io.omezarr import MultiscaleWriter
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cellfinder_stp_cortex"
 

@@ -22,10 +22,10 @@ import sys
 from dask_jobqueue import SLURMCluster
 from distributed import Client
 
-from ssai3d_dask.adapt import AdaptSettings, adapt
-from ssai3d_dask.finetune import FinetuneSettings
-from ssai3d_dask.pipeline import RestoreSettings, restore
-from ssai3d_dask.volume import open_volume
+from ssai3d_dask.adaptation.adapt import AdaptSettings, adapt
+from ssai3d_dask.adaptation.finetune import FinetuneSettings
+from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+from ssai3d_dask.io.volume import open_volume
 
 src, out = sys.argv[1], sys.argv[2]
 cluster = SLURMCluster(

@@ -43,8 +43,8 @@ def make_model_dir(path, z_factor: float, low: float = 0.0, high: float = 1.0, d
     """A small adapted-model folder with non-trivial random weights (fresh NAFBlocks are identities)."""
     import torch
 
-    from ssai3d_dask.checkpoint import save_model
-    from ssai3d_dask.nafnet import build
+    from ssai3d_dask.models.checkpoint import save_model
+    from ssai3d_dask.models.nafnet import build
 
     torch.manual_seed(seed)
     model = build("small")

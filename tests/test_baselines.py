@@ -8,18 +8,18 @@ import zarr
 from click.testing import CliRunner
 from scipy.ndimage import gaussian_filter
 
-from ssai3d_dask.care import CareSettings, CareUNet, load_care, train_care
+from ssai3d_dask.adaptation.care import CareSettings, CareUNet, load_care, train_care
 from ssai3d_dask.cli import main
-from ssai3d_dask.denoise import Denoiser
+from ssai3d_dask.adaptation.denoise import Denoiser
 from ssai3d_dask.errors import SettingsError
-from ssai3d_dask.metrics import bead_fwhm, find_beads
-from ssai3d_dask.nafnet import count_parameters
-from ssai3d_dask.pipeline import RestoreSettings, restore
-from ssai3d_dask.restore import _reflect_pad, resample_z_block, restore_in_memory, to_output
-from ssai3d_dask.rl import gaussian_psf, gaussian_psf_on_grid, load_psf, richardson_lucy
-from ssai3d_dask.sampling import Normalization
-from ssai3d_dask.simulate import ForwardModel, simulate
-from ssai3d_dask.volume import Volume, open_volume
+from ssai3d_dask.evaluation.metrics import bead_fwhm, find_beads
+from ssai3d_dask.models.nafnet import count_parameters
+from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+from ssai3d_dask.restoration.kernels import _reflect_pad, resample_z_block, restore_in_memory, to_output
+from ssai3d_dask.restoration.rl import gaussian_psf, gaussian_psf_on_grid, load_psf, richardson_lucy
+from ssai3d_dask.adaptation.sampling import Normalization
+from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
+from ssai3d_dask.io.volume import Volume, open_volume
 
 
 def _beads(shape=(64, 64, 64), n=20, sd=1.0, seed=0):
@@ -150,7 +150,7 @@ def test_care_rejects_psf_narrower_than_lateral():
 
 def test_cli_method_model_mismatch(tmp_path):
     sim, vol = _care_volume()
-    from ssai3d_dask.simio import write_simulation
+    from ssai3d_dask.evaluation.simio import write_simulation
 
     write_simulation(sim, tmp_path / "ph", dtype="float32", chunks=(16, 64, 64))
     raw = str(tmp_path / "ph" / "raw.ome.zarr")

@@ -9,11 +9,11 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
 from ssai3d_dask.cli import main
-from ssai3d_dask.dataset import open_dataset, parse_selection
+from ssai3d_dask.io.dataset import open_dataset, parse_selection
 from ssai3d_dask.errors import Ssai3dError, VolumeError
-from ssai3d_dask.pipeline import RestoreSettings, restore
-from ssai3d_dask.simulate import ForwardModel, simulate
-from ssai3d_dask.volume import open_volume
+from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
+from ssai3d_dask.io.volume import open_volume
 
 from .conftest import make_model_dir
 
@@ -27,7 +27,7 @@ def _two_channel(shape=(48, 64, 64)):
 
 def _write_ngff(path, data, axes, labels=None):
     """A multiscale OME-Zarr 0.5 with non-spatial axes (t and/or c), voxel 0.4 x 0.1 x 0.1 um, channel labels."""
-    from ssai3d_dask.omezarr import MultiscaleWriter
+    from ssai3d_dask.io.omezarr import MultiscaleWriter
 
     lead = axes[:-3]
     w = MultiscaleWriter(path, data.shape[len(lead):], data.dtype, (0.4, 0.1, 0.1), (8, 32, 32), lead_axes=lead,
@@ -101,7 +101,7 @@ def test_time_points_share_one_model_and_resume_per_slice(tmp_path, model_dir_fa
     again = zarr.open_array(str(out / "0"))[...]
     assert sorted(p.name[:-5] for p in done.glob("*.json")) == [r[:-5] for r in records]
     recomputed = np.zeros(again.shape, bool)
-    from ssai3d_dask.plan import make_plan
+    from ssai3d_dask.restoration.plan import make_plan
 
     plan = make_plan((12, 64, 64), 4.0, s.chunks, s.region, (32,) * 3)
     for bid in lost:

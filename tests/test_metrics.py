@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ssai3d_dask import metrics as M
+from ssai3d_dask.evaluation import metrics as M
 
 
 def test_psnr_known_value(rng):

@@ -5,9 +5,9 @@ import pickle
 import pytest
 import torch
 
-from ssai3d_dask.checkpoint import load_model, save_model, shipped_path
+from ssai3d_dask.models.checkpoint import load_model, save_model, shipped_path
 from ssai3d_dask.errors import CheckpointError
-from ssai3d_dask.nafnet import (PRESETS, build, count_parameters, gray_forward, receptive_radius_px,
+from ssai3d_dask.models.nafnet import (PRESETS, build, count_parameters, gray_forward, receptive_radius_px,
                                 tiled_forward)
 
 
@@ -167,7 +167,7 @@ def test_shipped_base_model_loads():
 
 
 def test_pretrain_warm_start_from_a_checkpoint(tmp_path):
-    from ssai3d_dask.pretrain import PretrainSettings, pretrain
+    from ssai3d_dask.adaptation.pretrain import PretrainSettings, pretrain
 
     parent, parent_manifest = load_model("base")
     out = pretrain(tmp_path / "cont.pt", PretrainSettings(iterations=2, batch_size=2, patch_px=32, seed=1,

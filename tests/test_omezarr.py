@@ -9,8 +9,8 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
 from ssai3d_dask.errors import VolumeError
-from ssai3d_dask.omezarr import MultiscaleWriter, write_multiscale
-from ssai3d_dask.pyramid import pyramid_factors
+from ssai3d_dask.io.omezarr import MultiscaleWriter, write_multiscale
+from ssai3d_dask.io.pyramid import pyramid_factors
 
 GOLDEN = Path(__file__).parent / "golden" / "multiscales_v05.json"
 

@@ -12,14 +12,14 @@ import pytest
 import zarr
 from hypothesis import given, settings, strategies as st
 
-from ssai3d_dask.adapt import AdaptedModel
-from ssai3d_dask.denoise import Denoiser
-from ssai3d_dask.pipeline import RestoreSettings, restore
-from ssai3d_dask.plan import make_plan
-from ssai3d_dask.restore import restore_in_memory
-from ssai3d_dask.sampling import Normalization
-from ssai3d_dask.simulate import ForwardModel, simulate
-from ssai3d_dask.volume import Volume, open_volume
+from ssai3d_dask.adaptation.adapt import AdaptedModel
+from ssai3d_dask.adaptation.denoise import Denoiser
+from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+from ssai3d_dask.restoration.plan import make_plan
+from ssai3d_dask.restoration.kernels import restore_in_memory
+from ssai3d_dask.adaptation.sampling import Normalization
+from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
+from ssai3d_dask.io.volume import Volume, open_volume
 
 NORM = Normalization(0.0, 1.0)
 
@@ -117,7 +117,7 @@ def _level0_bytes(path):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_bytes(tmp_path, model_dir_factory):
-    from ssai3d_dask.omezarr import write_multiscale
+    from ssai3d_dask.io.omezarr import write_multiscale
 
     sim = _phantom(shape=(32, 32, 48))
     src = tmp_path / "raw.ome.zarr"

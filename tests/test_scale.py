@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from ssai3d_dask.cli import main
 from ssai3d_dask.errors import VolumeError
 from ssai3d_dask.geometry import isotropic_geometry
-from ssai3d_dask.omezarr import MultiscaleWriter, write_multiscale, write_region_levels
-from ssai3d_dask.pipeline import RestoreSettings, prepare_restore, restore, run_region
-from ssai3d_dask.scheduling import task_payload
-from ssai3d_dask.simio import write_sparse_volume
-from ssai3d_dask.volume import open_volume
+from ssai3d_dask.io.omezarr import MultiscaleWriter, write_multiscale, write_region_levels
+from ssai3d_dask.restoration.pipeline import RestoreSettings, prepare_restore, restore, run_region
+from ssai3d_dask.restoration.scheduling import task_payload
+from ssai3d_dask.evaluation.simio import write_sparse_volume
+from ssai3d_dask.io.volume import open_volume
 
 
 def _sparse(path, shape, chunks=(16, 64, 64), n_blocks=1, **kw):
@@ -208,7 +208,7 @@ def test_in_task_pyramid_equals_block_means_of_level0(tmp_path):
     out = tmp_path / "o.ome.zarr"
     restore(vol, None, out, RestoreSettings(method="interp", chunks=(16, 32, 32), region=(64, 128, 128), halo=16),
             progress=False)
-    from ssai3d_dask.pyramid import downsample_mean
+    from ssai3d_dask.io.pyramid import downsample_mean
 
     group = zarr.open_group(str(out))
     above = group["0"][...]

@@ -10,8 +10,8 @@ import tifffile
 import zarr
 
 from ssai3d_dask.errors import VolumeError
-from ssai3d_dask.omezarr import MultiscaleWriter, write_multiscale
-from ssai3d_dask.volume import Volume, open_volume
+from ssai3d_dask.io.omezarr import MultiscaleWriter, write_multiscale
+from ssai3d_dask.io.volume import Volume, open_volume
 
 
 @pytest.fixture

@@ -1,0 +1,272 @@
+"""Self-supervised adaptation of the base model to one stack (``ssai3d adapt``).
+
+volume -> global statistics -> lazy lateral patches -> denoise -> PSF-bank pairs
+-> zero-shot metrics on ~1% of the pairs -> surgeon -> top ~10% layers -> sparse
+fine-tuning -> MODEL_DIR (model.pt, manifest.json, validation.png).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssai3d_dask import __version__
+from ssai3d_dask.models.checkpoint import load_model, save_model, shipped_path
+from ssai3d_dask.adaptation.denoise import Denoiser, calibrate
+from ssai3d_dask.errors import SettingsError, VolumeError
+from ssai3d_dask.adaptation.finetune import FinetuneSettings, finetune
+from ssai3d_dask.geometry import isotropic_geometry
+from ssai3d_dask.models.nafnet import NAFNet
+from ssai3d_dask.adaptation.pairs import PairSynthesizer, split_validation
+from ssai3d_dask.adaptation.pretrain import psnr_loss
+from ssai3d_dask.adaptation.psf import PSFBank
+from ssai3d_dask.adaptation.sampling import Normalization, sample_lateral_patches, volume_statistics
+from ssai3d_dask.adaptation.surgeon import (METRIC_NAMES, SURGEON_FILE, layer_names, load_surgeon, normalize_metrics, score_layers,
+                      select_layers, zero_shot_metrics)
+from ssai3d_dask.io.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AdaptSettings:
+    """Everything that decides an adaptation.
+
+    ``selection``: surgeon (default), snip (rank by normalised snip, the fallback), random or all (ablations).
+    """
+
+    base: str = "base"
+    n_patches: int = 256
+    patch_px: int = 96
+    sigmas_px: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0, 7.0)
+    angles_deg: tuple[float, ...] = (-45.0, -22.5, 0.0, 22.5, 45.0)
+    denoise: str = "auto"
+    layers_fraction: float = 0.1
+    selection: str = "surgeon"
+    metrics_fraction: float = 0.01
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    seed: int = 0
+
+    def validate(self, vol: Volume) -> None:
+        if self.selection not in ("surgeon", "snip", "random", "all"):
+            raise SettingsError(f"selection must be surgeon, snip, random or all, got {self.selection!r}")
+        if not 0 < self.layers_fraction <= 1:
+            raise SettingsError(f"--layers-fraction must be in (0, 1], got {self.layers_fraction}")
+        if self.patch_px % 16:
+            raise SettingsError(f"patch size {self.patch_px} must be a multiple of 16 (the network's down-sampling)")
+        if self.patch_px > min(vol.shape[1:]):
+            raise SettingsError(f"patch size {self.patch_px} px exceeds the lateral size {vol.shape[1:]}; "
+                                f"pass a smaller --patch (multiple of 16)")
+        if vol.anisotropy < 0.95:
+            raise VolumeError(f"z step ({vol.voxel_size_um[0]} um) is finer than x ({vol.voxel_size_um[2]} um); "
+                              f"check --voxel-size (z, y, x order)")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["finetune"] = self.finetune.to_dict()
+        return d
+
+
+@dataclass
+class AdaptedModel:
+    """What restoration needs: the network, normalisation, denoiser, and the geometry it was adapted for.
+
+    ``manifest['kind']`` is ``adapted`` (SSAI-3D, a NAFNet) or ``care`` (a CARE U-Net from ``train-care``).
+    """
+
+    model: NAFNet
+    norm: Normalization
+    denoiser: Denoiser
+    z_factor: float
+    manifest: dict
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> AdaptedModel:
+        d = Path(model_dir)
+        if not (d / "model.pt").exists():
+            raise SettingsError(f"{d} is not a model folder (no model.pt); run `ssai3d adapt` first")
+        from ssai3d_dask.adaptation.care import is_care, load_care
+
+        if is_care(d):
+            model, manifest = load_care(d / "model.pt")
+            return cls(model, Normalization.from_dict(manifest["normalization"]), Denoiser(),
+                       float(manifest["z_factor"]), manifest)
+        model, manifest = load_model(d / "model.pt")
+        model.set_pool_window(manifest.get("pool_window_px", model.local_window()))
+        return cls(model, Normalization.from_dict(manifest["normalization"]),
+                   Denoiser.from_dict(manifest.get("denoiser")), float(manifest["z_factor"]), manifest)
+
+
+def _data_hash(vol: Volume, patches: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"source": vol.source, "shape": vol.shape, "voxel": vol.voxel_size_um}).encode())
+    h.update(np.ascontiguousarray(patches[: min(8, len(patches))]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _shipped_surgeon(model: NAFNet):
+    path = shipped_path(SURGEON_FILE)
+    if not path.exists():
+        return None, "no shipped surgeon"
+    surgeon, manifest = load_surgeon(path)
+    if manifest.get("base_config") != model.config.to_dict():
+        return None, "shipped surgeon was trained for another architecture"
+    return surgeon, str(path)
+
+
+def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | None = None,
+          progress: bool = True, overwrite: bool = False) -> AdaptedModel:
+    """Adapt the base model to ``vol``; write MODEL_DIR when ``out_dir`` is given."""
+    settings = settings or AdaptSettings()
+    settings.validate(vol)
+    if out_dir is not None and Path(out_dir).exists() and any(Path(out_dir).iterdir()) and not overwrite:
+        raise VolumeError(f"model folder {out_dir} already exists; pass --overwrite or another --out")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    norm = volume_statistics(vol, settings.seed)
+    ps = sample_lateral_patches(vol, settings.n_patches, settings.patch_px, norm, settings.seed)
+    timings["sampling_s"] = round(time.perf_counter() - t, 2)
+    logger.info("sampled %d patches (%d candidates), read %.1f MiB of %.1f MiB", len(ps.patches), ps.candidates,
+                ps.bytes_read / 2**20, vol.nbytes / 2**20)
+    t = time.perf_counter()
+    denoiser = calibrate(ps.patches, settings.denoise)
+    patches = denoiser(ps.patches)
+    timings["denoise_s"] = round(time.perf_counter() - t, 2)
+    rng = np.random.default_rng(settings.seed + 1)
+    val_patches, train_patches = split_validation(patches, rng)
+
+    model, base_manifest = load_model(settings.base)
+    model.set_pool_window(model.local_window())
+    z_factor = isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor
+    bank = PSFBank(tuple(settings.sigmas_px), tuple(settings.angles_deg))
+    synth = PairSynthesizer(bank, z_factor, settings.finetune.device)
+    val = synth(torch.from_numpy(val_patches[:, None]), np.random.default_rng(settings.seed + 2))
+
+    t = time.perf_counter()
+    names = layer_names(model)
+    n_pairs = len(train_patches) * len(bank)
+    n_metric = int(min(len(train_patches), max(4, round(settings.metrics_fraction * n_pairs))))
+    mb, ms = synth(torch.from_numpy(train_patches[:n_metric, None]), np.random.default_rng(settings.seed + 3))
+    raw_metrics = zero_shot_metrics(model.to(settings.finetune.device), mb, ms, psnr_loss)
+    norm_metrics = normalize_metrics(raw_metrics)
+    if settings.selection == "surgeon":
+        surgeon, surgeon_src = _shipped_surgeon(model)
+        scores, method = score_layers(norm_metrics, surgeon)
+        if surgeon is None:
+            logger.warning("%s: ranking layers by normalised snip (documented fallback)", surgeon_src)
+        layers = select_layers(names, scores, settings.layers_fraction)
+    elif settings.selection == "snip":
+        (scores, method), surgeon_src = score_layers(norm_metrics, None), "-"
+        layers = select_layers(names, scores, settings.layers_fraction)
+    elif settings.selection == "random":
+        scores, method, surgeon_src = np.random.default_rng(settings.seed).random(len(names)), "random", "-"
+        layers = select_layers(names, scores, settings.layers_fraction)
+    else:
+        scores, method, surgeon_src, layers = np.ones(len(names)), "all", "-", None
+    timings["metrics_s"] = round(time.perf_counter() - t, 2)
+    logger.info("layers chosen by %s: %s", method, layers if layers is not None else "all")
+
+    history = finetune(model, layers, train_patches, synth, settings.finetune, val=val, progress=progress)
+    timings["finetune_s"] = history["seconds"]
+    model.cpu()
+    manifest = {
+        "kind": "adapted",
+        "package_version": __version__,
+        "base_model": {k: base_manifest.get(k) for k in ("preset", "sha256", "command")} | {"source": settings.base},
+        "input": {"source": vol.source, "shape": list(vol.shape), "voxel_size_um": list(vol.voxel_size_um),
+                  "selection": vol.selection},
+        "z_factor": z_factor,
+        "normalization": norm.to_dict(),
+        "denoiser": denoiser.to_dict(),
+        "psf_bank": bank.to_dict(),
+        "pool_window_px": model.pool_window,
+        "selection": {"method": method, "surgeon": surgeon_src, "fraction": settings.layers_fraction,
+                      "layers": layers if layers is not None else names},
+        "layer_metrics": {n: {"score": float(s), "raw": dict(zip(METRIC_NAMES, map(float, r))),
+                              "normalized": dict(zip(METRIC_NAMES, map(float, q)))}
+                          for n, s, r, q in zip(names, scores, raw_metrics, norm_metrics)},
+        "metric_pairs": n_metric,
+        "sampling": {"patches": len(patches), "candidates": ps.candidates, "bytes_read": ps.bytes_read,
+                     "volume_bytes": vol.nbytes},
+        "settings": settings.to_dict(),
+        "history": history,
+        "timings": timings,
+        "data_hash": _data_hash(vol, ps.patches),
+    }
+    adapted = AdaptedModel(model, norm, denoiser, z_factor, manifest)
+    if out_dir is not None:
+        write_model_dir(adapted, out_dir, val)
+    return adapted
+
+
+def write_model_dir(adapted: AdaptedModel, out_dir: str | Path, val: tuple[torch.Tensor, torch.Tensor]) -> Path:
+    """model.pt (our checkpoint format, manifest inside), manifest.json, validation.png."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(adapted.model, out / "model.pt", adapted.manifest)
+    (out / "manifest.json").write_text(json.dumps(adapted.manifest, indent=2, default=str))
+    _validation_png(adapted.model, val, out / "validation.png")
+    return out
+
+
+def _validation_png(model: NAFNet, val: tuple[torch.Tensor, torch.Tensor], path: Path, n: int = 4) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ssai3d_dask.models.nafnet import gray_forward
+
+    blurred, sharp = val[0][:n].cpu(), val[1][:n].cpu()
+    with torch.no_grad():
+        restored = gray_forward(model.eval(), blurred)
+    fig, axes = plt.subplots(len(blurred), 3, figsize=(6, 2 * len(blurred)), squeeze=False)
+    for i in range(len(blurred)):
+        for j, (img, title) in enumerate(((blurred, "blurred"), (restored, "restored"), (sharp, "sharp"))):
+            axes[i, j].imshow(img[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[i, j].set_axis_off()
+            if i == 0:
+                axes[i, j].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def model_subdir(ds, t: int | None, c: int | None, per_time: bool) -> str:
+    """Where the model of slice (t, c) lives inside MODEL_DIR: ``c{c}`` per channel when several channels
+    are restored, ``t{t}/...`` with per-time adaptation, MODEL_DIR itself for one channel."""
+    parts = [f"t{t}"] if per_time and t is not None else []
+    if ds.channels is not None and len(ds.channels) > 1:
+        parts.append(f"c{c}")
+    return "/".join(parts)
+
+
+def adapt_dataset(ds, out_dir: str | Path, settings: AdaptSettings | None = None, per_time: bool = False,
+                  overwrite: bool = False, progress: bool = True) -> dict:
+    """Adapt once per channel (its own statistics, denoiser and layers) into ``MODEL_DIR/c{c}``; every
+    time point of a channel reuses its model unless ``per_time`` (then ``MODEL_DIR/t{t}/c{c}``).
+
+    Returns ``{subfolder: AdaptedModel}``; with one channel and one model the subfolder is ``""``
+    (MODEL_DIR itself, as for a single stack).
+    """
+    settings = settings or AdaptSettings()
+    for _, _, _, vol in ds.slices():
+        settings.validate(vol)  # every slice, before any work
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise VolumeError(f"model folder {out_dir} already exists; pass --overwrite or another --out")
+    done: dict = {}
+    for _, t, c, vol in ds.slices():
+        sub = model_subdir(ds, t, c, per_time)
+        if sub in done:
+            continue
+        logger.info("adapting %s (channel %s, time %s) into %s", ds.source, c, t, out / sub if sub else out)
+        done[sub] = adapt(vol, out / sub if sub else out, settings, progress=progress, overwrite=True)
+    return done

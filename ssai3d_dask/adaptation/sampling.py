@@ -1,0 +1,222 @@
+"""Lazy lateral patch sampling and global intensity statistics.
+
+Nothing here loads a volume: statistics come from a bounded number of randomly
+chosen chunks, patches are cut from the dask array so only the chunks they
+touch are read, and the reads are computed on whatever Dask scheduler is
+active (a distributed client spreads them over the cluster).
+
+Where the signal is decides where to sample (:func:`chunk_weights`): chunks the
+store never wrote are never drawn, and chunks where a coarse pyramid level shows
+tissue are drawn four times as often as other written ones. A whole-brain volume
+that is mostly empty space therefore gets its statistics and training patches
+from the brain. Without that knowledge (TIFF, in-memory arrays, dense stores
+without a pyramid) chunks are drawn uniformly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ssai3d_dask.errors import SettingsError, VolumeError
+from ssai3d_dask.io.tissue import Occupancy, coarse_foreground_weights, tissue_views
+from ssai3d_dask.io.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Global affine intensity normalisation: ``(x - low) / (high - low)``.
+
+    ``low``/``high`` are robust percentiles of the whole volume, estimated
+    from sampled chunks; stored with the model so inference uses the same numbers.
+    """
+
+    low: float
+    high: float
+    percentiles: tuple[float, float] = (0.1, 99.9)
+    foreground_threshold: float = 0.0  # in normalised units
+    n_voxels_sampled: int = 0
+
+    def apply(self, x):
+        return (x - self.low) / max(self.high - self.low, 1e-12)
+
+    def invert(self, y):
+        return y * (self.high - self.low) + self.low
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["percentiles"] = list(self.percentiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalization:
+        return cls(**{**d, "percentiles": tuple(d.get("percentiles", (0.1, 99.9)))})
+
+
+def _chunk_slices(arr: da.Array) -> list[tuple[slice, ...]]:
+    bounds = [np.concatenate([[0], np.cumsum(c)]) for c in arr.chunks]
+    out = []
+    for idx in np.ndindex(*arr.numblocks):
+        out.append(tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, idx)))
+    return out
+
+
+def _chunk_bounds(arr: da.Array) -> list[np.ndarray]:
+    return [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in arr.chunks]
+
+
+def chunk_weights(vol: Volume) -> np.ndarray | None:
+    """Sampling weight of each dask chunk of ``vol`` (shape ``vol.data.numblocks``), or None for uniform.
+
+    0 where the store holds no bytes under the chunk, 4 where the coarse level shows tissue, 1 elsewhere.
+    Raises VolumeError when the store holds no bytes at all.
+    """
+    views = tissue_views(vol)
+    written, coarse = views.written, views.coarse
+    if written is None and coarse is None:
+        return None
+    bounds = [(b[:-1], b[1:]) for b in _chunk_bounds(vol.data)]
+    weights = np.ones(vol.data.numblocks, np.float64)
+    if written is not None:
+        weights *= written.any_in(bounds)
+        if not weights.any():
+            raise VolumeError(f"{vol.source} holds no data (no chunk of the selected array was ever written)")
+    if coarse is not None:
+        weights *= 1 + 3 * Occupancy(coarse_foreground_weights(coarse), coarse.factor).any_in(bounds)
+    return None if weights.min() == weights.max() else weights
+
+
+def sample_chunks(vol: Volume, n_chunks: int, seed: int, max_voxels_per_chunk: int = 1 << 18) -> list[np.ndarray]:
+    """Values of ``n_chunks`` random chunks (each subsampled to at most ``max_voxels_per_chunk``),
+    drawn by :func:`chunk_weights`."""
+    rng = np.random.default_rng(seed)
+    weights = chunk_weights(vol)
+    if weights is None:
+        slices = _chunk_slices(vol.data)
+        chosen = [slices[i] for i in sorted(rng.choice(len(slices), size=min(n_chunks, len(slices)), replace=False))]
+    else:
+        flat = weights.ravel()
+        k = min(n_chunks, int(np.count_nonzero(flat)))
+        picks = sorted(rng.choice(flat.size, size=k, replace=False, p=flat / flat.sum()))
+        bounds = _chunk_bounds(vol.data)
+        chosen = [tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, np.unravel_index(j, weights.shape)))
+                  for j in picks]
+    parts = []
+    for sl in chosen:
+        block = vol.data[sl]
+        step = max(1, int(math.ceil((math.prod(block.shape) / max_voxels_per_chunk) ** (1 / 3))))
+        parts.append(block[::step, ::step, ::step].ravel())
+    return list(dask.compute(*parts))
+
+
+def volume_statistics(vol: Volume, seed: int = 0, n_chunks: int = 64,
+                      percentiles: tuple[float, float] = (0.1, 99.9)) -> Normalization:
+    """Robust percentiles of the volume from sampled chunks, plus a foreground threshold (Otsu)."""
+    from skimage.filters import threshold_otsu
+
+    values = np.concatenate([v.astype(np.float64) for v in sample_chunks(vol, n_chunks, seed)])
+    bad = int(values.size - np.isfinite(values).sum())
+    if bad:
+        raise VolumeError(f"{vol.source} holds NaN or Inf ({bad} of {values.size} sampled voxels); replace them "
+                          f"(e.g. with 0) before restoring, or the output would carry them")
+    low, high = (float(v) for v in np.percentile(values, percentiles))
+    if not high > low:
+        raise SettingsError(f"{vol.source} looks constant (percentiles {percentiles} both {low}); nothing to restore")
+    norm = (np.clip(values, low, high) - low) / (high - low)
+    try:
+        thr = float(threshold_otsu(norm))
+    except ValueError:
+        thr = 0.0
+    return Normalization(low, high, tuple(percentiles), thr, int(values.size))
+
+
+def _positions_in_chunks(rng: np.random.Generator, weights: np.ndarray, bounds: list[np.ndarray], m: int,
+                         size: tuple[int, int, int], shape: tuple[int, int, int]) -> list[np.ndarray]:
+    """``m`` patch origins (per axis), each overlapping a chunk drawn by ``weights``."""
+    flat = weights.ravel()
+    cells = np.unravel_index(rng.choice(flat.size, size=m, p=flat / flat.sum()), weights.shape)
+    out = []
+    for b, cell, s, n in zip(bounds, cells, size, shape):
+        lo = np.clip(b[cell] - s + 1, 0, max(n - s, 0))
+        hi = np.clip(b[cell + 1] - 1, 0, max(n - s, 0))
+        out.append(lo + (rng.random(m) * (hi - lo + 1)).astype(np.int64))
+    return out
+
+
+@dataclass
+class PatchSet:
+    """Sampled lateral patches, normalised, (n, P, P) float32, with where they came from."""
+
+    patches: np.ndarray
+    origins: np.ndarray  # (n, 3) z, y, x of each patch's corner
+    bytes_read: int
+    candidates: int
+
+
+def sample_lateral_patches(vol: Volume, n: int, patch_px: int, norm: Normalization, seed: int = 0,
+                           foreground_floor: float = 0.1, mip_planes: int = 1) -> PatchSet:
+    """Random XY patches at random z, foreground-aware, read lazily.
+
+    Candidates are drawn uniformly; a candidate is kept when its mean
+    normalised intensity exceeds the foreground threshold, or else with
+    probability ``foreground_floor`` (so sparse or dim samples stay possible).
+    Rounds of candidates are computed together, so the reads run in parallel
+    on the active scheduler. ``mip_planes > 1`` makes each patch a maximum
+    projection over that many adjacent planes (extra signal for sparse labels).
+
+    Returns
+    -------
+    PatchSet
+        ``bytes_read`` counts the bytes of every chunk any candidate touched.
+    """
+    z, y, x = vol.shape
+    if patch_px > min(y, x):
+        raise SettingsError(f"patch size {patch_px} px exceeds the lateral size {y} x {x} of {vol.source}; "
+                            f"use a smaller preset or patch")
+    rng = np.random.default_rng(seed)
+    kept: list[np.ndarray] = []
+    origins: list[tuple[int, int, int]] = []
+    touched: set[tuple[int, int, int]] = set()
+    candidates = 0
+    bounds = _chunk_bounds(vol.data)
+    weights = chunk_weights(vol)
+    rounds = 0
+    while len(kept) < n and rounds < 20:
+        rounds += 1
+        m = max(8, 2 * (n - len(kept)))
+        if weights is None:
+            zs = rng.integers(0, max(1, z - mip_planes + 1), m)
+            ys = rng.integers(0, y - patch_px + 1, m)
+            xs = rng.integers(0, x - patch_px + 1, m)
+        else:
+            zs, ys, xs = _positions_in_chunks(rng, weights, bounds, m, (mip_planes, patch_px, patch_px), (z, y, x))
+        lazy = [vol.data[zi:zi + mip_planes, yi:yi + patch_px, xi:xi + patch_px].max(axis=0)
+                for zi, yi, xi in zip(zs, ys, xs)]
+        values = dask.compute(*lazy)
+        accept_draw = rng.uniform(size=m)
+        for zi, yi, xi, v, u in zip(zs, ys, xs, values, accept_draw):
+            candidates += 1
+            for cz in range(np.searchsorted(bounds[0], zi, "right") - 1,
+                            np.searchsorted(bounds[0], zi + mip_planes - 1, "right")):
+                for cy in range(np.searchsorted(bounds[1], yi, "right") - 1,
+                                np.searchsorted(bounds[1], yi + patch_px - 1, "right")):
+                    for cx in range(np.searchsorted(bounds[2], xi, "right") - 1,
+                                    np.searchsorted(bounds[2], xi + patch_px - 1, "right")):
+                        touched.add((cz, cy, cx))
+            pn = np.clip(norm.apply(np.asarray(v, np.float32)), -0.5, 2.0)
+            if len(kept) < n and (pn.mean() > norm.foreground_threshold * 0.5 or u < foreground_floor):
+                kept.append(pn.astype(np.float32))
+                origins.append((int(zi), int(yi), int(xi)))
+    if len(kept) < n:
+        logger.warning("only %d of %d patches found foreground after %d candidates", len(kept), n, candidates)
+    item = vol.dtype.itemsize
+    nbytes = sum(
+        int(vol.data.chunks[0][cz] * vol.data.chunks[1][cy] * vol.data.chunks[2][cx]) * item for cz, cy, cx in touched)
+    return PatchSet(np.stack(kept), np.array(origins), nbytes, candidates)

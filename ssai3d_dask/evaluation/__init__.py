@@ -1,0 +1,1 @@
+"""Phantoms, metrics, baselines and the demo."""

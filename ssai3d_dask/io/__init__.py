@@ -1,0 +1,1 @@
+"""Reading and writing volumes: lazy readers, source handles, the multiscale OME-Zarr writer."""

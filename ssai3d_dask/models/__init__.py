@@ -1,0 +1,1 @@
+"""Networks and their checkpoints: NAFNet, the CARE U-Net, model folders."""

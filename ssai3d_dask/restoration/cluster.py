@@ -1,0 +1,92 @@
+"""Dask clients, GPU resources and the per-worker model cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from ssai3d_dask.errors import SettingsError
+
+logger = logging.getLogger(__name__)
+
+_CACHE: dict = {}
+_LOCK = threading.Lock()
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:  # pragma: no cover
+        return 0
+
+
+def default_workers(method: str | None = None) -> int:
+    """LocalCluster workers by default: one per GPU; else one per core for ``interp`` (bound by numpy and the
+    codecs, one core per task: that beats one worker with a multi-threaded torch pool), else
+    min(4, cores // 2), at least 1."""
+    cores = os.cpu_count() or 1
+    return gpu_count() or (cores if method == "interp" else max(1, min(4, cores // 2)))
+
+
+def make_client(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int | None = None,
+                memory_limit: str | None = None, processes: bool = True):
+    """Connect to ``scheduler`` or start an embedded LocalCluster sized to this machine.
+
+    Without GPUs: ``workers`` defaults to min(4, cores // 2) (at least 1), each
+    with ``threads_per_worker`` (default 1; torch uses the remaining cores).
+    With GPUs: one worker per GPU, each advertising a ``GPU`` resource.
+    """
+    import dask
+    from distributed import Client, LocalCluster
+
+    # distributed configures its loggers when first imported (after the CLI set levels): keep it quiet
+    # unless we are debugging.
+    if not logger.isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
+    if workers is not None and workers < 1:
+        raise SettingsError(f"--workers must be at least 1, got {workers}")
+    if threads_per_worker is not None and threads_per_worker < 1:
+        raise SettingsError(f"--threads-per-worker must be at least 1, got {threads_per_worker}")
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise SettingsError(f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__}); check the "
+                                f"address and that the scheduler runs, or drop --scheduler for a local cluster") from exc
+        logger.info("connected to %s (dashboard %s)", scheduler, client.dashboard_link)
+        return client
+    n_gpu = gpu_count()
+    cores = os.cpu_count() or 1
+    workers = workers or default_workers()
+    kwargs = {"resources": {"GPU": 1}} if n_gpu else {}
+    # Worker environment: intra-op threads so that all workers together use the cores once, and no
+    # MALLOC_TRIM_THRESHOLD_ (distributed's default sets it; any explicit malloc tuning turns off glibc's
+    # dynamic mmap threshold, so every large torch buffer is mmapped and page-faulted afresh: the demo
+    # restore took 146 s with it and 29 s without on 2 cores).
+    omp = max(1, cores // (workers * (threads_per_worker or 1)))
+    dask.config.set({"distributed.nanny.pre-spawn-environ": {
+        k: omp for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}})
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker or 1, processes=processes,
+                           memory_limit=memory_limit or "auto", dashboard_address=":0", **kwargs)
+    client = Client(cluster)
+    logger.info("LocalCluster: %d workers x %d threads%s; dashboard %s", workers, threads_per_worker or 1,
+                f", {n_gpu} GPUs" if n_gpu else "", client.dashboard_link)
+    return client
+
+
+def cached_adapted_model(model_dir: str | Path):
+    """Load an adapted model once per process (per worker) and reuse it for every region."""
+    from ssai3d_dask.adaptation.adapt import AdaptedModel
+
+    path = Path(model_dir).resolve()
+    key = (str(path), (path / "model.pt").stat().st_mtime_ns)
+    with _LOCK:
+        if key not in _CACHE:
+            logger.debug("loading model %s in process %d", path, os.getpid())
+            _CACHE[key] = AdaptedModel.load(path)
+        return _CACHE[key]

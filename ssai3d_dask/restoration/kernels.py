@@ -1,0 +1,175 @@
+"""Restoration: the pure block kernels (one region in, one restored region out; no I/O, no Dask).
+
+Geometry (:mod:`ssai3d_dask.geometry`). The output grid puts z on the lateral pixel: ``Zo = round(Z * f)``
+with ``f = dz / dx``; output plane ``i`` sits at input coordinate ``i / f``
+(linear interpolation, clamped at the ends; :func:`ssai3d_dask.adaptation.psf.resample_linear`,
+the function training used). The output is cut into regions of whole output
+chunks (:mod:`ssai3d_dask.restoration.plan`); each region is processed with a halo in z, y and x.
+
+Block invariance. Conceptually the whole output volume is reflect-padded by
+the halo, and every region cuts its extended crop out of that padded volume.
+A block kernel reproduces exactly that crop (reflection only where the
+region touches the volume border), so a region sees the same pixels as
+whole-volume inference. Region origins and halos are multiples of the
+network's down-sampling factor (16), so every tile sees the same pooling
+grid; with NAFNet's local channel-attention pooling and a halo at least the
+network's effective reach, the trimmed interior equals whole-volume inference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ssai3d_dask.io.casting import cast_output
+from ssai3d_dask.adaptation.denoise import RADIUS_PX, Denoiser
+from ssai3d_dask.models.nafnet import NAFNet, gray_forward
+from ssai3d_dask.restoration.plan import Plan, Region
+from ssai3d_dask.adaptation.psf import resample_linear
+from ssai3d_dask.adaptation.sampling import Normalization
+
+logger = logging.getLogger(__name__)
+
+VIEWS = ("mean", "xz", "yz")
+
+
+def resample_z_block(block: np.ndarray, z0_in: int, out_z: slice, z_factor: float) -> np.ndarray:
+    """Output planes ``out_z`` (global indices) from input planes starting at global index ``z0_in``."""
+    pos = torch.arange(out_z.start, out_z.stop, dtype=torch.float64) / z_factor
+    return resample_linear(np.asarray(block, np.float32), 0, pos, offset=z0_in)
+
+
+def extended_crop(plan: Plan, region: Region, crop_in: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The region's crop of the reflect-padded, z-resampled volume.
+
+    Returns the (Zc+2hz, Yc+2hy, Xc+2hx) float32 array and the offsets of the
+    core inside it.
+    """
+    zo_in0, _ = plan.input_z_range(region)
+    ext_lo = [max(c.start - h, 0) for c, h in zip(region.core, plan.halo)]
+    ext_hi = [min(c.stop + h, o) for c, h, o in zip(region.core, plan.halo, plan.out_shape)]
+    z = resample_z_block(crop_in, zo_in0, slice(ext_lo[0], ext_hi[0]), plan.z_factor)
+    pad = [(ext_lo[i] - (region.core[i].start - plan.halo[i]), (region.core[i].stop + plan.halo[i]) - ext_hi[i])
+           for i in range(3)]
+    if any(p for pair in pad for p in pair):
+        z = _reflect_pad(z, pad)
+    return z, tuple(plan.halo)  # type: ignore[return-value]
+
+
+def _reflect_pad(a: np.ndarray, pad: list[tuple[int, int]]) -> np.ndarray:
+    """numpy 'symmetric' padding, repeated when the pad exceeds the array (tiny volumes)."""
+    for axis, (lo, hi) in enumerate(pad):
+        while lo or hi:
+            n = a.shape[axis]
+            step_lo, step_hi = min(lo, n), min(hi, n)
+            widths = [(0, 0)] * a.ndim
+            widths[axis] = (step_lo, step_hi)
+            a = np.pad(a, widths, mode="symmetric")
+            lo, hi = lo - step_lo, hi - step_hi
+    return a
+
+
+def apply_network(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(n, 1, H, W) -> (n, 1, H, W): a NAFNet through its 3-channel grayscale wrapper, other networks directly."""
+    return gray_forward(model, x) if isinstance(model, NAFNet) else model(x)
+
+
+@torch.no_grad()
+def run_slices(model: NAFNet, slices: np.ndarray, batch: int, device: torch.device) -> np.ndarray:
+    """Model on a stack of 2D slices (n, H, W), z along rows, in batches (:func:`apply_network`)."""
+    out = np.empty_like(slices, dtype=np.float32)
+    use_amp = device.type == "cuda"
+    for i in range(0, len(slices), batch):
+        x = torch.from_numpy(np.ascontiguousarray(slices[i:i + batch], np.float32))[:, None]
+        x = x.pin_memory().to(device, non_blocking=True) if use_amp else x
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            y = apply_network(model, x)
+        out[i:i + batch] = y[:, 0].float().cpu().numpy()
+    return out
+
+
+def denoise_planes(crop: np.ndarray, denoiser: Denoiser) -> np.ndarray:
+    """Denoise the raw lateral (XY) planes of a normalised input crop, before z interpolation.
+
+    The paper denoises the axial slices with the network that denoised the
+    lateral training planes. Here the calibrated denoiser is applied to the
+    raw lateral planes instead: that is the image domain it was calibrated on,
+    interpolation then does not spread noise along z, and the raw stack has
+    dz/dx times fewer planes than the XZ + YZ passes have slices.
+    """
+    return denoiser(crop) if denoiser.enabled else crop
+
+
+def restore_block(ext: np.ndarray, core_offset: Sequence[int], core_shape: Sequence[int], model: torch.nn.Module | None,
+                  view: str = "mean", batch: int = 16, device: torch.device | str = "cpu") -> np.ndarray:
+    """Restore the core of one extended, normalised, z-resampled crop.
+
+    XZ slices are taken at every core y, YZ slices at every core x; each slice
+    keeps its halo in z and in its in-plane lateral axis. ``model=None``
+    returns the interpolation.
+    """
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    device = torch.device(device)
+    oz, oy, ox = core_offset
+    cz, cy, cx = core_shape
+    outs = []
+    if view in ("mean", "xz"):
+        xz = ext[:, oy:oy + cy, :].transpose(1, 0, 2)  # (y, z, x): z along rows
+        res = run_slices(model, xz, batch, device) if model is not None else xz
+        outs.append(res[:, oz:oz + cz, ox:ox + cx].transpose(1, 0, 2))
+    if view in ("mean", "yz"):
+        yz = ext[:, :, ox:ox + cx].transpose(2, 0, 1)  # (x, z, y)
+        res = run_slices(model, yz, batch, device) if model is not None else yz
+        outs.append(res[:, oz:oz + cz, oy:oy + cy].transpose(1, 2, 0))
+    return outs[0] if len(outs) == 1 else 0.5 * (outs[0] + outs[1])
+
+
+def to_output(restored: np.ndarray, norm: Normalization, dtype: np.dtype) -> np.ndarray:
+    """Undo normalisation, clip to the dtype's range and cast (integers rounded).
+
+    In float32, in place on a copy: values of 16-bit data are integers far below 2**24, so rounding to
+    the output type is the same as in float64, at a quarter of the memory traffic.
+    """
+    y = np.array(restored, dtype=np.float32, copy=True)
+    y *= np.float32(norm.high - norm.low)
+    y += np.float32(norm.low)
+    return cast_output(y, dtype)
+
+
+def default_halo(model: NAFNet | None, denoiser: Denoiser, multiple: int = 16) -> int:
+    """Halo (output voxels) for block invariance to about 1e-3 of the output range.
+
+    The model's reach is measured, not its theoretical receptive field (which
+    local pooling makes far larger than what matters): with the default pooling
+    window, 64 px keeps tiles within 1.2e-3 of whole-slice inference for the
+    shipped ``small`` model (benchmarks/base_model.py), plus the denoiser's
+    radius, rounded up to ``multiple``.
+    """
+    if model is None:
+        reach = 0
+    elif hasattr(model, "reach_px"):  # CARE U-Net: its receptive-field radius
+        reach = model.reach_px
+    else:
+        reach = max(64, model.config.train_size // 2)
+    reach += RADIUS_PX if denoiser.enabled else 0
+    reach = max(reach, 1)
+    return int(-(-reach // multiple) * multiple)
+
+
+def restore_in_memory(raw: np.ndarray, z_factor: float, model: NAFNet | None, denoiser: Denoiser,
+                      norm: Normalization, halo: int, view: str = "mean", dtype=np.float32) -> np.ndarray:
+    """Whole-volume reference, written without the block plan: denoise the raw planes, resample z for
+    the whole stack, reflect-pad every axis by ``halo``, run the XZ and YZ passes on full slices, crop, average.
+
+    Block invariance means :func:`ssai3d_dask.restoration.pipeline.restore` must agree with this.
+    """
+    zo = int(round(raw.shape[0] * z_factor))
+    planes = denoise_planes(norm.apply(np.asarray(raw, np.float32)), denoiser)
+    full = resample_z_block(planes, 0, slice(0, zo), z_factor)
+    padded = _reflect_pad(full, [(halo, halo)] * 3)
+    out = restore_block(padded, (halo, halo, halo), full.shape, model, view)
+    return to_output(out, norm, np.dtype(dtype))

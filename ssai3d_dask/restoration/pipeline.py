@@ -1,0 +1,472 @@
+"""restore(): plan, prune, run one small task per region with bounded submission, write, resume.
+
+The flow of one restoration:
+
+1. :func:`prepare_restore` checks the settings, derives the output grid (:mod:`.geometry`) and the block
+   plan (:mod:`.plan`), takes the normalisation (the model's, or sampled where the tissue is), and decides
+   which regions can hold anything (:mod:`.tissue`). It writes nothing, so ``--dry-run`` uses it too.
+2. :func:`restore` creates the output (sharded zarr v3 by default) and runs :func:`run_region` for every
+   region that is neither pruned nor already recorded done (:mod:`.scheduling`). A task receives its
+   region, the small plan, a picklable source handle and a small spec, and reads its own crop.
+3. Each task writes its region at level 0 and at every pyramid level nested in it, then records itself
+   done. The remaining coarse levels and the NGFF metadata are written at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssai3d_dask import __version__
+from ssai3d_dask.io.casting import cast_output
+from ssai3d_dask.restoration.cluster import cached_adapted_model, gpu_count
+from ssai3d_dask.adaptation.denoise import Denoiser
+from ssai3d_dask.errors import SettingsError
+from ssai3d_dask.geometry import Geometry, isotropic_geometry
+from ssai3d_dask.io.omezarr import MultiscaleWriter, check_output_apart, write_region_levels
+from ssai3d_dask.restoration.plan import Plan, Region, make_plan
+from ssai3d_dask.io.pyramid import Level, pyramid_layout
+from ssai3d_dask.restoration.kernels import default_halo, denoise_planes, extended_crop, restore_block, to_output
+from ssai3d_dask.restoration.rl import default_rl_halo, gaussian_psf_on_grid, load_psf, richardson_lucy
+from ssai3d_dask.adaptation.sampling import Normalization, volume_statistics
+from ssai3d_dask.io.source import Source
+from ssai3d_dask.io.tissue import Occupancy, TissueViews, tissue_occupancy, tissue_views
+from ssai3d_dask.io.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+#: ssai3d: the adapted NAFNet; care: a CARE U-Net from `train-care`; rl: Richardson-Lucy with a given PSF;
+#: interp: linear z interpolation only.
+METHODS = ("ssai3d", "care", "rl", "interp")
+
+
+@dataclass
+class RestoreSettings:
+    """How to restore. Sizes in output voxels (z, y, x); each a multiple of 16."""
+
+    method: str = "ssai3d"
+    chunks: tuple[int, int, int] = (64, 128, 128)
+    region: tuple[int, int, int] = (128, 256, 256)
+    halo: int | None = None
+    view: str = "mean"
+    dtype: str | None = None
+    batch: int | None = None  # slices per forward pass; None: 4 on CPU (page-fault bound above), 32 on CUDA
+    device: str = "auto"
+    skip_empty: bool = True
+    empty_level: float = 0.01
+    ngff_version: str = "0.5"
+    #: zarr v3 shard shape at level 0 (None: one shard per region); ignored when ``sharding`` is False.
+    shards: tuple[int, int, int] | None = None
+    sharding: bool = True
+    #: Tasks in flight on a cluster (None: twice the cluster's threads, or GPUs).
+    in_flight: int | None = None
+    psf_sigma_um: tuple[float, float, float] | None = None  # rl: Gaussian PSF sd (z, y, x)
+    psf_file: str | None = None  # rl: a measured PSF at the output voxel size instead
+    rl_iterations: int = 30
+
+    def validate(self) -> None:
+        """Check sizes before any expensive work (multiples of 16, regions of whole chunks and shards)."""
+        if self.method not in METHODS:
+            raise SettingsError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method == "rl":
+            if (self.psf_sigma_um is None) == (self.psf_file is None):
+                raise SettingsError("method rl needs the PSF: give --psf-sigma-um DZ DY DX or --psf FILE (one of them)")
+            if self.psf_sigma_um is not None and (len(self.psf_sigma_um) != 3 or min(self.psf_sigma_um) <= 0):
+                raise SettingsError(f"--psf-sigma-um needs three positive numbers (z y x), got {self.psf_sigma_um}")
+            if self.rl_iterations < 1:
+                raise SettingsError(f"--rl-iterations must be >= 1, got {self.rl_iterations}")
+        elif self.psf_sigma_um is not None or self.psf_file is not None:
+            raise SettingsError("--psf-sigma-um/--psf are for --method rl (CARE takes its PSF at `ssai3d train-care`)")
+        if self.view not in ("mean", "xz", "yz"):
+            raise SettingsError(f"--view must be mean, xz or yz, got {self.view!r}")
+        if self.ngff_version not in ("0.4", "0.5"):
+            raise SettingsError(f"--ngff-version must be 0.4 or 0.5, got {self.ngff_version!r}")
+        if self.batch is not None and self.batch < 1:
+            raise SettingsError(f"--batch must be >= 1, got {self.batch}")
+        if self.in_flight is not None and self.in_flight < 1:
+            raise SettingsError(f"in_flight must be >= 1, got {self.in_flight}")
+        sizes = {"--chunks": self.chunks, "--region": self.region, "--halo": (self.halo or 16,)}
+        for name, vals in sizes.items():
+            if len(vals) not in (1, 3) or any(int(v) <= 0 or int(v) % 16 for v in vals):
+                raise SettingsError(f"{name} {tuple(vals)} must be positive multiples of 16 (the network's down-sampling)")
+        if any(r % c for r, c in zip(self.region, self.chunks)):
+            raise SettingsError(f"--region {tuple(self.region)} must be a whole number of --chunks {tuple(self.chunks)}")
+        if self.shards is not None:
+            if self.ngff_version == "0.4" and self.sharding:
+                raise SettingsError("--shards needs NGFF 0.5 (zarr v3); NGFF 0.4 (zarr v2) has no shards")
+            if any(s <= 0 or s % c or r % s for s, c, r in zip(self.shards, self.chunks, self.region)):
+                raise SettingsError(f"--shards {tuple(self.shards)} must be a whole number of --chunks "
+                                    f"{tuple(self.chunks)} and divide --region {tuple(self.region)}, so that "
+                                    f"one task writes whole shards")
+
+    def shard_shape(self) -> tuple[int, int, int] | None:
+        """Level-0 shards of the output (None: unsharded)."""
+        if not self.sharding or self.ngff_version == "0.4":
+            return None
+        return tuple(self.shards or self.region)  # type: ignore[return-value]
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if gpu_count() else "cpu"
+        return self.device
+
+
+def _check_model_dir(method: str, model_dir) -> None:
+    """The model folder exists and holds the kind of network the method runs."""
+    from ssai3d_dask.adaptation.care import is_care
+
+    maker = "ssai3d adapt" if method == "ssai3d" else "ssai3d train-care"
+    if model_dir is None:
+        raise SettingsError(f"method {method} needs --model MODEL_DIR (from `{maker}`)"
+                            + (", or use `ssai3d run`" if method == "ssai3d" else ""))
+    if not (Path(model_dir) / "model.pt").exists():
+        raise SettingsError(f"{model_dir} is not a model folder (no model.pt); make one with `{maker}`")
+    if is_care(model_dir) != (method == "care"):
+        raise SettingsError(f"{model_dir} holds a {'CARE' if is_care(model_dir) else 'SSAI-3D'} model; "
+                            f"use --method {'care' if is_care(model_dir) else 'ssai3d'} with it")
+
+
+@dataclass
+class RestoreJob:
+    """Everything decided before the first region runs (nothing written yet)."""
+
+    settings: RestoreSettings
+    geometry: Geometry
+    plan: Plan
+    levels: list[Level]
+    norm: Normalization
+    dtype: np.dtype
+    fill_value: float
+    source: Source
+    keep: np.ndarray  # bool over plan.grid: regions that may hold anything
+    pruned: dict[str, int]
+    spec: dict
+    model: object | None = None  # AdaptedModel for ssai3d/care
+    psf: np.ndarray | None = None
+    provenance_model: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    source_volume: Volume | None = None
+
+    @property
+    def prefix(self) -> str:
+        """Block-id prefix of this job's (t, c) slice (empty for a 3D output)."""
+        return self.spec.get("prefix", "")
+
+    def todo(self, done: set[str] = frozenset()):  # type: ignore[assignment]
+        """Region indices to run, in C order, lazily."""
+        prefix = self.prefix
+        for i in np.flatnonzero(self.keep.ravel()):
+            if f"{prefix}r{int(i):07d}" not in done:
+                yield int(i)
+
+    def n_done(self, done: set[str]) -> int:
+        """How many of this job's kept regions are recorded done."""
+        prefix, flat, n = self.prefix, self.keep.ravel(), 0
+        for d in done:
+            if d.startswith(prefix + "r") and d[len(prefix) + 1:].isdigit():
+                i = int(d[len(prefix) + 1:])
+                n += bool(i < flat.size and flat[i])
+        return n
+
+    @cached_property
+    def _kept_occupancy(self) -> Occupancy:
+        """One integral image of the kept regions, reused for every box (made after pruning is final)."""
+        return Occupancy(self.keep, tuple(float(r) for r in self.plan.region_shape))  # type: ignore[arg-type]
+
+    def occupied(self, box) -> bool:
+        """Whether a level-0 output box meets a kept region (else it holds only the fill value)."""
+        return self._kept_occupancy.any_in_box(box)
+
+
+def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: RestoreSettings | None = None,
+                    adapted=None) -> RestoreJob:
+    """Validate and plan a restoration; read only statistics samples, the store listing and a coarse level.
+
+    ``adapted`` (an AdaptedModel) may stand in for ``model_dir`` (the dry run of ``ssai3d run`` uses the
+    base model, as no adapted one exists yet).
+    """
+    settings = settings or RestoreSettings()
+    settings.validate()
+    uses_model = settings.method in ("ssai3d", "care")
+    if uses_model and adapted is None:
+        _check_model_dir(settings.method, model_dir)
+        adapted = cached_adapted_model(model_dir)
+    geom = isotropic_geometry(vol.shape, vol.voxel_size_um)
+    notes = []
+    if geom.z_finer_than_x:
+        notes.append(f"z step {geom.in_voxel_um[0]} um is finer than x {geom.in_voxel_um[2]} um: nothing to undo "
+                     f"along z; the output keeps z spacing {geom.out_voxel_um[0]} um")
+    if uses_model:
+        norm, model, denoiser = adapted.norm, adapted.model, adapted.denoiser
+        if abs(adapted.z_factor - geom.z_factor) > 0.02 * geom.z_factor:
+            notes.append(f"model was adapted for dz/dx = {adapted.z_factor:.3f}, this volume has "
+                         f"{geom.z_factor:.3f}; results may suffer")
+    else:
+        norm, model, denoiser = volume_statistics(vol), None, Denoiser()
+    psf = None
+    if settings.method == "rl":
+        psf = (load_psf(settings.psf_file) if settings.psf_file
+               else gaussian_psf_on_grid(settings.psf_sigma_um, geom.out_voxel_um[2], geom.z_factor)[0])
+        halo = settings.halo if settings.halo is not None else default_rl_halo(psf)
+    elif settings.method == "interp":  # linear z interpolation reaches only the input planes input_crop adds
+        halo = settings.halo if settings.halo is not None else 0
+    else:
+        halo = settings.halo if settings.halo is not None else default_halo(model, denoiser)
+    try:
+        plan = make_plan(vol.shape, geom.z_factor, settings.chunks, settings.region, (halo, halo, halo))
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
+    dtype = np.dtype(settings.dtype or vol.dtype)
+    fill = float(to_output(np.zeros(1, np.float32), norm, dtype)[0])  # the background level
+    levels = pyramid_layout(plan.out_shape, geom.out_voxel_um, plan.chunks, plan.region_shape, settings.shard_shape())
+    source = vol.source_handle()
+    keep, pruned = _prune(plan, tissue_views(vol), norm, settings)
+    spec = {"method": settings.method, "model_dir": str(Path(model_dir).resolve()) if model_dir else None,
+            "psf_path": None, "rl_iterations": settings.rl_iterations, "norm": norm.to_dict(), "view": settings.view,
+            "batch": settings.batch or (32 if settings.resolved_device() == "cuda" else 4),
+            "device": settings.resolved_device(), "dtype": dtype.str, "skip_empty": settings.skip_empty,
+            "empty_level": settings.empty_level, "levels": levels, "torch_threads": None}
+    prov = None
+    if settings.method == "ssai3d":
+        prov = adapted.manifest.get("selection", {}) | {"base": adapted.manifest.get("base_model")}
+    elif settings.method == "care":
+        prov = {"kind": "care", "settings": adapted.manifest.get("settings")}
+    return RestoreJob(settings, geom, plan, levels, norm, dtype, fill, source, keep, pruned, spec,
+                      adapted if uses_model else None, psf, prov, notes, vol)
+
+
+def _prune(plan: Plan, views: TissueViews, norm: Normalization, settings: RestoreSettings) -> tuple[np.ndarray, dict]:
+    """Regions whose input reach touches written data and coarse-level tissue (all of them with skip_empty off)."""
+    keep = np.ones(plan.grid, bool)
+    pruned = {"unwritten": 0, "background": 0}
+    if not settings.skip_empty:
+        return keep, pruned
+    bounds = plan.input_bounds()
+    if views.written is not None:
+        keep &= views.written.any_in(bounds)
+        pruned["unwritten"] = int(keep.size - keep.sum())
+    coarse = views.coarse
+    if coarse is not None:
+        before = int(keep.sum())
+        keep &= tissue_occupancy(coarse, norm.low, norm.high, settings.empty_level).any_in(bounds)
+        pruned["background"] = before - int(keep.sum())
+    return keep, pruned
+
+
+# --- the task ------------------------------------------------------------------------------------
+
+_PSF: dict = {}
+_PSF_LOCK = threading.Lock()
+
+
+def _cached_psf(path: str) -> np.ndarray:
+    key = (path, os.stat(path).st_mtime_ns)
+    with _PSF_LOCK:
+        if key not in _PSF:
+            _PSF.clear()
+            _PSF[key] = np.load(path, allow_pickle=False)
+        return _PSF[key]
+
+
+def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, model=None,
+                   denoiser: Denoiser | None = None, psf: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """Restore one region from its input crop (no I/O). Returns the output-dtype core and whether the
+    region was background only (then the interpolation is the answer)."""
+    if spec["method"] == "interp":  # in raw units: interpolation needs no normalisation (nor its rounding)
+        ext, offset = extended_crop(plan, region, np.asarray(crop, np.float32))
+        core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
+        return cast_output(np.ascontiguousarray(ext[core]), np.dtype(spec["dtype"])), False
+    denoiser = denoiser or Denoiser()
+    norm = Normalization.from_dict(spec["norm"])
+    planes = denoise_planes(norm.apply(np.asarray(crop, np.float32)), denoiser)
+    ext, offset = extended_crop(plan, region, planes)
+    core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
+    skipped = bool(spec["skip_empty"] and float(ext.max()) <= spec["empty_level"])
+    if skipped:
+        restored = ext[core]
+    elif spec["method"] == "rl":
+        restored = richardson_lucy(ext, psf, spec["rl_iterations"], spec["device"])[core]
+    else:
+        restored = restore_block(ext, offset, region.shape, model, spec["view"], spec["batch"], torch.device(spec["device"]))
+    return to_output(restored, norm, np.dtype(spec["dtype"])), skipped
+
+
+def _worker_model(spec: dict):
+    if spec["model_dir"] is None:
+        return None, None
+    adapted = cached_adapted_model(spec["model_dir"])
+    model, device = adapted.model, torch.device(spec["device"])
+    if next(model.parameters()).device != device:
+        model.to(device)
+        if device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+    return model, adapted.denoiser
+
+
+def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict) -> dict:
+    """One task: read the region's input crop, restore it, write it (all task levels), record it done.
+
+    Runs on a worker; the model and PSF are loaded once per worker process and reused.
+    """
+    t0 = time.perf_counter()
+    if spec["torch_threads"] and torch.get_num_threads() != spec["torch_threads"]:
+        torch.set_num_threads(spec["torch_threads"])
+    model, denoiser = _worker_model(spec) if spec["method"] in ("ssai3d", "care") else (None, None)
+    psf = _cached_psf(spec["psf_path"]) if spec["method"] == "rl" else None
+    crop = source.read(plan.input_crop(region))
+    data, skipped = compute_region(plan, region, crop, spec, model, denoiser, psf)
+    block_id = spec.get("prefix", "") + region.block_id
+    record = {"core": [[s.start, s.stop] for s in region.core], "skipped": skipped,
+              "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
+    write_region_levels(out, spec["levels"], region.core, data, block_id, record, tuple(spec.get("lead", ())))
+    return {"id": block_id, "voxels": int(np.prod(region.shape)), "skipped": skipped, "bytes_read": int(crop.nbytes)}
+
+
+# --- the whole restoration ------------------------------------------------------------------------
+
+def run_record(job: RestoreJob) -> dict:
+    """What must not change between a run and its ``--resume`` (results would otherwise mix)."""
+    s, vol = job.settings, job.source_volume
+    return {"method": s.method, "model_dir": job.spec["model_dir"], "halo": job.plan.halo[0], "view": s.view,
+            "normalization": job.norm.to_dict(), "dtype": job.dtype.str, "skip_empty": s.skip_empty,
+            "empty_level": s.empty_level, "rl_iterations": s.rl_iterations if s.method == "rl" else None,
+            "psf": None if job.psf is None else [list(job.psf.shape), float(np.round(job.psf.sum(), 6)),
+                                                 float(np.round((job.psf ** 2).sum(), 9))],
+            "input": {"source": vol.source, "shape": list(vol.shape), "voxel_size_um": list(vol.voxel_size_um),
+                      "selection": vol.selection}}
+
+
+def slice_models(ds, model_dir, method: str) -> dict:
+    """The model folder of every (t, c) slice: MODEL_DIR itself for one model, MODEL_DIR/c{c} (or
+    MODEL_DIR/t{t}/c{c}) for a folder of per-channel models, as ``ssai3d run`` writes them."""
+    keys = list(ds.volumes)
+    if method not in ("ssai3d", "care"):
+        return dict.fromkeys(keys)
+    if model_dir is None or (Path(model_dir) / "model.pt").exists():
+        if ds.channels is not None and len(ds.channels) > 1 and model_dir is not None:
+            raise SettingsError(f"{model_dir} holds one model, this input has channels {ds.channels}: channels "
+                                f"differ, so each needs its own adaptation (`ssai3d run` or `ssai3d adapt` on the "
+                                f"whole input write MODEL_DIR/c0, c1, ...); or choose one with --channel")
+        return dict.fromkeys(keys, model_dir)
+    found, missing = {}, []
+    for t, c in keys:
+        root = Path(model_dir)
+        candidates = ([root / f"t{t}" / f"c{c}", root / f"t{t}"] if t is not None else []) + [root / f"c{c}"]
+        hit = next((d for d in candidates if (d / "model.pt").exists()), None)
+        if hit is None:
+            missing.append(f"c{c}" if t is None else f"t{t}/c{c}")
+        found[(t, c)] = hit
+    if missing:
+        have = sorted(str(p.relative_to(model_dir).parent) for p in Path(model_dir).glob("**/model.pt"))
+        raise SettingsError(f"{model_dir} has no model for {', '.join(missing)} (it holds {', '.join(have) or 'none'}); "
+                            f"adapt those channels (`ssai3d adapt INPUT --out {model_dir} --channel ...`) or select "
+                            f"the channels it has with --channel")
+    return found
+
+
+def _share_fill(jobs: list[RestoreJob]) -> float:
+    """One zarr fill value for all slices: the lowest background level. A slice whose own background level
+    is further from it than its empty level is computed everywhere (pruned regions would read wrong)."""
+    fill = min(j.fill_value for j in jobs)
+    for j in jobs:
+        tol = j.settings.empty_level * (j.norm.high - j.norm.low)
+        if abs(j.fill_value - fill) > max(tol, 0.5) and j.keep.size != j.keep.sum():
+            j.notes.append(f"slice {j.prefix.rstrip('-')}: background level {j.fill_value:g} differs from the "
+                           f"output fill value {fill:g}; all its regions are computed")
+            j.keep = np.ones_like(j.keep)
+            j.pruned = {"unwritten": 0, "background": 0}
+    return fill
+
+
+def restore(vol, model_dir: str | Path | None, out: str | Path, settings: RestoreSettings | None = None,
+            overwrite: bool = False, resume: bool = False, client=None, progress: bool = True) -> Path:
+    """Restore a :class:`Volume` (or every slice of a :class:`~ssai3d_dask.io.dataset.Dataset`) into a
+    multiscale OME-Zarr at ``out`` with isotropic voxels.
+
+    Parameters
+    ----------
+    vol : Volume or Dataset
+        A dataset keeps its channel/time axes in the output; each slice runs through the same block plan.
+    model_dir : path or None
+        An adapted model folder (``ssai3d adapt``, method ``ssai3d``) or a CARE model folder
+        (``ssai3d train-care``, method ``care``); for a multichannel dataset a folder of per-channel
+        models (``MODEL_DIR/c0``, ``c1``, ...); None for ``rl`` and ``interp``.
+    client : distributed.Client, optional
+        Used when given (or when one is active); otherwise regions run one after another in this process.
+    resume : bool
+        Keep regions recorded as done in ``out`` and compute only the rest.
+    """
+    from itertools import chain
+
+    from ssai3d_dask.io.dataset import Dataset, dataset_from_volume
+    from ssai3d_dask.restoration.scheduling import run_regions
+
+    ds = vol if isinstance(vol, Dataset) else dataset_from_volume(vol)
+    settings = settings or RestoreSettings()
+    settings.validate()
+    models = slice_models(ds, model_dir, settings.method)
+    jobs = []
+    for lead, t, c, v in ds.slices():
+        job = prepare_restore(v, models[(t, c)], settings)
+        job.spec["lead"] = lead
+        job.spec["prefix"] = "".join(f"{a}{i}" for a, i in zip(ds.axes, lead)) + ("-" if lead else "")
+        jobs.append(job)
+    fill = _share_fill(jobs) if len(jobs) > 1 else jobs[0].fill_value
+    first = jobs[0]
+    for note in dict.fromkeys(n for j in jobs for n in j.notes):
+        logger.warning(note)
+    out = Path(out)
+    check_output_apart(out, [ds.source] + [j.spec["model_dir"] for j in jobs if j.spec["model_dir"]])
+    plan = first.plan
+    slices = [{"prefix": j.prefix, "model_dir": j.spec["model_dir"], "normalization": j.norm.to_dict()} for j in jobs]
+    record = run_record(first) | {"slices": slices}
+    writer = MultiscaleWriter(out, plan.out_shape, first.dtype, first.geometry.out_voxel_um, plan.chunks,
+                              overwrite=overwrite, resume=resume, ngff_version=settings.ngff_version, name="restored",
+                              region_shape=plan.region_shape, shards=settings.shard_shape(), fill_value=fill,
+                              run_record=record, lead_axes=ds.axes, lead_shape=ds.lead_shape,
+                              channel_labels=ds.labels, time_unit=ds.time_meta.get("unit"))
+    if first.psf is not None:
+        psf_path = out / ".ssai3d" / "psf.npy"
+        np.save(psf_path, first.psf)
+        for j in jobs:
+            j.spec["psf_path"] = str(psf_path.resolve())
+    done = writer.done_blocks() if resume else set()
+    n_keep = sum(int(j.keep.sum()) for j in jobs)
+    n_done = sum(j.n_done(done) for j in jobs)
+    n_todo = n_keep - n_done
+    pruned = {k: sum(j.pruned[k] for j in jobs) for k in ("unwritten", "background")}
+    total = plan.n_regions * len(jobs)
+    logger.info("output %s voxels %s um; %d regions of %s (%d slices), halo %d; pruned %d (%d unwritten input, "
+                "%d background); %d already done, %d to run", ds.lead_shape + plan.out_shape,
+                first.geometry.out_voxel_um, total, plan.region_shape, len(jobs), plan.halo[0], total - n_keep,
+                pruned["unwritten"], pruned["background"], n_done, n_todo)
+    if client is None:
+        try:
+            from distributed import get_client
+
+            client = get_client()
+        except ValueError:
+            client = None
+    todo = chain.from_iterable(((j, i) for i in j.todo(done)) for j in jobs)
+    stats = run_regions(todo, n_todo, str(out), client, settings.in_flight, progress)
+    by_lead = {tuple(j.spec["lead"]): j for j in jobs}
+    writer.build_pyramid(occupied=lambda lead, box: by_lead[tuple(lead)].occupied(box))
+    provenance = {"package_version": __version__, "input": {"source": ds.source, "shape": list(first.source_volume.shape),
+                  "voxel_size_um": list(first.source_volume.voxel_size_um), "axes": ds.axes, "times": ds.times,
+                  "channels": ds.channels, "selection": first.source_volume.selection},
+                  "method": settings.method, "model_dir": first.spec["model_dir"], "model": first.provenance_model,
+                  "slices": slices if len(jobs) > 1 else None,
+                  "psf_shape": list(first.psf.shape) if first.psf is not None else None,
+                  "settings": asdict(settings) | {"halo": plan.halo[0]}, "normalization": first.norm.to_dict(),
+                  "regions": {"total": total, "pruned_unwritten": pruned["unwritten"],
+                              "pruned_background": pruned["background"], "computed_this_run": stats["regions"]}}
+    writer.write_metadata(None, provenance)  # omero windows from the written data, per channel
+    return out
