@@ -21,7 +21,7 @@ from skimage.metrics import structural_similarity
 
 from ssai3d_dask.adaptation.adapt import AdaptSettings, adapt
 from ssai3d_dask.models.checkpoint import load_model
-from ssai3d_dask.adaptation.denoise import Denoiser
+from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.adaptation.finetune import FinetuneSettings
 from ssai3d_dask.evaluation.metrics import psnr
 from ssai3d_dask.restoration.kernels import restore_in_memory

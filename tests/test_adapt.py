@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from ssai3d_dask.adaptation.adapt import AdaptedModel, AdaptSettings, adapt
-from ssai3d_dask.adaptation.denoise import calibrate
+from ssai3d_dask.ops.denoise import calibrate
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.adaptation.finetune import FinetuneSettings, finetune, freeze_except
 from ssai3d_dask.evaluation.metrics import psnr
 from ssai3d_dask.models.nafnet import build
 from ssai3d_dask.adaptation.pairs import PairSynthesizer
 from ssai3d_dask.adaptation.pretrain import psnr_loss
-from ssai3d_dask.adaptation.psf import PSFBank, axial_forward, linear_positions, resample_linear
+from ssai3d_dask.adaptation.psf import PSFBank, axial_forward
+from ssai3d_dask.ops.resample import linear_positions, resample_linear
 from ssai3d_dask.adaptation.sampling import sample_lateral_patches, volume_statistics
 from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
 from ssai3d_dask.adaptation.surgeon import (METRIC_NAMES, Surgeon, layer_names, normalize_metrics, pairwise_ranking_loss,
@@ -188,7 +189,7 @@ def test_bad_settings_raise_before_work():
 def test_denoiser_calibration_on_mostly_empty_patches_is_finite():
     """Sparse volumes give constant (all-background) patches: the noise estimate must not become NaN
     (a NaN h once turned non-local means on, with NaN strength, for every plane)."""
-    from ssai3d_dask.adaptation.denoise import Denoiser, calibrate
+    from ssai3d_dask.ops.denoise import Denoiser, calibrate
 
     patches = np.zeros((20, 64, 64), np.float32)
     patches[3, 10:20, 10:20] = 1.0

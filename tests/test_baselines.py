@@ -10,14 +10,16 @@ from scipy.ndimage import gaussian_filter
 
 from ssai3d_dask.adaptation.care import CareSettings, CareUNet, load_care, train_care
 from ssai3d_dask.cli import main
-from ssai3d_dask.adaptation.denoise import Denoiser
+from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.evaluation.metrics import bead_fwhm, find_beads
 from ssai3d_dask.models.nafnet import count_parameters
 from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
-from ssai3d_dask.restoration.kernels import _reflect_pad, resample_z_block, restore_in_memory, to_output
+from ssai3d_dask.restoration.kernels import restore_in_memory, to_output
+from ssai3d_dask.ops.padding import symmetric_pad
+from ssai3d_dask.ops.resample import resample_z_block
 from ssai3d_dask.restoration.rl import gaussian_psf, gaussian_psf_on_grid, load_psf, richardson_lucy
-from ssai3d_dask.adaptation.sampling import Normalization
+from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
 from ssai3d_dask.io.volume import Volume, open_volume
 
@@ -83,7 +85,7 @@ def test_rl_blockwise_equals_whole_volume(tmp_path):
     norm = Normalization.from_dict(attrs["normalization"])
     psf = gaussian_psf_on_grid((0.3, 0.05, 0.05), 0.1, f)[0]
     whole = resample_z_block(norm.apply(sim.raw.astype(np.float32)), 0, slice(0, 48), f)
-    ref = richardson_lucy(_reflect_pad(whole, [(halo, halo)] * 3), psf, 20)[halo:-halo, halo:-halo, halo:-halo]
+    ref = richardson_lucy(symmetric_pad(whole, [(halo, halo)] * 3), psf, 20)[halo:-halo, halo:-halo, halo:-halo]
     ref = to_output(ref, norm, np.float32)
     assert np.abs(got - ref).max() < 1e-3 * ref.max()
     interp = restore_in_memory(sim.raw, f, None, Denoiser(), norm, halo)

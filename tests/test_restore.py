@@ -13,11 +13,11 @@ import zarr
 from hypothesis import given, settings, strategies as st
 
 from ssai3d_dask.adaptation.adapt import AdaptedModel
-from ssai3d_dask.adaptation.denoise import Denoiser
+from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
 from ssai3d_dask.restoration.plan import make_plan
 from ssai3d_dask.restoration.kernels import restore_in_memory
-from ssai3d_dask.adaptation.sampling import Normalization
+from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
 from ssai3d_dask.io.volume import Volume, open_volume
 

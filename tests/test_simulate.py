@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from ssai3d_dask.evaluation.metrics import FWHM_PER_SD, bead_fwhm, find_beads
-from ssai3d_dask.evaluation.simulate import ForwardModel, PHANTOMS, simulate, subsample_z
+from ssai3d_dask.evaluation.simulate import ForwardModel, PHANTOMS, simulate
+from ssai3d_dask.ops.resample import subsample_z
 
 
 @pytest.mark.parametrize("kind", sorted(PHANTOMS))

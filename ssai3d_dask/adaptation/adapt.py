@@ -19,7 +19,7 @@ import torch
 
 from ssai3d_dask import __version__
 from ssai3d_dask.models.checkpoint import load_model, save_model, shipped_path
-from ssai3d_dask.adaptation.denoise import Denoiser, calibrate
+from ssai3d_dask.ops.denoise import Denoiser, calibrate
 from ssai3d_dask.errors import SettingsError, VolumeError
 from ssai3d_dask.adaptation.finetune import FinetuneSettings, finetune
 from ssai3d_dask.geometry import isotropic_geometry
@@ -27,7 +27,8 @@ from ssai3d_dask.models.nafnet import NAFNet
 from ssai3d_dask.adaptation.pairs import PairSynthesizer, split_validation
 from ssai3d_dask.adaptation.pretrain import psnr_loss
 from ssai3d_dask.adaptation.psf import PSFBank
-from ssai3d_dask.adaptation.sampling import Normalization, sample_lateral_patches, volume_statistics
+from ssai3d_dask.adaptation.sampling import sample_lateral_patches, volume_statistics
+from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.adaptation.surgeon import (METRIC_NAMES, SURGEON_FILE, layer_names, load_surgeon, normalize_metrics, score_layers,
                       select_layers, zero_shot_metrics)
 from ssai3d_dask.io.volume import Volume

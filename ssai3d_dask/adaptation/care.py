@@ -36,6 +36,7 @@ from ssai3d_dask.adaptation.pairs import PairSynthesizer, split_validation
 from ssai3d_dask.adaptation.psf import PSFBank
 from ssai3d_dask.adaptation.sampling import sample_lateral_patches, volume_statistics
 from ssai3d_dask.io.volume import Volume
+from ssai3d_dask.ops.padding import pad_to_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,7 @@ class CareUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         m = self.multiple
-        ph, pw = (-h) % m, (-w) % m
-        inp = F.pad(x, (0, pw, 0, ph), mode="reflect") if (ph or pw) else x
+        inp = pad_to_multiple(x, m)
         skips, y = [], inp
         for blk in self.down:
             y = blk(y)
@@ -137,7 +137,7 @@ def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings |
     Returns an :class:`ssai3d_dask.adaptation.adapt.AdaptedModel` (network, normalisation, no denoiser).
     """
     from ssai3d_dask.adaptation.adapt import AdaptedModel
-    from ssai3d_dask.adaptation.denoise import Denoiser
+    from ssai3d_dask.ops.denoise import Denoiser
 
     settings = settings or CareSettings()
     settings.validate(vol)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ssai3d_dask.ops.resample import resample_linear
 
 logger = logging.getLogger(__name__)
 
@@ -138,36 +139,6 @@ def conv2d_per_sample(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     xp = F.pad(x.reshape(1, b * c, h, w), (r, r, r, r), mode=mode)
     weight = kernels.to(x.dtype).repeat_interleave(c, dim=0)[:, None].flip(-1, -2)
     return F.conv2d(xp, weight, groups=b * c).reshape(b, c, h, w)
-
-
-def linear_positions(n_in: int, factor: float, n_out: int | None = None, start: int = 0) -> torch.Tensor:
-    """Input coordinates of output samples ``start..start+n_out`` on a grid ``factor`` x finer."""
-    n_out = int(round(n_in * factor)) if n_out is None else n_out
-    return (torch.arange(start, start + n_out, dtype=torch.float64)) / float(factor)
-
-
-def resample_linear(x, dim: int, positions, offset: float = 0.0):
-    """Sample ``x`` along ``dim`` at fractional ``positions`` by linear interpolation.
-
-    ``positions`` are global input coordinates; ``offset`` is the global
-    coordinate of ``x``'s first sample along ``dim`` (for blocks cut from a
-    larger volume). Positions outside the covered range are clamped to the
-    nearest edge sample, the same convention for a block as for the whole.
-    Accepts torch tensors or numpy arrays (returned as the same type).
-    """
-    if isinstance(x, np.ndarray):
-        return resample_linear(torch.from_numpy(np.ascontiguousarray(x)), dim, torch.as_tensor(positions),
-                               offset).numpy()
-    n = x.shape[dim]
-    p = (positions.to(torch.float64) - offset).clamp(0, n - 1)
-    i0 = p.floor().long().clamp(max=n - 1)
-    i1 = (i0 + 1).clamp(max=n - 1)
-    wt = (p - i0.to(torch.float64)).to(x.dtype)
-    shape = [1] * x.ndim
-    shape[dim] = -1
-    # One fused pass (lerp, in place on the fresh gather) instead of three temporaries: 2.7x faster on a
-    # 40 x 288 x 576 block, identical to a + (b - a) * w within 6e-8.
-    return x.index_select(dim, i0).lerp_(x.index_select(dim, i1), wt.view(shape))
 
 
 def axial_forward(x: torch.Tensor, factor: float, dim: int = -2, phase: float = 0.0) -> torch.Tensor:

@@ -17,59 +17,18 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import dask
-import dask.array as da
 import numpy as np
 
 from ssai3d_dask.errors import SettingsError, VolumeError
 from ssai3d_dask.io.tissue import Occupancy, coarse_foreground_weights, tissue_views
 from ssai3d_dask.io.volume import Volume
+from ssai3d_dask.ops.grid import chunk_bounds, chunk_slices
+from ssai3d_dask.ops.normalize import Normalization
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Global affine intensity normalisation: ``(x - low) / (high - low)``.
-
-    ``low``/``high`` are robust percentiles of the whole volume, estimated
-    from sampled chunks; stored with the model so inference uses the same numbers.
-    """
-
-    low: float
-    high: float
-    percentiles: tuple[float, float] = (0.1, 99.9)
-    foreground_threshold: float = 0.0  # in normalised units
-    n_voxels_sampled: int = 0
-
-    def apply(self, x):
-        return (x - self.low) / max(self.high - self.low, 1e-12)
-
-    def invert(self, y):
-        return y * (self.high - self.low) + self.low
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["percentiles"] = list(self.percentiles)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Normalization:
-        return cls(**{**d, "percentiles": tuple(d.get("percentiles", (0.1, 99.9)))})
-
-
-def _chunk_slices(arr: da.Array) -> list[tuple[slice, ...]]:
-    bounds = [np.concatenate([[0], np.cumsum(c)]) for c in arr.chunks]
-    out = []
-    for idx in np.ndindex(*arr.numblocks):
-        out.append(tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, idx)))
-    return out
-
-
-def _chunk_bounds(arr: da.Array) -> list[np.ndarray]:
-    return [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in arr.chunks]
 
 
 def chunk_weights(vol: Volume) -> np.ndarray | None:
@@ -82,7 +41,7 @@ def chunk_weights(vol: Volume) -> np.ndarray | None:
     written, coarse = views.written, views.coarse
     if written is None and coarse is None:
         return None
-    bounds = [(b[:-1], b[1:]) for b in _chunk_bounds(vol.data)]
+    bounds = [(b[:-1], b[1:]) for b in chunk_bounds(vol.data.chunks)]
     weights = np.ones(vol.data.numblocks, np.float64)
     if written is not None:
         weights *= written.any_in(bounds)
@@ -99,13 +58,13 @@ def sample_chunks(vol: Volume, n_chunks: int, seed: int, max_voxels_per_chunk: i
     rng = np.random.default_rng(seed)
     weights = chunk_weights(vol)
     if weights is None:
-        slices = _chunk_slices(vol.data)
+        slices = chunk_slices(vol.data.chunks)
         chosen = [slices[i] for i in sorted(rng.choice(len(slices), size=min(n_chunks, len(slices)), replace=False))]
     else:
         flat = weights.ravel()
         k = min(n_chunks, int(np.count_nonzero(flat)))
         picks = sorted(rng.choice(flat.size, size=k, replace=False, p=flat / flat.sum()))
-        bounds = _chunk_bounds(vol.data)
+        bounds = chunk_bounds(vol.data.chunks)
         chosen = [tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, np.unravel_index(j, weights.shape)))
                   for j in picks]
     parts = []
@@ -185,7 +144,7 @@ def sample_lateral_patches(vol: Volume, n: int, patch_px: int, norm: Normalizati
     origins: list[tuple[int, int, int]] = []
     touched: set[tuple[int, int, int]] = set()
     candidates = 0
-    bounds = _chunk_bounds(vol.data)
+    bounds = chunk_bounds(vol.data.chunks)
     weights = chunk_weights(vol)
     rounds = 0
     while len(kept) < n and rounds < 20:

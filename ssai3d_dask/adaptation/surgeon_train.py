@@ -21,7 +21,7 @@ import torch
 from scipy.stats import spearmanr
 
 from ssai3d_dask.models.checkpoint import load_model
-from ssai3d_dask.adaptation.denoise import calibrate
+from ssai3d_dask.ops.denoise import calibrate
 from ssai3d_dask.adaptation.finetune import FinetuneSettings, finetune, validation_loss
 from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.adaptation.pairs import PairSynthesizer

@@ -10,7 +10,7 @@ import numpy as np
 
 from ssai3d_dask.evaluation import metrics
 from ssai3d_dask.errors import VolumeError
-from ssai3d_dask.adaptation.psf import linear_positions, resample_linear
+from ssai3d_dask.ops.resample import linear_positions, resample_linear
 from ssai3d_dask.io.volume import Volume, open_volume
 
 logger = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage, signal
 
 from ssai3d_dask.adaptation.psf import gaussian_kernel2d
+from ssai3d_dask.ops.resample import subsample_z
 
 logger = logging.getLogger(__name__)
 
@@ -225,17 +226,6 @@ def blur(vol: np.ndarray, model: ForwardModel) -> np.ndarray:
         w = np.clip(1 - np.abs(x - i), 0, 1).astype(np.float32)
         out += _blur_zx(vol, model.sigma_axial_px * scales[i], model.sigma_lateral_px, angles[i]) * w
     return out
-
-
-def subsample_z(vol: np.ndarray, z_factor: float) -> np.ndarray:
-    """Take z planes every ``z_factor`` voxels (linear interpolation for fractional steps)."""
-    if z_factor == 1:
-        return vol
-    pos = np.arange(0, vol.shape[0] - 1 + 1e-9, z_factor)
-    i0 = np.floor(pos).astype(int)
-    i1 = np.minimum(i0 + 1, vol.shape[0] - 1)
-    w = (pos - i0).astype(np.float32)[:, None, None]
-    return vol[i0] * (1 - w) + vol[i1] * w
 
 
 def forward(truth: np.ndarray, model: ForwardModel, rng: np.random.Generator) -> np.ndarray:

@@ -33,6 +33,7 @@ from ome_zarr.writer import write_multiscales_metadata
 from ssai3d_dask.errors import VolumeError
 from ssai3d_dask.io.pyramid import DOWNSAMPLING_TYPE, Level, downsample_mean, pyramid_layout
 from ssai3d_dask.io.source import cached_array
+from ssai3d_dask.ops.grid import grid_slices
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class MultiscaleWriter:
             target = self.group[str(level)]
             todo = []
             for lead in np.ndindex(*self.lead_shape):
-                for box in _grid(lv.shape, lv.chunks):
+                for box in grid_slices(lv.shape, lv.chunks):
                     if occupied is not None and not occupied(
                             lead, tuple(slice(b.start * f, b.stop * f) for b, f in zip(box, lv.factor))):
                         continue
@@ -293,12 +294,6 @@ def check_output_apart(out: str | Path, inputs: Sequence[str | Path]) -> None:
             where = "is" if o == i else ("lies inside" if i in o.parents else "contains")
             raise VolumeError(f"output {out} {where} the input {src}; choose an output outside the input "
                               f"(nothing was written)")
-
-
-def _grid(shape: Sequence[int], block: Sequence[int]):
-    counts = [-(-s // b) for s, b in zip(shape, block)]
-    for idx in np.ndindex(*counts):
-        yield tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(idx, block, shape))
 
 
 def _downsample_block(src: zarr.Array, target: zarr.Array, lead: tuple, box: Sequence[slice], step: Sequence[int],

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ssai3d_dask.ops.padding import pad_to_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -249,16 +250,6 @@ def _level_of(module_name: str, depth: int) -> int:
     return 0
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad the last two axes at the far end to a multiple, by reflection (replicate if too small)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
 def gray_forward(model: NAFNet, x: torch.Tensor) -> torch.Tensor:
     """Run a 3-channel model on grayscale images (the paper's recipe).
 
@@ -367,7 +358,6 @@ __all__ = [
     "count_macs",
     "count_parameters",
     "gray_forward",
-    "pad_to_multiple",
     "receptive_radius_px",
     "tiled_forward",
 ]

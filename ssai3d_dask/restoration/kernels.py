@@ -25,21 +25,16 @@ import numpy as np
 import torch
 
 from ssai3d_dask.io.casting import cast_output
-from ssai3d_dask.adaptation.denoise import RADIUS_PX, Denoiser
+from ssai3d_dask.ops.denoise import RADIUS_PX, Denoiser
 from ssai3d_dask.models.nafnet import NAFNet, gray_forward
 from ssai3d_dask.restoration.plan import Plan, Region
-from ssai3d_dask.adaptation.psf import resample_linear
-from ssai3d_dask.adaptation.sampling import Normalization
+from ssai3d_dask.ops.normalize import Normalization
+from ssai3d_dask.ops.padding import symmetric_pad
+from ssai3d_dask.ops.resample import resample_z_block
 
 logger = logging.getLogger(__name__)
 
 VIEWS = ("mean", "xz", "yz")
-
-
-def resample_z_block(block: np.ndarray, z0_in: int, out_z: slice, z_factor: float) -> np.ndarray:
-    """Output planes ``out_z`` (global indices) from input planes starting at global index ``z0_in``."""
-    pos = torch.arange(out_z.start, out_z.stop, dtype=torch.float64) / z_factor
-    return resample_linear(np.asarray(block, np.float32), 0, pos, offset=z0_in)
 
 
 def extended_crop(plan: Plan, region: Region, crop_in: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -55,21 +50,8 @@ def extended_crop(plan: Plan, region: Region, crop_in: np.ndarray) -> tuple[np.n
     pad = [(ext_lo[i] - (region.core[i].start - plan.halo[i]), (region.core[i].stop + plan.halo[i]) - ext_hi[i])
            for i in range(3)]
     if any(p for pair in pad for p in pair):
-        z = _reflect_pad(z, pad)
+        z = symmetric_pad(z, pad)
     return z, tuple(plan.halo)  # type: ignore[return-value]
-
-
-def _reflect_pad(a: np.ndarray, pad: list[tuple[int, int]]) -> np.ndarray:
-    """numpy 'symmetric' padding, repeated when the pad exceeds the array (tiny volumes)."""
-    for axis, (lo, hi) in enumerate(pad):
-        while lo or hi:
-            n = a.shape[axis]
-            step_lo, step_hi = min(lo, n), min(hi, n)
-            widths = [(0, 0)] * a.ndim
-            widths[axis] = (step_lo, step_hi)
-            a = np.pad(a, widths, mode="symmetric")
-            lo, hi = lo - step_lo, hi - step_hi
-    return a
 
 
 def apply_network(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -170,6 +152,6 @@ def restore_in_memory(raw: np.ndarray, z_factor: float, model: NAFNet | None, de
     zo = int(round(raw.shape[0] * z_factor))
     planes = denoise_planes(norm.apply(np.asarray(raw, np.float32)), denoiser)
     full = resample_z_block(planes, 0, slice(0, zo), z_factor)
-    padded = _reflect_pad(full, [(halo, halo)] * 3)
+    padded = symmetric_pad(full, [(halo, halo)] * 3)
     out = restore_block(padded, (halo, halo, halo), full.shape, model, view)
     return to_output(out, norm, np.dtype(dtype))

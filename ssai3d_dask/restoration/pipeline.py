@@ -28,7 +28,7 @@ import torch
 from ssai3d_dask import __version__
 from ssai3d_dask.io.casting import cast_output
 from ssai3d_dask.restoration.cluster import cached_adapted_model, gpu_count
-from ssai3d_dask.adaptation.denoise import Denoiser
+from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.geometry import Geometry, isotropic_geometry
 from ssai3d_dask.io.omezarr import MultiscaleWriter, check_output_apart, write_region_levels
@@ -36,7 +36,8 @@ from ssai3d_dask.restoration.plan import Plan, Region, make_plan
 from ssai3d_dask.io.pyramid import Level, pyramid_layout
 from ssai3d_dask.restoration.kernels import default_halo, denoise_planes, extended_crop, restore_block, to_output
 from ssai3d_dask.restoration.rl import default_rl_halo, gaussian_psf_on_grid, load_psf, richardson_lucy
-from ssai3d_dask.adaptation.sampling import Normalization, volume_statistics
+from ssai3d_dask.adaptation.sampling import volume_statistics
+from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.io.source import Source
 from ssai3d_dask.io.tissue import Occupancy, TissueViews, tissue_occupancy, tissue_views
 from ssai3d_dask.io.volume import Volume

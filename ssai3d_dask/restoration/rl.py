@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ssai3d_dask.errors import SettingsError
+from ssai3d_dask.ops.padding import symmetric_pad
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def richardson_lucy(image: np.ndarray, psf: np.ndarray, iterations: int, device:
     device = torch.device(device)
     pads = [p // 2 for p in psf.shape]
     x = torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(device).clamp_min(0)
-    x = _reflect3d(x, pads)
+    x = symmetric_pad(x, [(p, p) for p in pads])
     otf = _otf(psf, x.shape, device)
     otf_conj = otf.conj()  # correlation with the PSF = convolution with its mirror
 
@@ -122,17 +123,6 @@ def richardson_lucy(image: np.ndarray, psf: np.ndarray, iterations: int, device:
         est = est * conv(ratio, otf_conj)
     sl = tuple(slice(p, p + s) for p, s in zip(pads, image.shape))
     return est[sl].cpu().numpy()
-
-
-def _reflect3d(x: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
-    """numpy-'symmetric' padding of a 3D tensor (mirror including the edge voxel)."""
-    for dim, p in enumerate(pads):
-        while p > 0:  # repeated for blocks thinner than the pad
-            n = x.shape[dim]
-            s = min(p, n)
-            x = torch.cat([x.narrow(dim, 0, s).flip(dim), x, x.narrow(dim, n - s, s).flip(dim)], dim)
-            p -= s
-    return x
 
 
 def default_rl_halo(psf: np.ndarray, multiple: int = 16) -> int:
