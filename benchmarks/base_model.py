@@ -14,7 +14,7 @@ import torch
 
 from ssai3d_dask.models.checkpoint import load_model
 from ssai3d_dask.models.nafnet import PRESETS, build, count_macs, count_parameters, gray_forward, tiled_forward
-from ssai3d_dask.adaptation.pretrain import psnr_loss
+from ssai3d_dask.adaptation.losses import psnr_loss
 from ssai3d_dask.adaptation.pretrain_data import image_pool, random_crops
 from ssai3d_dask.adaptation.psf import axial_forward, conv2d_per_sample, gaussian_kernel2d
 

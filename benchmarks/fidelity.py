@@ -43,7 +43,7 @@ from skimage.metrics import structural_similarity
 
 from ssai3d_dask.adaptation.adapt import AdaptSettings, adapt
 from ssai3d_dask.adaptation.care import CareSettings, train_care
-from ssai3d_dask.restoration.cluster import cached_adapted_model
+from ssai3d_dask.models.folder import cached_folder
 from ssai3d_dask.adaptation.finetune import FinetuneSettings
 from ssai3d_dask.evaluation.metrics import bead_fwhm, find_beads, ms_ssim, psnr, ssim
 from ssai3d_dask.adaptation.pairs import PairSynthesizer
@@ -233,7 +233,7 @@ def exp_mismatch(r: Runner, cfg: dict, out: dict) -> list[str]:
 
 def lateral_mse(model_dir: Path, vol: Volume, fm: ForwardModel, cfg: dict) -> float:
     """MSE on the stack's own lateral planes blurred with the true axial PSF (the training domain)."""
-    adapted = cached_adapted_model(model_dir)
+    adapted = cached_folder(model_dir)
     norm = volume_statistics(vol, 5)
     patches = sample_lateral_patches(vol, 32, cfg["patch_px"], norm, seed=99).patches
     sd = math.sqrt(fm.sigma_axial_px**2 - fm.sigma_lateral_px**2)

@@ -78,7 +78,7 @@ def pure_forward_seconds(model_dir: Path, z_out: int, y: int, x: int, halo: int,
     """Model-only time for the slices restore feeds the network on this volume (batch 4, all cores)."""
     import torch
 
-    from ssai3d_dask.adaptation.adapt import AdaptedModel
+    from ssai3d_dask.models.folder import AdaptedModel
     from ssai3d_dask.models.nafnet import gray_forward
 
     torch.set_num_threads(2)

@@ -43,7 +43,7 @@ def make_model_dir(path, z_factor: float, low: float = 0.0, high: float = 1.0, d
     """A small adapted-model folder with non-trivial random weights (fresh NAFBlocks are identities)."""
     import torch
 
-    from ssai3d_dask.models.checkpoint import save_model
+    from ssai3d_dask.models.folder import write_folder
     from ssai3d_dask.models.nafnet import build
 
     torch.manual_seed(seed)
@@ -57,8 +57,7 @@ def make_model_dir(path, z_factor: float, low: float = 0.0, high: float = 1.0, d
                                   "n_voxels_sampled": 0},
                 "denoiser": {"h": denoise_h, "estimated_noise": 0.05 if denoise_h else 0.0,
                              "mode": "on" if denoise_h else "off"}}
-    path.mkdir(parents=True, exist_ok=True)
-    save_model(model, path / "model.pt", manifest)
+    write_folder(path, model, manifest)
     return path
 
 

@@ -7,20 +7,22 @@ import numpy as np
 import pytest
 import torch
 
-from ssai3d_dask.adaptation.adapt import AdaptedModel, AdaptSettings, adapt
+from ssai3d_dask.adaptation.adapt import AdaptSettings, adapt
+from ssai3d_dask.models.folder import AdaptedModel
 from ssai3d_dask.ops.denoise import calibrate
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.adaptation.finetune import FinetuneSettings, finetune, freeze_except
 from ssai3d_dask.evaluation.metrics import psnr
 from ssai3d_dask.models.nafnet import build
 from ssai3d_dask.adaptation.pairs import PairSynthesizer
-from ssai3d_dask.adaptation.pretrain import psnr_loss
+from ssai3d_dask.adaptation.losses import psnr_loss
 from ssai3d_dask.adaptation.psf import PSFBank, axial_forward
 from ssai3d_dask.ops.resample import linear_positions, resample_linear
 from ssai3d_dask.adaptation.sampling import sample_lateral_patches, volume_statistics
 from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
-from ssai3d_dask.adaptation.surgeon import (METRIC_NAMES, Surgeon, layer_names, normalize_metrics, pairwise_ranking_loss,
-                                 select_layers, zero_shot_metrics)
+from ssai3d_dask.adaptation.losses import pairwise_ranking_loss
+from ssai3d_dask.adaptation.surgeon import layer_names, normalize_metrics, select_layers, zero_shot_metrics
+from ssai3d_dask.models.surgeon import METRIC_NAMES, Surgeon
 from ssai3d_dask.io.volume import Volume
 
 

@@ -8,7 +8,9 @@ import zarr
 from click.testing import CliRunner
 from scipy.ndimage import gaussian_filter
 
-from ssai3d_dask.adaptation.care import CareSettings, CareUNet, load_care, train_care
+from ssai3d_dask.adaptation.care import CareSettings, train_care
+from ssai3d_dask.models.checkpoint import load_network
+from ssai3d_dask.models.unet import CareUNet
 from ssai3d_dask.cli import main
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.errors import SettingsError
@@ -128,7 +130,7 @@ def test_care_trains_and_is_block_invariant(tmp_path):
     # before = the identity (zero-initialised output); measured 0.0925 -> 0.0882
     assert hist["val_l1_after"] < 0.97 * hist["val_l1_before"]
     assert adapted.manifest["blur_sigma_px"] == pytest.approx(np.sqrt(9 - 0.25))
-    model, manifest = load_care(tmp_path / "care" / "model.pt")
+    model, manifest = load_network(tmp_path / "care" / "model.pt", expect="care-unet")
     assert manifest["kind"] == "care" and model.reach_px == 22
     outs = []
     for region in [(16, 16, 16), (48, 64, 64)]:

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from ssai3d_dask.models.checkpoint import load_model, save_model, shipped_path
+from ssai3d_dask.models.checkpoint import load_model, save_network, shipped_path
 from ssai3d_dask.errors import CheckpointError
 from ssai3d_dask.models.nafnet import (PRESETS, build, count_parameters, gray_forward, receptive_radius_px,
                                 tiled_forward)
@@ -72,7 +72,7 @@ def test_basicsr_checkpoint_loads_strictly(tmp_path, key):
 
 def test_our_format_round_trip_fp16(tmp_path):
     model = build("small")
-    save_model(model, tmp_path / "m.pt", {"note": "x"}, half=True)
+    save_network(model, tmp_path / "m.pt", {"note": "x"}, half=True)
     loaded, manifest = load_model(tmp_path / "m.pt")
     assert manifest["note"] == "x" and len(manifest["sha256"]) == 64
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):

@@ -12,7 +12,7 @@ import pytest
 import zarr
 from hypothesis import given, settings, strategies as st
 
-from ssai3d_dask.adaptation.adapt import AdaptedModel
+from ssai3d_dask.models.folder import AdaptedModel
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
 from ssai3d_dask.restoration.plan import make_plan

@@ -18,18 +18,19 @@ import numpy as np
 import torch
 
 from ssai3d_dask import __version__
-from ssai3d_dask.models.checkpoint import load_model, save_model, shipped_path
-from ssai3d_dask.ops.denoise import Denoiser, calibrate
+from ssai3d_dask.models.checkpoint import load_model, load_network, shipped_path
+from ssai3d_dask.models.folder import AdaptedModel, check_new_folder, write_folder
+from ssai3d_dask.ops.denoise import calibrate
 from ssai3d_dask.errors import SettingsError, VolumeError
 from ssai3d_dask.adaptation.finetune import FinetuneSettings, finetune
 from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.models.nafnet import NAFNet
-from ssai3d_dask.adaptation.pairs import PairSynthesizer, split_validation
-from ssai3d_dask.adaptation.pretrain import psnr_loss
+from ssai3d_dask.adaptation.pairs import PairSynthesizer
+from ssai3d_dask.adaptation.training import split_validation
+from ssai3d_dask.adaptation.losses import psnr_loss
 from ssai3d_dask.adaptation.psf import PSFBank
 from ssai3d_dask.adaptation.sampling import sample_lateral_patches, volume_statistics
-from ssai3d_dask.ops.normalize import Normalization
-from ssai3d_dask.adaptation.surgeon import (METRIC_NAMES, SURGEON_FILE, layer_names, load_surgeon, normalize_metrics, score_layers,
+from ssai3d_dask.adaptation.surgeon import (METRIC_NAMES, SURGEON_FILE, layer_names, normalize_metrics, score_layers,
                       select_layers, zero_shot_metrics)
 from ssai3d_dask.io.volume import Volume
 
@@ -75,36 +76,6 @@ class AdaptSettings:
         return d
 
 
-@dataclass
-class AdaptedModel:
-    """What restoration needs: the network, normalisation, denoiser, and the geometry it was adapted for.
-
-    ``manifest['kind']`` is ``adapted`` (SSAI-3D, a NAFNet) or ``care`` (a CARE U-Net from ``train-care``).
-    """
-
-    model: NAFNet
-    norm: Normalization
-    denoiser: Denoiser
-    z_factor: float
-    manifest: dict
-
-    @classmethod
-    def load(cls, model_dir: str | Path) -> AdaptedModel:
-        d = Path(model_dir)
-        if not (d / "model.pt").exists():
-            raise SettingsError(f"{d} is not a model folder (no model.pt); run `ssai3d adapt` first")
-        from ssai3d_dask.adaptation.care import is_care, load_care
-
-        if is_care(d):
-            model, manifest = load_care(d / "model.pt")
-            return cls(model, Normalization.from_dict(manifest["normalization"]), Denoiser(),
-                       float(manifest["z_factor"]), manifest)
-        model, manifest = load_model(d / "model.pt")
-        model.set_pool_window(manifest.get("pool_window_px", model.local_window()))
-        return cls(model, Normalization.from_dict(manifest["normalization"]),
-                   Denoiser.from_dict(manifest.get("denoiser")), float(manifest["z_factor"]), manifest)
-
-
 def _data_hash(vol: Volume, patches: np.ndarray) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"source": vol.source, "shape": vol.shape, "voxel": vol.voxel_size_um}).encode())
@@ -116,7 +87,7 @@ def _shipped_surgeon(model: NAFNet):
     path = shipped_path(SURGEON_FILE)
     if not path.exists():
         return None, "no shipped surgeon"
-    surgeon, manifest = load_surgeon(path)
+    surgeon, manifest = load_network(path, expect="surgeon")
     if manifest.get("base_config") != model.config.to_dict():
         return None, "shipped surgeon was trained for another architecture"
     return surgeon, str(path)
@@ -127,8 +98,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     """Adapt the base model to ``vol``; write MODEL_DIR when ``out_dir`` is given."""
     settings = settings or AdaptSettings()
     settings.validate(vol)
-    if out_dir is not None and Path(out_dir).exists() and any(Path(out_dir).iterdir()) and not overwrite:
-        raise VolumeError(f"model folder {out_dir} already exists; pass --overwrite or another --out")
+    check_new_folder(out_dir, overwrite)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     norm = volume_statistics(vol, settings.seed)
@@ -208,13 +178,9 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
 
 
 def write_model_dir(adapted: AdaptedModel, out_dir: str | Path, val: tuple[torch.Tensor, torch.Tensor]) -> Path:
-    """model.pt (our checkpoint format, manifest inside), manifest.json, validation.png."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_model(adapted.model, out / "model.pt", adapted.manifest)
-    (out / "manifest.json").write_text(json.dumps(adapted.manifest, indent=2, default=str))
-    _validation_png(adapted.model, val, out / "validation.png")
-    return out
+    """model.pt (our checkpoint format, manifest inside), validation.png, manifest.json."""
+    return write_folder(out_dir, adapted.model, adapted.manifest,
+                        {"validation.png": lambda p: _validation_png(adapted.model, val, p)})
 
 
 def _validation_png(model: NAFNet, val: tuple[torch.Tensor, torch.Tensor], path: Path, n: int = 4) -> None:
@@ -236,7 +202,7 @@ def _validation_png(model: NAFNet, val: tuple[torch.Tensor, torch.Tensor], path:
             if i == 0:
                 axes[i, j].set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, format="png")
     plt.close(fig)
 
 
@@ -261,8 +227,7 @@ def adapt_dataset(ds, out_dir: str | Path, settings: AdaptSettings | None = None
     for _, _, _, vol in ds.slices():
         settings.validate(vol)  # every slice, before any work
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise VolumeError(f"model folder {out_dir} already exists; pass --overwrite or another --out")
+    check_new_folder(out, overwrite)
     done: dict = {}
     for _, t, c, vol in ds.slices():
         sub = model_subdir(ds, t, c, per_time)

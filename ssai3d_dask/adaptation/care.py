@@ -15,7 +15,6 @@ bank, so subsampling and interpolation are exactly the pipeline's.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,75 +23,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from ssai3d_dask import __version__
-from ssai3d_dask.errors import CheckpointError, SettingsError, VolumeError
-from ssai3d_dask.adaptation.finetune import train_steps
+from ssai3d_dask.errors import SettingsError, VolumeError
+from ssai3d_dask.models.folder import AdaptedModel, check_new_folder, write_folder
+from ssai3d_dask.models.unet import CareUNet
+from ssai3d_dask.adaptation.losses import l1_loss
+from ssai3d_dask.adaptation.training import fit, make_optimizer, split_validation
 from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.models.nafnet import count_parameters
-from ssai3d_dask.adaptation.pairs import PairSynthesizer, split_validation
+from ssai3d_dask.adaptation.pairs import PairSynthesizer, batches
 from ssai3d_dask.adaptation.psf import PSFBank
 from ssai3d_dask.adaptation.sampling import sample_lateral_patches, volume_statistics
 from ssai3d_dask.io.volume import Volume
-from ssai3d_dask.ops.padding import pad_to_multiple
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "ssai3d-dask/care"
-
-
-class _Block(nn.Sequential):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
-
-
-class CareUNet(nn.Module):
-    """CSBDeep-style U-Net: two 3x3 convs per level, max-pool down, nearest up + skip, residual output.
-
-    Input and output (n, 1, H, W); H, W are reflect-padded to a multiple of
-    ``2**depth`` and cropped back. ``base=16, depth=4``: 1.96M parameters.
-    """
-
-    def __init__(self, base: int = 16, depth: int = 4) -> None:
-        super().__init__()
-        self.config = {"base": int(base), "depth": int(depth)}
-        chans = [base * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList([_Block(1 if i == 0 else chans[i - 1], chans[i]) for i in range(depth)])
-        self.bottom = _Block(chans[depth - 1], chans[depth])
-        self.up = nn.ModuleList([_Block(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(depth))])
-        self.out = nn.Conv2d(chans[0], 1, 1)
-        # Start as the identity (residual output 0): training moves away from "do nothing", not from noise.
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    @property
-    def multiple(self) -> int:
-        return 2 ** self.config["depth"]
-
-    @property
-    def reach_px(self) -> int:
-        """Receptive-field radius in px: ``6 * 2**depth - 2`` (22, 46, 94 px for depth 2, 3, 4; equal to the
-        support of the input gradient of one output pixel, checked in tests)."""
-        return int(6 * 2 ** self.config["depth"] - 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        m = self.multiple
-        inp = pad_to_multiple(x, m)
-        skips, y = [], inp
-        for blk in self.down:
-            y = blk(y)
-            skips.append(y)
-            y = F.max_pool2d(y, 2)
-        y = self.bottom(y)
-        for blk, skip in zip(self.up, reversed(skips)):
-            y = blk(torch.cat([F.interpolate(y, scale_factor=2, mode="nearest"), skip], 1))
-        y = self.out(y) + inp
-        return y[..., :h, :w]
-
 
 @dataclass
 class CareSettings:
@@ -136,13 +81,11 @@ def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings |
 
     Returns an :class:`ssai3d_dask.adaptation.adapt.AdaptedModel` (network, normalisation, no denoiser).
     """
-    from ssai3d_dask.adaptation.adapt import AdaptedModel
     from ssai3d_dask.ops.denoise import Denoiser
 
     settings = settings or CareSettings()
     settings.validate(vol)
-    if out_dir is not None and Path(out_dir).exists() and any(Path(out_dir).iterdir()) and not overwrite:
-        raise VolumeError(f"model folder {out_dir} already exists; pass --overwrite or another --out")
+    check_new_folder(out_dir, overwrite)
     sigma = settings.blur_sigma_px(vol)
     z_factor = isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor
     t_start = time.perf_counter()
@@ -158,16 +101,15 @@ def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings |
     torch.manual_seed(settings.seed)
     device = torch.device(settings.device)
     model = CareUNet(settings.base, settings.depth).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, settings.iterations), eta_min=settings.lr * 0.01)
+    opt, sched = make_optimizer(model.parameters(), "adam", settings.lr, 0.0, settings.iterations)
     history: dict = {"parameters": count_parameters(model), "loss": [], "val_l1_before": _val_l1(model, val)}
 
     def step_loss(blurred: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
-        return F.l1_loss(model(blurred), sharp)  # CSBDeep's default loss (MAE)
+        return l1_loss(model(blurred), sharp)  # CSBDeep's default loss (MAE)
 
-    history["seconds"] = train_steps(model, opt, sched, step_loss, train_patches, synth, settings.iterations,
-                                     settings.batch_size, rng, history["loss"], "train CARE",
-                                     lambda v: {"l1": f"{v:.4f}"}, progress)
+    history["seconds"] = fit(model, lambda _: synth(batches(train_patches, settings.batch_size, rng), rng), step_loss,
+                             opt, sched, settings.iterations, log=history["loss"], desc="train CARE",
+                             postfix=lambda v: {"l1": f"{v:.4f}"}, progress=progress)
     history["val_l1_after"] = _val_l1(model, val)
     logger.info("CARE: %d parameters, %d steps in %.1f s, validation L1 %.4f -> %.4f", history["parameters"],
                 settings.iterations, history["seconds"], history["val_l1_before"], history["val_l1_after"])
@@ -180,39 +122,11 @@ def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings |
                 "seconds_total": round(time.perf_counter() - t_start, 2)}
     adapted = AdaptedModel(model, norm, Denoiser(), z_factor, manifest)
     if out_dir is not None:
-        save_care(model, Path(out_dir) / "model.pt", manifest)
-        (Path(out_dir) / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        write_folder(out_dir, model, manifest)
     return adapted
 
 
 @torch.no_grad()
 def _val_l1(model: CareUNet, val: tuple[torch.Tensor, torch.Tensor]) -> float:
     model.eval()
-    return float(F.l1_loss(model(val[0]), val[1]))
-
-
-def save_care(model: CareUNet, path: Path, manifest: dict) -> Path:
-    """Atomic save: tensors and plain values only (loadable with ``weights_only=True``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    obj = {"format": FORMAT, "config": model.config,
-           "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-           "manifest": json.dumps(manifest, default=str)}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_care(path: str | Path) -> tuple[CareUNet, dict]:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a CARE model from `ssai3d train-care`")
-    model = CareUNet(**obj["config"])
-    model.load_state_dict(obj["state_dict"])
-    return model.eval(), json.loads(obj["manifest"])
-
-
-def is_care(path: str | Path) -> bool:
-    """True when a model folder's manifest says it holds a CARE network."""
-    m = Path(path) / "manifest.json"
-    return m.exists() and json.loads(m.read_text()).get("kind") == "care"
+    return float(l1_loss(model(val[0]), val[1]))

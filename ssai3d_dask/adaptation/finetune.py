@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -13,7 +11,8 @@ import torch
 
 from ssai3d_dask.models.nafnet import NAFNet, gray_forward
 from ssai3d_dask.adaptation.pairs import PairSynthesizer, batches
-from ssai3d_dask.adaptation.pretrain import psnr_loss
+from ssai3d_dask.adaptation.losses import psnr_loss
+from ssai3d_dask.adaptation.training import fit, make_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -53,31 +52,6 @@ def validation_loss(model: NAFNet, blurred: torch.Tensor, sharp: torch.Tensor) -
         return float(psnr_loss(gray_forward(model, blurred), sharp))
 
 
-def train_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, sched, step_loss: Callable, patches: np.ndarray,
-                synth: PairSynthesizer, iterations: int, batch_size: int, rng: np.random.Generator, log: list,
-                desc: str, postfix: Callable[[float], dict], progress: bool = True) -> float:
-    """The training loop shared by fine-tuning and CARE: random batches -> synthesized pairs -> one step.
-
-    ``step_loss(blurred, sharp)`` returns the loss tensor; every 10th loss is appended to ``log`` as
-    ``(iteration, value)``. Returns the seconds taken.
-    """
-    from tqdm.auto import tqdm
-
-    t0 = time.perf_counter()
-    bar = tqdm(range(iterations), desc=desc, disable=not progress)
-    for it in bar:
-        model.train()
-        loss = step_loss(*synth(batches(patches, batch_size, rng), rng))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if it % 10 == 0 or it == iterations - 1:
-            log.append((it, loss.item()))
-            bar.set_postfix(postfix(loss.item()))
-    return round(time.perf_counter() - t0, 2)
-
-
 def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth: PairSynthesizer,
              settings: FinetuneSettings, val: tuple[torch.Tensor, torch.Tensor] | None = None,
              progress: bool = True) -> dict:
@@ -96,9 +70,7 @@ def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth
     model.to(device)
     n_train = freeze_except(model, layers)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt_cls = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, settings.iterations), eta_min=settings.lr * 0.01)
+    opt, sched = make_optimizer(params, settings.optimizer, settings.lr, settings.weight_decay, settings.iterations)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     history: dict = {"trainable_parameters": n_train, "loss": []}
     if val is not None:
@@ -108,9 +80,9 @@ def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth
         with amp:
             return psnr_loss(gray_forward(model, blurred).float(), sharp)
 
-    history["seconds"] = train_steps(model, opt, sched, step_loss, patches, synth, settings.iterations,
-                                     settings.batch_size, rng, history["loss"], "fine-tune",
-                                     lambda v: {"psnr": f"{-v:.2f}"}, progress)
+    history["seconds"] = fit(model, lambda _: synth(batches(patches, settings.batch_size, rng), rng), step_loss,
+                             opt, sched, settings.iterations, log=history["loss"], desc="fine-tune",
+                             postfix=lambda v: {"psnr": f"{-v:.2f}"}, progress=progress)
     if val is not None:
         history["val_psnr_after"] = -validation_loss(model, *val)
         logger.info("fine-tuned %d parameters in %.1f s: validation PSNR %.2f -> %.2f dB", n_train,

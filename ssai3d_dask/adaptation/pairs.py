@@ -58,10 +58,3 @@ def batches(patches: np.ndarray, batch_size: int, rng: np.random.Generator) -> t
     """A random batch (B, 1, P, P) from (n, P, P) patches."""
     idx = rng.integers(0, len(patches), batch_size)
     return torch.from_numpy(np.ascontiguousarray(patches[idx][:, None]))
-
-
-def split_validation(patches: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(validation, training) patches: a random tenth (at least 2) held out."""
-    order = rng.permutation(len(patches))
-    n_val = max(2, len(patches) // 10)
-    return patches[order[:n_val]], patches[order[n_val:]]

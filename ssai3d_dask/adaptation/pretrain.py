@@ -21,7 +21,11 @@ import numpy as np
 import torch
 
 from ssai3d_dask import __version__
-from ssai3d_dask.models.checkpoint import load_model, load_state_strict, save_model
+from ssai3d_dask.adaptation.losses import psnr_loss
+from ssai3d_dask.adaptation.training import fit, make_optimizer
+from ssai3d_dask.errors import SettingsError
+from ssai3d_dask.io.files import write_with
+from ssai3d_dask.models.checkpoint import load_model, load_state_strict, save_network
 from ssai3d_dask.models.nafnet import PRESETS, NAFNet, build, count_parameters, gray_forward
 from ssai3d_dask.adaptation.pretrain_data import degrade, image_pool, random_crops
 
@@ -41,12 +45,6 @@ class PretrainSettings:
     init: str | None = None  # warm start from this checkpoint (a new optimizer and schedule)
     checkpoint_every: int = 250
     eval_every: int = 1000
-
-
-def psnr_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """NAFNet's PSNR loss: -PSNR averaged over the batch (data range 1)."""
-    mse = ((pred - target) ** 2).flatten(1).mean(1)
-    return (10.0 * torch.log10(mse + 1e-8)).mean()
 
 
 HELDOUT_SEED = 0
@@ -78,22 +76,19 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
     A resume file ``<out>.resume.pt`` holds model, optimizer, RNG state and
     the iteration; rerunning with the same ``out`` continues from it.
     """
-    from tqdm.auto import tqdm
-
     out = Path(out)
     torch.manual_seed(settings.seed)
     parent = None
     if settings.init:
         model, parent = load_model(settings.init)
         if model.config.to_dict() != PRESETS[settings.preset].to_dict():
-            raise ValueError(f"--init {settings.init} is not a '{settings.preset}' model; pass --preset to match it")
+            raise SettingsError(f"--init {settings.init} is not a '{settings.preset}' model; pass --preset to match it")
         model = model.float().to(settings.device)
     else:
         model = build(settings.preset).to(settings.device)
     patch = settings.patch_px or model.config.train_size
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
-                            betas=(0.9, 0.9))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.iterations, eta_min=1e-6)
+    opt, sched = make_optimizer(model.parameters(), "adamw", settings.lr, settings.weight_decay, settings.iterations,
+                                final_lr=1e-6, betas=(0.9, 0.9))
     images = image_pool("train", settings.seed)
     # The held-out set is fixed (not tied to the training seed) so runs stay comparable.
     held_x, held_y = heldout_set()
@@ -110,32 +105,26 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
         start, history = int(state["iteration"]), json.loads(state["history"])
         logger.info("resuming pretraining at iteration %d", start)
     t0 = time.perf_counter()
-    bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations,
-               disable=not progress, desc="pretrain")
-    for it in bar:
-        model.train()
+
+    def batch(_: int) -> tuple[torch.Tensor, torch.Tensor]:
         sharp = random_crops(images, settings.batch_size, patch, rng)
         degraded = degrade(sharp, rng)
-        sharp, degraded = sharp.to(settings.device), degraded.to(settings.device)
-        loss = psnr_loss(gray_forward(model, degraded), sharp)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01 * math.sqrt(count_parameters(model)))
-        opt.step()
-        sched.step()
-        bar.set_postfix(psnr=f"{-loss.item():.2f}")
-        done = it + 1
+        return degraded.to(settings.device), sharp.to(settings.device)
+
+    def after_step(done: int) -> None:
         if done % settings.eval_every == 0 or done == settings.iterations:
             pin, pout = evaluate_psnr(model, held_x.to(settings.device), held_y.to(settings.device))
             history.append({"iteration": done, "heldout_psnr_in": pin, "heldout_psnr_out": pout})
             logger.info("iteration %d: held-out PSNR %.2f -> %.2f dB", done, pin, pout)
         if done % settings.checkpoint_every == 0 and done < settings.iterations:
-            tmp = resume.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "rng": json.dumps(rng.bit_generator.state),
-                        "torch_rng": torch.get_rng_state(), "iteration": done,
-                        "history": json.dumps(history)}, tmp)
-            tmp.replace(resume)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "rng": json.dumps(rng.bit_generator.state),
+                     "torch_rng": torch.get_rng_state(), "iteration": done, "history": json.dumps(history)}
+            write_with(resume, lambda tmp: torch.save(state, tmp))
+
+    fit(model, batch, lambda degraded, sharp: psnr_loss(gray_forward(model, degraded), sharp), opt, sched,
+        settings.iterations, start=start, log=[], log_every=1, clip_norm=0.01 * math.sqrt(count_parameters(model)),
+        after_step=after_step, desc="pretrain", postfix=lambda v: {"psnr": f"{-v:.2f}"}, progress=progress)
     manifest = {
         "kind": "base",
         "preset": settings.preset,
@@ -155,6 +144,6 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
     if parent is not None:
         manifest["init_from"] = {k: parent.get(k) for k in ("sha256", "command", "history", "settings", "init_from")
                                  if parent.get(k) is not None}
-    save_model(model.cpu(), out, manifest, half=True)
+    save_network(model.cpu(), out, manifest, half=True)
     resume.unlink(missing_ok=True)
     return out

@@ -23,22 +23,18 @@ through that layer's weights), documented in the log and the manifest.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from ssai3d_dask.models.nafnet import NAFNet, gray_forward
+from ssai3d_dask.models.surgeon import METRIC_NAMES, Surgeon, features
 
 logger = logging.getLogger(__name__)
 
-METRIC_NAMES = ("act_mean", "act_std", "act_abs_mean", "act_abs_std", "grad_mean", "grad_std", "grad_abs_mean",
-                "grad_abs_std", "fisher", "snip", "grasp", "synflow", "weight_mean", "weight_std")
-N_EMBED = 16
 SURGEON_FILE = "surgeon-small.pt"
 
 
@@ -99,57 +95,6 @@ def normalize_metrics(raw: np.ndarray) -> np.ndarray:
     t = np.sign(x) * np.log1p(np.abs(x) / scale)
     sd = t.std(axis=0, keepdims=True)
     return np.where(sd > 0, (t - t.mean(axis=0, keepdims=True)) / np.where(sd > 0, sd, 1), 0.0)
-
-
-def position_embedding(n_layers: int) -> np.ndarray:
-    """Sinusoidal embedding of relative depth l / (L - 1), (n_layers, N_EMBED)."""
-    pos = np.linspace(0, 1, n_layers)[:, None]
-    freqs = np.pi * 2.0 ** np.arange(N_EMBED // 2)[None, :] / 2
-    return np.concatenate([np.sin(pos * freqs), np.cos(pos * freqs)], axis=1)
-
-
-class Surgeon(nn.Module):
-    """6-layer MLP: (14 normalised metrics + depth embedding) -> layer score."""
-
-    def __init__(self, hidden: int = 216, n_in: int = len(METRIC_NAMES) + N_EMBED) -> None:
-        super().__init__()
-        dims = [n_in] + [hidden] * 5
-        layers: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b), nn.GELU()]
-        layers.append(nn.Linear(hidden, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features).squeeze(-1)
-
-
-def features(normalized: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.concatenate([normalized, position_embedding(len(normalized))], axis=1)).float()
-
-
-def pairwise_ranking_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """RankNet loss over all pairs with different labels: softplus(-(s_i - s_j)) where label_i > label_j."""
-    ds = scores[:, None] - scores[None, :]
-    dl = labels[:, None] - labels[None, :]
-    mask = dl > 0
-    return nn.functional.softplus(-ds[mask]).mean() if mask.any() else scores.sum() * 0
-
-
-def save_surgeon(surgeon: Surgeon, path: str | Path, manifest: dict) -> Path:
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"format": "ssai3d-dask/surgeon", "state_dict": surgeon.state_dict(),
-                "manifest": json.dumps(manifest, default=str)}, tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_surgeon(path: str | Path) -> tuple[Surgeon, dict]:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    s = Surgeon()
-    s.load_state_dict(obj["state_dict"])
-    return s.eval(), json.loads(obj["manifest"])
 
 
 def score_layers(normalized: np.ndarray, surgeon: Surgeon | None) -> tuple[np.ndarray, str]:

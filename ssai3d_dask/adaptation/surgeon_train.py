@@ -25,11 +25,12 @@ from ssai3d_dask.ops.denoise import calibrate
 from ssai3d_dask.adaptation.finetune import FinetuneSettings, finetune, validation_loss
 from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.adaptation.pairs import PairSynthesizer
-from ssai3d_dask.adaptation.pretrain import psnr_loss
+from ssai3d_dask.adaptation.losses import pairwise_ranking_loss, psnr_loss
+from ssai3d_dask.adaptation.training import fit, make_optimizer, split_validation
 from ssai3d_dask.adaptation.psf import PSFBank
 from ssai3d_dask.adaptation.sampling import sample_lateral_patches, volume_statistics
-from ssai3d_dask.adaptation.surgeon import (METRIC_NAMES, Surgeon, features, layer_names, normalize_metrics, pairwise_ranking_loss,
-                      zero_shot_metrics)
+from ssai3d_dask.adaptation.surgeon import layer_names, normalize_metrics, zero_shot_metrics
+from ssai3d_dask.models.surgeon import METRIC_NAMES, Surgeon, features
 from ssai3d_dask.io.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,7 @@ def stack_record(name: str, vol: Volume, base: str = "base", n_patches: int = 48
     norm = volume_statistics(vol, seed)
     ps = sample_lateral_patches(vol, n_patches, patch_px, norm, seed)
     patches = calibrate(ps.patches, "auto")(ps.patches)
-    n_val = max(4, len(patches) // 4)
-    train, val_p = patches[n_val:], patches[:n_val]
+    val_p, train = split_validation(patches, np.random.default_rng(seed), fraction=0.25, minimum=4)
     model, _ = load_model(base)
     model.set_pool_window(model.local_window())
     synth = PairSynthesizer(PSFBank(), isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor)
@@ -68,15 +68,11 @@ def fit_surgeon(records: list[dict], epochs: int = 400, lr: float = 1e-4, weight
                 seed: int = 0) -> Surgeon:
     torch.manual_seed(seed)
     surgeon = Surgeon()
-    opt = torch.optim.Adam(surgeon.parameters(), lr=lr, weight_decay=weight_decay)
+    opt, _ = make_optimizer(surgeon.parameters(), "adam", lr, weight_decay, iterations=None)
     data = [(features(normalize_metrics(np.array(r["raw_metrics"]))), torch.tensor(r["labels"], dtype=torch.float32))
             for r in records]
-    for _ in range(epochs):
-        for x, y in data:
-            loss = pairwise_ranking_loss(surgeon(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    fit(surgeon, lambda it: data[it % len(data)], lambda x, y: pairwise_ranking_loss(surgeon(x), y), opt, None,
+        epochs * len(data), desc="surgeon", progress=False)
     return surgeon.eval()
 
 
@@ -112,11 +108,11 @@ def phantom_volume(kind: str, seed: int) -> Volume:
 def train_and_save(out, stacks: list[tuple[str, Volume]], base: str = "base", k_steps: int = 8, seed: int = 0,
                    command: str = "") -> dict:
     """Build the meta-dataset, evaluate leave-one-stack-out, fit on all stacks, write the surgeon + manifest."""
-    import json
     from pathlib import Path
 
     from ssai3d_dask import __version__
-    from ssai3d_dask.adaptation.surgeon import save_surgeon
+    from ssai3d_dask.io.files import write_json
+    from ssai3d_dask.models.checkpoint import save_network
 
     t0 = time.perf_counter()
     records = [stack_record(name, vol, base=base, k_steps=k_steps, seed=seed) for name, vol in stacks]
@@ -131,6 +127,6 @@ def train_and_save(out, stacks: list[tuple[str, Volume]], base: str = "base", k_
                 "seconds": round(time.perf_counter() - t0, 1), "command": command}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_surgeon(surgeon, out, manifest)
-    out.with_suffix(".json").write_text(json.dumps(manifest | {"meta_dataset": records}, indent=1))
+    save_network(surgeon, out, manifest)
+    write_json(out.with_suffix(".json"), manifest | {"meta_dataset": records}, indent=1)
     return manifest

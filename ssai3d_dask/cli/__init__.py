@@ -441,7 +441,7 @@ def _dry_run_run(ds, out, adapt_settings, restore_settings, kw) -> None:
 
     import torch
 
-    from ssai3d_dask.adaptation.adapt import AdaptedModel
+    from ssai3d_dask.models.folder import AdaptedModel
     from ssai3d_dask.models.checkpoint import load_model
     from ssai3d_dask.ops.denoise import Denoiser
     from ssai3d_dask.geometry import isotropic_geometry

@@ -33,6 +33,7 @@ from ome_zarr.writer import write_multiscales_metadata
 from ssai3d_dask.errors import VolumeError
 from ssai3d_dask.io.pyramid import DOWNSAMPLING_TYPE, Level, downsample_mean, pyramid_layout
 from ssai3d_dask.io.source import cached_array
+from ssai3d_dask.io.files import write_json
 from ssai3d_dask.ops.grid import grid_slices
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class MultiscaleWriter:
                                     fill_value=fill, **kw)
         (self.path / DONE_DIR).mkdir(parents=True, exist_ok=True)
         if run_record is not None:
-            _atomic_write(self.path / RUN_RECORD, json.dumps(run_record, indent=1, sort_keys=True, default=str))
+            write_json(self.path / RUN_RECORD, run_record, indent=1, sort_keys=True)
 
     def _check_resume(self, run_record: dict | None) -> None:
         for i, lv in enumerate(self.levels):
@@ -310,17 +311,9 @@ def _cast_fill(value: float, dtype: np.dtype):
     return float(value)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def mark_done(path: str | Path, block_id: str, record: dict) -> None:
     """Record a finished region atomically (temporary file, then rename), after all its data is written."""
-    done = Path(path) / DONE_DIR
-    done.mkdir(parents=True, exist_ok=True)
-    _atomic_write(done / f"{block_id}.json", json.dumps(record))
+    write_json(Path(path) / DONE_DIR / f"{block_id}.json", record, indent=None)
 
 
 def write_region_levels(path: str | Path, levels: Sequence[Level], core: Sequence[slice], data: np.ndarray,

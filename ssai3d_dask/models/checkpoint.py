@@ -1,12 +1,15 @@
-"""Model checkpoints: our own format and official BasicSR NAFNet checkpoints.
+"""Checkpoint files: our one format for every network, and official BasicSR NAFNet checkpoints.
 
 Checkpoints are data, not code: every file is read with
 ``torch.load(..., weights_only=True)``, which refuses pickled objects.
 
-Our format is a dict::
+Our format is a dict, the same for every network the package trains::
 
-    {"format": "ssai3d-dask/model", "format_version": 1,
-     "config": {...NAFNetConfig...}, "state_dict": {...}, "manifest": "<json>"}
+    {"format": "ssai3d-dask/model", "format_version": 2, "network": "nafnet" | "care-unet" | "surgeon",
+     "config": {...constructor arguments...}, "state_dict": {...}, "manifest": "<json>"}
+
+Version 1 files (NAFNet only, no ``network``) and the earlier per-network formats
+(``ssai3d-dask/care``, ``ssai3d-dask/surgeon``) still load.
 
 The official format (BasicSR) is ``{"params": state_dict}`` (sometimes
 ``params_ema``); its architecture is inferred from the tensor shapes or given
@@ -28,12 +31,17 @@ from typing import Any
 import torch
 
 from ssai3d_dask.errors import CheckpointError
+from ssai3d_dask.io.files import write_with
 from ssai3d_dask.models.nafnet import PRESETS, NAFNet, NAFNetConfig, build
+from ssai3d_dask.models.surgeon import Surgeon
+from ssai3d_dask.models.unet import CareUNet
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "ssai3d-dask/model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Earlier per-network formats, read for compatibility.
+_LEGACY_FORMATS = {"ssai3d-dask/care": "care-unet", "ssai3d-dask/surgeon": "surgeon"}
 #: Name of the shipped base model inside ``ssai3d_dask/weights``.
 SHIPPED_BASE = "nafnet-small-base.pt"
 
@@ -111,7 +119,7 @@ def _matching_presets(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     return out
 
 
-def load_state_strict(model: NAFNet, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+def load_state_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Strict load with an error that names missing/unexpected keys and a fitting preset."""
     ref = model.state_dict()
     missing = sorted(set(ref) - set(state_dict))
@@ -161,25 +169,23 @@ def load_model(
     obj = _read(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} is not a checkpoint dict (got {type(obj).__name__})")
-    if obj.get("format") == FORMAT:
-        if int(obj.get("format_version", 0)) > FORMAT_VERSION:
-            raise CheckpointError(f"{path} was written by a newer ssai3d-dask; upgrade the package")
-        cfg = NAFNetConfig(**obj["config"])
-        manifest = json.loads(obj.get("manifest", "{}"))
-        state = obj["state_dict"]
+    if _network_of(obj, path) is not None:
+        model, manifest = _decode(obj, path, "nafnet")
+        manifest.setdefault("sha256", sha256_file(path))
+        logger.info("loaded model %s (%s)", path, manifest.get("preset", model.config))
+        return model.eval(), manifest
+    key = next((k for k in ("params", "params_ema") if k in obj), None)
+    state = obj[key] if key else obj
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"{path} has no 'params' state dict of tensors; expected an ssai3d-dask or BasicSR checkpoint"
+        )
+    if preset is not None:
+        base = PRESETS[preset]
+        cfg = NAFNetConfig(**{**base.to_dict(), "train_size": train_size or base.train_size})
     else:
-        key = next((k for k in ("params", "params_ema") if k in obj), None)
-        state = obj[key] if key else obj
-        if not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(
-                f"{path} has no 'params' state dict of tensors; expected an ssai3d-dask or BasicSR checkpoint"
-            )
-        if preset is not None:
-            base = PRESETS[preset]
-            cfg = NAFNetConfig(**{**base.to_dict(), "train_size": train_size or base.train_size})
-        else:
-            cfg = infer_config(state, train_size or 256)
-        manifest = {"source": str(path), "format": "basicsr", "key": key or "<root>"}
+        cfg = infer_config(state, train_size or 256)
+    manifest = {"source": str(path), "format": "basicsr", "key": key or "<root>"}
     model = NAFNet(cfg)
     load_state_strict(model, state, str(path))
     manifest.setdefault("sha256", sha256_file(path))
@@ -187,23 +193,61 @@ def load_model(
     return model.eval(), manifest
 
 
-def save_model(model: NAFNet, path: str | Path, manifest: dict | None = None, half: bool = False) -> Path:
-    """Write a model in our format, atomically (temporary file, then rename).
+#: Every network our format holds: name -> (class, its constructor arguments from an instance).
+NETWORKS: dict[str, tuple[type[torch.nn.Module], Any]] = {
+    "nafnet": (NAFNet, lambda m: m.config.to_dict()),
+    "care-unet": (CareUNet, lambda m: dict(m.config)),
+    "surgeon": (Surgeon, lambda m: {}),
+}
+
+
+def _network_of(obj: Mapping, path: Path) -> str | None:
+    """The network an our-format checkpoint holds, None for other (official) checkpoints."""
+    fmt = obj.get("format")
+    if fmt in _LEGACY_FORMATS:
+        return _LEGACY_FORMATS[fmt]
+    if fmt != FORMAT:
+        return None
+    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer ssai3d-dask (checkpoint format "
+                              f"{obj.get('format_version')}); upgrade the package")
+    return str(obj.get("network", "nafnet"))
+
+
+def _decode(obj: Mapping, path: Path, expect: str | None) -> tuple[torch.nn.Module, dict]:
+    name = _network_of(obj, path)
+    if name not in NETWORKS:
+        raise CheckpointError(f"{path} holds an unknown network {name!r}; upgrade ssai3d-dask")
+    if expect is not None and name != expect:
+        raise CheckpointError(f"{path} holds a {name} network where a {expect} was expected")
+    cls, _ = NETWORKS[name]
+    config = obj.get("config") or {}
+    model = cls(NAFNetConfig(**config)) if cls is NAFNet else cls(**config)
+    load_state_strict(model, obj["state_dict"], str(path))
+    return model.eval(), json.loads(obj.get("manifest") or "{}")
+
+
+def load_network(path: str | Path, expect: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """Any network in our format (``expect``: the network name it must hold). Float32, eval mode, CPU."""
+    path = Path(path)
+    obj = _read(path)
+    if not isinstance(obj, Mapping) or _network_of(obj, path) is None:
+        raise CheckpointError(f"{path} is not an ssai3d-dask checkpoint"
+                              + (f" of a {expect} network" if expect else ""))
+    return _decode(obj, path, expect)
+
+
+def save_network(model: torch.nn.Module, path: str | Path, manifest: dict | None = None, half: bool = False) -> Path:
+    """Write any network of :data:`NETWORKS` in our format, atomically.
 
     ``half`` stores float16 weights (half the size; loaded back as float32).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    name = next((n for n, (cls, _) in NETWORKS.items() if type(model) is cls), None)
+    if name is None:
+        raise TypeError(f"no checkpoint format for {type(model).__name__}")
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
              for k, v in model.state_dict().items()}
-    obj = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": model.config.to_dict(),
-        "state_dict": state,
-        "manifest": json.dumps(manifest or {}, default=str),
-    }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-    return path
+    obj = {"format": FORMAT, "format_version": FORMAT_VERSION, "network": name,
+           "config": NETWORKS[name][1](model), "state_dict": state,
+           "manifest": json.dumps(manifest or {}, default=str)}
+    return write_with(path, lambda tmp: torch.save(obj, tmp))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 
 from ssai3d_dask.errors import SettingsError
 
@@ -77,16 +76,3 @@ def make_client(scheduler: str | None = None, workers: int | None = None, thread
     logger.info("LocalCluster: %d workers x %d threads%s; dashboard %s", workers, threads_per_worker or 1,
                 f", {n_gpu} GPUs" if n_gpu else "", client.dashboard_link)
     return client
-
-
-def cached_adapted_model(model_dir: str | Path):
-    """Load an adapted model once per process (per worker) and reuse it for every region."""
-    from ssai3d_dask.adaptation.adapt import AdaptedModel
-
-    path = Path(model_dir).resolve()
-    key = (str(path), (path / "model.pt").stat().st_mtime_ns)
-    with _LOCK:
-        if key not in _CACHE:
-            logger.debug("loading model %s in process %d", path, os.getpid())
-            _CACHE[key] = AdaptedModel.load(path)
-        return _CACHE[key]

@@ -27,7 +27,8 @@ import torch
 
 from ssai3d_dask import __version__
 from ssai3d_dask.io.casting import cast_output
-from ssai3d_dask.restoration.cluster import cached_adapted_model, gpu_count
+from ssai3d_dask.restoration.cluster import gpu_count
+from ssai3d_dask.models.folder import cached_folder, check_folder
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.geometry import Geometry, isotropic_geometry
@@ -120,21 +121,6 @@ class RestoreSettings:
         return self.device
 
 
-def _check_model_dir(method: str, model_dir) -> None:
-    """The model folder exists and holds the kind of network the method runs."""
-    from ssai3d_dask.adaptation.care import is_care
-
-    maker = "ssai3d adapt" if method == "ssai3d" else "ssai3d train-care"
-    if model_dir is None:
-        raise SettingsError(f"method {method} needs --model MODEL_DIR (from `{maker}`)"
-                            + (", or use `ssai3d run`" if method == "ssai3d" else ""))
-    if not (Path(model_dir) / "model.pt").exists():
-        raise SettingsError(f"{model_dir} is not a model folder (no model.pt); make one with `{maker}`")
-    if is_care(model_dir) != (method == "care"):
-        raise SettingsError(f"{model_dir} holds a {'CARE' if is_care(model_dir) else 'SSAI-3D'} model; "
-                            f"use --method {'care' if is_care(model_dir) else 'ssai3d'} with it")
-
-
 @dataclass
 class RestoreJob:
     """Everything decided before the first region runs (nothing written yet)."""
@@ -198,8 +184,8 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
     settings.validate()
     uses_model = settings.method in ("ssai3d", "care")
     if uses_model and adapted is None:
-        _check_model_dir(settings.method, model_dir)
-        adapted = cached_adapted_model(model_dir)
+        check_folder(model_dir, settings.method)
+        adapted = cached_folder(model_dir)
     geom = isotropic_geometry(vol.shape, vol.voxel_size_um)
     notes = []
     if geom.z_finer_than_x:
@@ -303,7 +289,7 @@ def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, mod
 def _worker_model(spec: dict):
     if spec["model_dir"] is None:
         return None, None
-    adapted = cached_adapted_model(spec["model_dir"])
+    adapted = cached_folder(spec["model_dir"])
     model, device = adapted.model, torch.device(spec["device"])
     if next(model.parameters()).device != device:
         model.to(device)
