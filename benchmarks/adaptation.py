@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from ssai3d_dask.adaptation.adapt import AdaptSettings, adapt
+from ssai3d_dask.adaptation.adapt import adapt
+from ssai3d_dask.settings import AdaptSettings
 from ssai3d_dask.models.checkpoint import load_model
 from ssai3d_dask.ops.denoise import Denoiser
-from ssai3d_dask.adaptation.finetune import FinetuneSettings
+from ssai3d_dask.settings import FinetuneSettings
 from ssai3d_dask.evaluation.metrics import psnr
 from ssai3d_dask.restoration.kernels import restore_in_memory
 from ssai3d_dask.adaptation.sampling import volume_statistics

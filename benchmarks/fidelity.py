@@ -41,13 +41,16 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from ssai3d_dask.adaptation.adapt import AdaptSettings, adapt
-from ssai3d_dask.adaptation.care import CareSettings, train_care
+from ssai3d_dask.adaptation.adapt import adapt
+from ssai3d_dask.settings import AdaptSettings
+from ssai3d_dask.adaptation.care import train_care
+from ssai3d_dask.settings import CareSettings
 from ssai3d_dask.models.folder import cached_folder
-from ssai3d_dask.adaptation.finetune import FinetuneSettings
+from ssai3d_dask.settings import FinetuneSettings
 from ssai3d_dask.evaluation.metrics import bead_fwhm, find_beads, ms_ssim, psnr, ssim
 from ssai3d_dask.adaptation.pairs import PairSynthesizer
-from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+from ssai3d_dask.restoration.pipeline import restore
+from ssai3d_dask.settings import RestoreSettings
 from ssai3d_dask.adaptation.psf import PSFBank
 from ssai3d_dask.restoration.kernels import apply_network
 from ssai3d_dask.adaptation.sampling import sample_lateral_patches, volume_statistics

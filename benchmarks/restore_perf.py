@@ -26,7 +26,8 @@ RESULTS = Path(__file__).parent / "results"
 CHILD = r'''
 import json, sys, threading, time, os, psutil, numpy as np, torch
 from ssai3d_dask.restoration.cluster import make_client
-from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+from ssai3d_dask.restoration.pipeline import restore
+from ssai3d_dask.settings import RestoreSettings
 from ssai3d_dask.io.volume import open_volume
 src, model, out, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 peak = [0]
@@ -52,8 +53,9 @@ print(json.dumps({"seconds": secs, "peak_rss": peak[0], "voxels": int(np.prod(op
 
 
 def make_inputs(tmp: Path) -> tuple[Path, Path, Path]:
-    from ssai3d_dask.adaptation.adapt import AdaptSettings, adapt
-    from ssai3d_dask.adaptation.finetune import FinetuneSettings
+    from ssai3d_dask.adaptation.adapt import adapt
+    from ssai3d_dask.settings import AdaptSettings
+    from ssai3d_dask.settings import FinetuneSettings
     from ssai3d_dask.io.omezarr import write_multiscale
     from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
     from ssai3d_dask.io.volume import open_volume

@@ -103,7 +103,8 @@ def files_and_bytes(path: Path) -> tuple[int, int]:
 
 
 def part_plan(work: Path, quick: bool) -> list[str]:
-    from ssai3d_dask.restoration.pipeline import RestoreSettings, prepare_restore
+    from ssai3d_dask.restoration.pipeline import prepare_restore
+    from ssai3d_dask.settings import RestoreSettings
     from ssai3d_dask.restoration.scheduling import task_payload
     from ssai3d_dask.evaluation.simio import write_sparse_volume
     from ssai3d_dask.io.volume import open_volume

@@ -22,9 +22,11 @@ import sys
 from dask_jobqueue import SLURMCluster
 from distributed import Client
 
-from ssai3d_dask.adaptation.adapt import AdaptSettings, adapt
-from ssai3d_dask.adaptation.finetune import FinetuneSettings
-from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+from ssai3d_dask.adaptation.adapt import adapt
+from ssai3d_dask.settings import AdaptSettings
+from ssai3d_dask.settings import FinetuneSettings
+from ssai3d_dask.restoration.pipeline import restore
+from ssai3d_dask.settings import RestoreSettings
 from ssai3d_dask.io.volume import open_volume
 
 src, out = sys.argv[1], sys.argv[2]

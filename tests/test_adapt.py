@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from ssai3d_dask.adaptation.adapt import AdaptSettings, adapt
+from ssai3d_dask.adaptation.adapt import adapt
+from ssai3d_dask.settings import AdaptSettings
 from ssai3d_dask.models.folder import AdaptedModel
 from ssai3d_dask.ops.denoise import calibrate
 from ssai3d_dask.errors import SettingsError
-from ssai3d_dask.adaptation.finetune import FinetuneSettings, finetune, freeze_except
+from ssai3d_dask.adaptation.finetune import finetune, freeze_except
+from ssai3d_dask.settings import FinetuneSettings
 from ssai3d_dask.evaluation.metrics import psnr
 from ssai3d_dask.models.nafnet import build
 from ssai3d_dask.adaptation.pairs import PairSynthesizer

@@ -8,7 +8,8 @@ import zarr
 from click.testing import CliRunner
 from scipy.ndimage import gaussian_filter
 
-from ssai3d_dask.adaptation.care import CareSettings, train_care
+from ssai3d_dask.adaptation.care import train_care
+from ssai3d_dask.settings import CareSettings
 from ssai3d_dask.models.checkpoint import load_network
 from ssai3d_dask.models.unet import CareUNet
 from ssai3d_dask.cli import main
@@ -16,7 +17,8 @@ from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.evaluation.metrics import bead_fwhm, find_beads
 from ssai3d_dask.models.nafnet import count_parameters
-from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+from ssai3d_dask.restoration.pipeline import restore
+from ssai3d_dask.settings import RestoreSettings
 from ssai3d_dask.restoration.kernels import restore_in_memory, to_output
 from ssai3d_dask.ops.padding import symmetric_pad
 from ssai3d_dask.ops.resample import resample_z_block

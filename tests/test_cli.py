@@ -113,7 +113,8 @@ def test_info_lists_channels_and_time_points(runner, tmp_path):
 def test_output_over_input_leaves_the_input_intact(runner, tmp_path):
     """Once, `restore IN IN --overwrite` deleted the input; the library refuses it too (not only the CLI)."""
     from ssai3d_dask.errors import VolumeError
-    from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+    from ssai3d_dask.restoration.pipeline import restore
+    from ssai3d_dask.settings import RestoreSettings
     from ssai3d_dask.io.volume import open_volume
     from tests.test_volume import _write_5d
 

@@ -11,7 +11,8 @@ from ome_zarr.reader import Reader
 from ssai3d_dask.cli import main
 from ssai3d_dask.io.dataset import open_dataset, parse_selection
 from ssai3d_dask.errors import Ssai3dError, VolumeError
-from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+from ssai3d_dask.restoration.pipeline import restore
+from ssai3d_dask.settings import RestoreSettings
 from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
 from ssai3d_dask.io.volume import open_volume
 

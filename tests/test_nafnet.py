@@ -167,7 +167,8 @@ def test_shipped_base_model_loads():
 
 
 def test_pretrain_warm_start_from_a_checkpoint(tmp_path):
-    from ssai3d_dask.adaptation.pretrain import PretrainSettings, pretrain
+    from ssai3d_dask.adaptation.pretrain import pretrain
+    from ssai3d_dask.settings import PretrainSettings
 
     parent, parent_manifest = load_model("base")
     out = pretrain(tmp_path / "cont.pt", PretrainSettings(iterations=2, batch_size=2, patch_px=32, seed=1,

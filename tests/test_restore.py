@@ -14,7 +14,8 @@ from hypothesis import given, settings, strategies as st
 
 from ssai3d_dask.models.folder import AdaptedModel
 from ssai3d_dask.ops.denoise import Denoiser
-from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+from ssai3d_dask.restoration.pipeline import restore
+from ssai3d_dask.settings import RestoreSettings
 from ssai3d_dask.restoration.plan import make_plan
 from ssai3d_dask.restoration.kernels import restore_in_memory
 from ssai3d_dask.ops.normalize import Normalization

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,8 @@ from ssai3d_dask import __version__
 from ssai3d_dask.models.checkpoint import load_model, load_network, shipped_path
 from ssai3d_dask.models.folder import AdaptedModel, check_new_folder, write_folder
 from ssai3d_dask.ops.denoise import calibrate
-from ssai3d_dask.errors import SettingsError, VolumeError
-from ssai3d_dask.adaptation.finetune import FinetuneSettings, finetune
+from ssai3d_dask.adaptation.finetune import finetune
+from ssai3d_dask.settings import AdaptSettings, resolve_device
 from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.models.nafnet import NAFNet
 from ssai3d_dask.adaptation.pairs import PairSynthesizer
@@ -35,45 +34,6 @@ from ssai3d_dask.adaptation.surgeon import (METRIC_NAMES, SURGEON_FILE, layer_na
 from ssai3d_dask.io.volume import Volume
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class AdaptSettings:
-    """Everything that decides an adaptation.
-
-    ``selection``: surgeon (default), snip (rank by normalised snip, the fallback), random or all (ablations).
-    """
-
-    base: str = "base"
-    n_patches: int = 256
-    patch_px: int = 96
-    sigmas_px: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0, 7.0)
-    angles_deg: tuple[float, ...] = (-45.0, -22.5, 0.0, 22.5, 45.0)
-    denoise: str = "auto"
-    layers_fraction: float = 0.1
-    selection: str = "surgeon"
-    metrics_fraction: float = 0.01
-    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
-    seed: int = 0
-
-    def validate(self, vol: Volume) -> None:
-        if self.selection not in ("surgeon", "snip", "random", "all"):
-            raise SettingsError(f"selection must be surgeon, snip, random or all, got {self.selection!r}")
-        if not 0 < self.layers_fraction <= 1:
-            raise SettingsError(f"--layers-fraction must be in (0, 1], got {self.layers_fraction}")
-        if self.patch_px % 16:
-            raise SettingsError(f"patch size {self.patch_px} must be a multiple of 16 (the network's down-sampling)")
-        if self.patch_px > min(vol.shape[1:]):
-            raise SettingsError(f"patch size {self.patch_px} px exceeds the lateral size {vol.shape[1:]}; "
-                                f"pass a smaller --patch (multiple of 16)")
-        if vol.anisotropy < 0.95:
-            raise VolumeError(f"z step ({vol.voxel_size_um[0]} um) is finer than x ({vol.voxel_size_um[2]} um); "
-                              f"check --voxel-size (z, y, x order)")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["finetune"] = self.finetune.to_dict()
-        return d
 
 
 def _data_hash(vol: Volume, patches: np.ndarray) -> str:
@@ -97,7 +57,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
           progress: bool = True, overwrite: bool = False) -> AdaptedModel:
     """Adapt the base model to ``vol``; write MODEL_DIR when ``out_dir`` is given."""
     settings = settings or AdaptSettings()
-    settings.validate(vol)
+    settings.check_volume(vol)
     check_new_folder(out_dir, overwrite)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -115,9 +75,10 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
 
     model, base_manifest = load_model(settings.base)
     model.set_pool_window(model.local_window())
+    device = resolve_device(settings.finetune.device)
     z_factor = isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor
     bank = PSFBank(tuple(settings.sigmas_px), tuple(settings.angles_deg))
-    synth = PairSynthesizer(bank, z_factor, settings.finetune.device)
+    synth = PairSynthesizer(bank, z_factor, device)
     val = synth(torch.from_numpy(val_patches[:, None]), np.random.default_rng(settings.seed + 2))
 
     t = time.perf_counter()
@@ -125,7 +86,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     n_pairs = len(train_patches) * len(bank)
     n_metric = int(min(len(train_patches), max(4, round(settings.metrics_fraction * n_pairs))))
     mb, ms = synth(torch.from_numpy(train_patches[:n_metric, None]), np.random.default_rng(settings.seed + 3))
-    raw_metrics = zero_shot_metrics(model.to(settings.finetune.device), mb, ms, psnr_loss)
+    raw_metrics = zero_shot_metrics(model.to(device), mb, ms, psnr_loss)
     norm_metrics = normalize_metrics(raw_metrics)
     if settings.selection == "surgeon":
         surgeon, surgeon_src = _shipped_surgeon(model)
@@ -144,7 +105,8 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     timings["metrics_s"] = round(time.perf_counter() - t, 2)
     logger.info("layers chosen by %s: %s", method, layers if layers is not None else "all")
 
-    history = finetune(model, layers, train_patches, synth, settings.finetune, val=val, progress=progress)
+    history = finetune(model, layers, train_patches, synth, settings.finetune, val=val, progress=progress,
+                       seed=settings.seed)
     timings["finetune_s"] = history["seconds"]
     model.cpu()
     manifest = {
@@ -225,7 +187,7 @@ def adapt_dataset(ds, out_dir: str | Path, settings: AdaptSettings | None = None
     """
     settings = settings or AdaptSettings()
     for _, _, _, vol in ds.slices():
-        settings.validate(vol)  # every slice, before any work
+        settings.check_volume(vol)  # every slice, before any work
     out = Path(out_dir)
     check_new_folder(out, overwrite)
     done: dict = {}

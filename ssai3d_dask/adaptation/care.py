@@ -16,16 +16,13 @@ bank, so subsampling and interpolation are exactly the pipeline's.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ssai3d_dask import __version__
-from ssai3d_dask.errors import SettingsError, VolumeError
 from ssai3d_dask.models.folder import AdaptedModel, check_new_folder, write_folder
 from ssai3d_dask.models.unet import CareUNet
 from ssai3d_dask.adaptation.losses import l1_loss
@@ -36,46 +33,11 @@ from ssai3d_dask.adaptation.pairs import PairSynthesizer, batches
 from ssai3d_dask.adaptation.psf import PSFBank
 from ssai3d_dask.adaptation.sampling import sample_lateral_patches, volume_statistics
 from ssai3d_dask.io.volume import Volume
+from ssai3d_dask.settings import CareSettings, resolve_device
 
 logger = logging.getLogger(__name__)
 
-@dataclass
-class CareSettings:
-    """A CARE model for one stack. ``psf_sigma_um``: the optical PSF sd (z, y, x) in micrometres."""
-
-    psf_sigma_um: tuple[float, float, float] = (0.4, 0.05, 0.05)
-    n_patches: int = 256
-    patch_px: int = 64
-    iterations: int = 1000
-    batch_size: int = 16
-    lr: float = 4e-4  # CSBDeep's default
-    base: int = 16
-    depth: int = 4
-    seed: int = 0
-    device: str = "cpu"
-
-    def validate(self, vol: Volume) -> None:
-        if len(self.psf_sigma_um) != 3 or min(self.psf_sigma_um) <= 0:
-            raise SettingsError(f"--psf-sigma-um needs three positive numbers (z y x), got {self.psf_sigma_um}")
-        if self.patch_px % (2**self.depth):
-            raise SettingsError(f"--patch {self.patch_px} must be a multiple of {2**self.depth} (U-Net depth)")
-        if self.patch_px > min(vol.shape[1:]):
-            raise SettingsError(f"--patch {self.patch_px} exceeds the lateral size {vol.shape[1:]}")
-        if vol.anisotropy < 0.95:
-            raise VolumeError(f"z step ({vol.voxel_size_um[0]} um) is finer than x ({vol.voxel_size_um[2]} um); "
-                              f"check --voxel-size (z, y, x order)")
-
-    def blur_sigma_px(self, vol: Volume) -> float:
-        """Axial blur to add to a lateral patch, in lateral pixels."""
-        dx = vol.voxel_size_um[2]
-        sz, sx = self.psf_sigma_um[0] / dx, self.psf_sigma_um[2] / dx
-        if sz <= sx:
-            raise SettingsError(f"axial PSF sd {self.psf_sigma_um[0]} um is not larger than the lateral "
-                                f"{self.psf_sigma_um[2]} um: nothing to restore along z")
-        return math.sqrt(sz**2 - sx**2)
-
-
-def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings | None = None,
+def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings,
                progress: bool = True, overwrite: bool = False):
     """Train a CARE U-Net from scratch on ``vol``'s lateral planes; write MODEL_DIR when ``out_dir`` is given.
 
@@ -83,23 +45,23 @@ def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings |
     """
     from ssai3d_dask.ops.denoise import Denoiser
 
-    settings = settings or CareSettings()
-    settings.validate(vol)
+    settings.check_volume(vol)
     check_new_folder(out_dir, overwrite)
     sigma = settings.blur_sigma_px(vol)
+    device = resolve_device(settings.device)
     z_factor = isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor
     t_start = time.perf_counter()
     norm = volume_statistics(vol, settings.seed)
     patches = sample_lateral_patches(vol, settings.n_patches, settings.patch_px, norm, settings.seed).patches
     rng = np.random.default_rng(settings.seed + 1)
     val_patches, train_patches = split_validation(patches, rng)
-    synth = PairSynthesizer(PSFBank((sigma,), (0.0,), sigma_lateral_px=0.3), z_factor, settings.device)
+    synth = PairSynthesizer(PSFBank((sigma,), (0.0,), sigma_lateral_px=0.3), z_factor, device)
     # One line-shaped kernel (sd 0.3 across, the smallest the kernel builder makes): the lateral image
     # already carries the lateral blur.
     val = synth(torch.from_numpy(val_patches[:, None]), np.random.default_rng(settings.seed + 2))
 
     torch.manual_seed(settings.seed)
-    device = torch.device(settings.device)
+    device = torch.device(device)
     model = CareUNet(settings.base, settings.depth).to(device)
     opt, sched = make_optimizer(model.parameters(), "adam", settings.lr, 0.0, settings.iterations)
     history: dict = {"parameters": count_parameters(model), "loss": [], "val_l1_before": _val_l1(model, val)}
@@ -118,7 +80,7 @@ def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings |
                 "input": {"source": vol.source, "shape": list(vol.shape), "voxel_size_um": list(vol.voxel_size_um),
                           "selection": vol.selection},
                 "z_factor": z_factor, "normalization": norm.to_dict(), "blur_sigma_px": sigma,
-                "settings": asdict(settings), "history": history,
+                "settings": settings.to_dict(), "history": history,
                 "seconds_total": round(time.perf_counter() - t_start, 2)}
     adapted = AdaptedModel(model, norm, Denoiser(), z_factor, manifest)
     if out_dir is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -12,25 +11,10 @@ import torch
 from ssai3d_dask.models.nafnet import NAFNet, gray_forward
 from ssai3d_dask.adaptation.pairs import PairSynthesizer, batches
 from ssai3d_dask.adaptation.losses import psnr_loss
+from ssai3d_dask.settings import FinetuneSettings, resolve_device
 from ssai3d_dask.adaptation.training import fit, make_optimizer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class FinetuneSettings:
-    """Optimiser settings. Defaults follow the paper: Adam, lr 1e-3, weight decay 1e-4 (cosine decay added)."""
-
-    iterations: int = 300
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adam"
-    seed: int = 0
-    device: str = "cpu"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def freeze_except(model: NAFNet, layers: list[str] | None) -> int:
@@ -54,7 +38,7 @@ def validation_loss(model: NAFNet, blurred: torch.Tensor, sharp: torch.Tensor) -
 
 def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth: PairSynthesizer,
              settings: FinetuneSettings, val: tuple[torch.Tensor, torch.Tensor] | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, seed: int = 0) -> dict:
     """Fine-tune ``model`` in place; returns a history with losses and timings.
 
     Parameters
@@ -64,9 +48,9 @@ def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth
     patches : (n, P, P) float32
         Sharp normalised lateral patches.
     """
-    torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    device = torch.device(settings.device)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    device = torch.device(resolve_device(settings.device))
     model.to(device)
     n_train = freeze_except(model, layers)
     params = [p for p in model.parameters() if p.requires_grad]

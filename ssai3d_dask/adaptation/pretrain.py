@@ -14,7 +14,6 @@ import logging
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,27 +23,13 @@ from ssai3d_dask import __version__
 from ssai3d_dask.adaptation.losses import psnr_loss
 from ssai3d_dask.adaptation.training import fit, make_optimizer
 from ssai3d_dask.errors import SettingsError
+from ssai3d_dask.settings import PretrainSettings
 from ssai3d_dask.io.files import write_with
 from ssai3d_dask.models.checkpoint import load_model, load_state_strict, save_network
 from ssai3d_dask.models.nafnet import PRESETS, NAFNet, build, count_parameters, gray_forward
 from ssai3d_dask.adaptation.pretrain_data import degrade, image_pool, random_crops
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PretrainSettings:
-    preset: str = "small"
-    iterations: int = 6000
-    batch_size: int = 8
-    patch_px: int | None = None  # default: the preset's train_size
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "cpu"
-    init: str | None = None  # warm start from this checkpoint (a new optimizer and schedule)
-    checkpoint_every: int = 250
-    eval_every: int = 1000
 
 
 HELDOUT_SEED = 0
@@ -132,7 +117,7 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
         "parameters": count_parameters(model),
         "trained_on": "scikit-image sample images + procedural dead-leaves and fluorescence-like images",
         "heldout_images": "skimage camera, coins, cell + procedural (held-out seeds)",
-        "settings": asdict(settings),
+        "settings": settings.to_dict(),
         "history": history,
         "seconds_this_run": round(time.perf_counter() - t0, 1),
         "machine": platform.processor() or platform.machine(),

@@ -22,7 +22,8 @@ from scipy.stats import spearmanr
 
 from ssai3d_dask.models.checkpoint import load_model
 from ssai3d_dask.ops.denoise import calibrate
-from ssai3d_dask.adaptation.finetune import FinetuneSettings, finetune, validation_loss
+from ssai3d_dask.adaptation.finetune import finetune, validation_loss
+from ssai3d_dask.settings import FinetuneSettings
 from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.adaptation.pairs import PairSynthesizer
 from ssai3d_dask.adaptation.losses import pairwise_ranking_loss, psnr_loss
@@ -56,8 +57,8 @@ def stack_record(name: str, vol: Volume, base: str = "base", n_patches: int = 48
     labels = []
     for layer in names:
         model.load_state_dict(state)
-        finetune(model, [layer], train, synth, FinetuneSettings(iterations=k_steps, batch_size=batch, seed=seed),
-                 progress=False)
+        finetune(model, [layer], train, synth, FinetuneSettings(iterations=k_steps, batch_size=batch, device="cpu"),
+                 progress=False, seed=seed)
         labels.append(-validation_loss(model, *val) - before)
     logger.info("%s: %d layers labelled in %.0f s (best gain %.3f dB)", name, len(names), time.perf_counter() - t0,
                 max(labels))

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ssai3d_dask.adaptation.adapt import AdaptSettings, adapt
+from ssai3d_dask.adaptation.adapt import adapt
+from ssai3d_dask.settings import AdaptSettings
 from ssai3d_dask.restoration.cluster import make_client
 from ssai3d_dask.evaluation.evaluate import onto_truth_grid
-from ssai3d_dask.adaptation.finetune import FinetuneSettings
+from ssai3d_dask.settings import FinetuneSettings
 from ssai3d_dask.evaluation.metrics import compare, fourier_resolution
 from ssai3d_dask.io.omezarr import write_multiscale
-from ssai3d_dask.restoration.pipeline import RestoreSettings, restore
+from ssai3d_dask.restoration.pipeline import restore
+from ssai3d_dask.settings import RestoreSettings
 from ssai3d_dask.evaluation.simulate import ForwardModel, beads, forward, strands
 from ssai3d_dask.io.volume import open_volume
 
@@ -74,7 +76,7 @@ def run_demo(out_dir: Path, shape=(64, 192, 192), iterations: int = 150, seed: i
     write_multiscale(truth, out_dir / "truth.ome.zarr", (0.1, 0.1, 0.1), (64, 64, 64), overwrite=True, name="truth")
     vol = open_volume(out_dir / "raw.ome.zarr")
     settings = AdaptSettings(n_patches=128, patch_px=64,
-                             finetune=FinetuneSettings(iterations=iterations, batch_size=8, seed=seed), seed=seed)
+                             finetune=FinetuneSettings(iterations=iterations, batch_size=8), seed=seed)
     adapt(vol, out_dir / "model", settings, overwrite=True)
     client = make_client(workers=workers)
     try:

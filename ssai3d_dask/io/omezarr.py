@@ -297,6 +297,13 @@ def check_output_apart(out: str | Path, inputs: Sequence[str | Path]) -> None:
                               f"(nothing was written)")
 
 
+def check_output(out: str | Path, overwrite: bool, resume: bool, inputs: Sequence[str | Path] = ()) -> None:
+    """Before any work: the output lies apart from the inputs, and exists only with --overwrite or --resume."""
+    check_output_apart(out, inputs)
+    if Path(out).exists() and not (overwrite or resume):
+        raise VolumeError(f"output {out} already exists; pass --overwrite to replace it or --resume to finish it")
+
+
 def _downsample_block(src: zarr.Array, target: zarr.Array, lead: tuple, box: Sequence[slice], step: Sequence[int],
                       dtype: np.dtype) -> None:
     spatial = src.shape[len(lead):]

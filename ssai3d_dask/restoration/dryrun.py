@@ -85,7 +85,7 @@ def calibrate(job: RestoreJob) -> dict | None:
         t0 = time.perf_counter()
         compute_region(piece, sub, crop, spec, model, denoiser, job.psf)
         seconds = time.perf_counter() - t0
-    work = float(_work([np.array([s]) for s in sub.shape], plan.halo[0], job.settings.method, job.settings.view)[0, 0, 0])
+    work = float(_work([np.array([s]) for s in sub.shape], plan.halo[0], job.settings.method.name, job.settings.view)[0, 0, 0])
     ext = math.prod(s + 2 * plan.halo[0] for s in sub.shape)
     return {"core": list(sub.shape), "seconds": seconds, "read_seconds": read_s, "work": work,
             "peak_rss_bytes": mem.peak - mem.base, "ext_voxels": ext, "threads": torch.get_num_threads(),
@@ -141,7 +141,7 @@ def dry_run(job: RestoreJob, out: str | Path | None = None, resume: bool = False
                   "voxel_size_um": list(job.geometry.in_voxel_um)},
         "output": {"shape": list(plan.out_shape), "dtype": str(job.dtype), "voxel_size_um": list(job.geometry.out_voxel_um),
                    "uncompressed_bytes": math.prod(plan.out_shape) * itemsize_out, "fill_value": job.fill_value},
-        "method": job.settings.method, "region": list(plan.region_shape), "chunks": list(plan.chunks),
+        "method": job.settings.method.name, "region": list(plan.region_shape), "chunks": list(plan.chunks),
         "halo": plan.halo[0],
         "regions": {"total": plan.n_regions, "pruned_unwritten": job.pruned["unwritten"],
                     "pruned_background": job.pruned["background"], "kept": n_keep,
@@ -154,14 +154,14 @@ def dry_run(job: RestoreJob, out: str | Path | None = None, resume: bool = False
         cal = calibrate(job)
         report["calibration"] = cal
         if cal is not None:
-            work = _work(core, plan.halo[0], job.settings.method, job.settings.view)
+            work = _work(core, plan.halo[0], job.settings.method.name, job.settings.view)
             todo_frac = report["regions"]["to_run"] / max(n_keep, 1)
             total = float((work * keep).sum()) * todo_frac * cal["seconds"] / cal["work"]
             region_ext = math.prod(r + 2 * plan.halo[0] for r in plan.region_shape)
             report["estimate"] = {
                 "seconds_this_machine": total + cal["read_seconds"] * report["regions"]["to_run"],
                 "seconds_per_region": float(_work([np.array([r]) for r in plan.region_shape], plan.halo[0],
-                                                  job.settings.method, job.settings.view)[0, 0, 0])
+                                                  job.settings.method.name, job.settings.view)[0, 0, 0])
                 * cal["seconds"] / cal["work"],
                 "peak_bytes_per_task": cal["peak_rss_bytes"] * region_ext / cal["ext_voxels"]}
     return report
@@ -223,3 +223,43 @@ def format_report(r: dict, workers: int | None = None, threads_per_worker: int =
         lines.append("time         nothing to run")
     lines += [f"note         {n}" for n in r["notes"]]
     return "\n".join(lines)
+
+
+def adaptation_stand_in(ds, adapt_settings) -> tuple:
+    """For ``run --dry-run``: the base model standing in for the adapted one (same architecture, so the same
+    cost) and a note with the measured time of a fine-tuning step."""
+    import time
+
+    import torch
+
+    from ssai3d_dask.adaptation.sampling import volume_statistics
+    from ssai3d_dask.geometry import isotropic_geometry
+    from ssai3d_dask.models.checkpoint import load_model
+    from ssai3d_dask.models.folder import AdaptedModel
+    from ssai3d_dask.models.nafnet import gray_forward
+    from ssai3d_dask.ops.denoise import Denoiser
+
+    vol = ds.first
+    adapt_settings.check_volume(vol)
+    model, _ = load_model(adapt_settings.base)
+    model.set_pool_window(model.local_window())
+    denoiser = Denoiser(0.05, 0.05, "on") if adapt_settings.denoise == "on" else Denoiser()
+    stand_in = AdaptedModel(model, volume_statistics(vol, adapt_settings.seed), denoiser,
+                            isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor, {})
+    ft = adapt_settings.finetune
+    x = torch.rand(ft.batch_size, 1, adapt_settings.patch_px, adapt_settings.patch_px)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-9)
+    steps = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        gray_forward(model.train(), x).abs().mean().backward()
+        opt.step()
+        steps.append(time.perf_counter() - t0)
+    model.eval()
+    step = min(steps[1:])
+    note = (f"adaptation   {ft.iterations} fine-tuning steps x {step:.2f} s (measured, batch {ft.batch_size}, "
+            f"{adapt_settings.patch_px} px) = ~{ft.iterations * step / 60:.0f} min, plus sampling, denoiser "
+            f"calibration and zero-shot metrics; restore times above use the base model as a stand-in"
+            + ("; with --denoise auto the denoiser (if chosen) adds its cost" if adapt_settings.denoise == "auto" else ""))
+    return stand_in, note

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import torch
 
 from ssai3d_dask import __version__
 from ssai3d_dask.io.casting import cast_output
-from ssai3d_dask.restoration.cluster import gpu_count
+from ssai3d_dask.settings import RestoreSettings
 from ssai3d_dask.models.folder import cached_folder, check_folder
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.errors import SettingsError
@@ -44,82 +44,6 @@ from ssai3d_dask.io.tissue import Occupancy, TissueViews, tissue_occupancy, tiss
 from ssai3d_dask.io.volume import Volume
 
 logger = logging.getLogger(__name__)
-
-#: ssai3d: the adapted NAFNet; care: a CARE U-Net from `train-care`; rl: Richardson-Lucy with a given PSF;
-#: interp: linear z interpolation only.
-METHODS = ("ssai3d", "care", "rl", "interp")
-
-
-@dataclass
-class RestoreSettings:
-    """How to restore. Sizes in output voxels (z, y, x); each a multiple of 16."""
-
-    method: str = "ssai3d"
-    chunks: tuple[int, int, int] = (64, 128, 128)
-    region: tuple[int, int, int] = (128, 256, 256)
-    halo: int | None = None
-    view: str = "mean"
-    dtype: str | None = None
-    batch: int | None = None  # slices per forward pass; None: 4 on CPU (page-fault bound above), 32 on CUDA
-    device: str = "auto"
-    skip_empty: bool = True
-    empty_level: float = 0.01
-    ngff_version: str = "0.5"
-    #: zarr v3 shard shape at level 0 (None: one shard per region); ignored when ``sharding`` is False.
-    shards: tuple[int, int, int] | None = None
-    sharding: bool = True
-    #: Tasks in flight on a cluster (None: twice the cluster's threads, or GPUs).
-    in_flight: int | None = None
-    psf_sigma_um: tuple[float, float, float] | None = None  # rl: Gaussian PSF sd (z, y, x)
-    psf_file: str | None = None  # rl: a measured PSF at the output voxel size instead
-    rl_iterations: int = 30
-
-    def validate(self) -> None:
-        """Check sizes before any expensive work (multiples of 16, regions of whole chunks and shards)."""
-        if self.method not in METHODS:
-            raise SettingsError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.method == "rl":
-            if (self.psf_sigma_um is None) == (self.psf_file is None):
-                raise SettingsError("method rl needs the PSF: give --psf-sigma-um DZ DY DX or --psf FILE (one of them)")
-            if self.psf_sigma_um is not None and (len(self.psf_sigma_um) != 3 or min(self.psf_sigma_um) <= 0):
-                raise SettingsError(f"--psf-sigma-um needs three positive numbers (z y x), got {self.psf_sigma_um}")
-            if self.rl_iterations < 1:
-                raise SettingsError(f"--rl-iterations must be >= 1, got {self.rl_iterations}")
-        elif self.psf_sigma_um is not None or self.psf_file is not None:
-            raise SettingsError("--psf-sigma-um/--psf are for --method rl (CARE takes its PSF at `ssai3d train-care`)")
-        if self.view not in ("mean", "xz", "yz"):
-            raise SettingsError(f"--view must be mean, xz or yz, got {self.view!r}")
-        if self.ngff_version not in ("0.4", "0.5"):
-            raise SettingsError(f"--ngff-version must be 0.4 or 0.5, got {self.ngff_version!r}")
-        if self.batch is not None and self.batch < 1:
-            raise SettingsError(f"--batch must be >= 1, got {self.batch}")
-        if self.in_flight is not None and self.in_flight < 1:
-            raise SettingsError(f"in_flight must be >= 1, got {self.in_flight}")
-        sizes = {"--chunks": self.chunks, "--region": self.region, "--halo": (self.halo or 16,)}
-        for name, vals in sizes.items():
-            if len(vals) not in (1, 3) or any(int(v) <= 0 or int(v) % 16 for v in vals):
-                raise SettingsError(f"{name} {tuple(vals)} must be positive multiples of 16 (the network's down-sampling)")
-        if any(r % c for r, c in zip(self.region, self.chunks)):
-            raise SettingsError(f"--region {tuple(self.region)} must be a whole number of --chunks {tuple(self.chunks)}")
-        if self.shards is not None:
-            if self.ngff_version == "0.4" and self.sharding:
-                raise SettingsError("--shards needs NGFF 0.5 (zarr v3); NGFF 0.4 (zarr v2) has no shards")
-            if any(s <= 0 or s % c or r % s for s, c, r in zip(self.shards, self.chunks, self.region)):
-                raise SettingsError(f"--shards {tuple(self.shards)} must be a whole number of --chunks "
-                                    f"{tuple(self.chunks)} and divide --region {tuple(self.region)}, so that "
-                                    f"one task writes whole shards")
-
-    def shard_shape(self) -> tuple[int, int, int] | None:
-        """Level-0 shards of the output (None: unsharded)."""
-        if not self.sharding or self.ngff_version == "0.4":
-            return None
-        return tuple(self.shards or self.region)  # type: ignore[return-value]
-
-    def resolved_device(self) -> str:
-        if self.device == "auto":
-            return "cuda" if gpu_count() else "cpu"
-        return self.device
-
 
 @dataclass
 class RestoreJob:
@@ -181,10 +105,9 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
     base model, as no adapted one exists yet).
     """
     settings = settings or RestoreSettings()
-    settings.validate()
-    uses_model = settings.method in ("ssai3d", "care")
+    uses_model = settings.method.name in ("ssai3d", "care")
     if uses_model and adapted is None:
-        check_folder(model_dir, settings.method)
+        check_folder(model_dir, settings.method.name)
         adapted = cached_folder(model_dir)
     geom = isotropic_geometry(vol.shape, vol.voxel_size_um)
     notes = []
@@ -199,11 +122,11 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
     else:
         norm, model, denoiser = volume_statistics(vol), None, Denoiser()
     psf = None
-    if settings.method == "rl":
-        psf = (load_psf(settings.psf_file) if settings.psf_file
-               else gaussian_psf_on_grid(settings.psf_sigma_um, geom.out_voxel_um[2], geom.z_factor)[0])
+    if settings.method.name == "rl":
+        psf = (load_psf(settings.method.psf_file) if settings.method.psf_file
+               else gaussian_psf_on_grid(settings.method.psf_sigma_um, geom.out_voxel_um[2], geom.z_factor)[0])
         halo = settings.halo if settings.halo is not None else default_rl_halo(psf)
-    elif settings.method == "interp":  # linear z interpolation reaches only the input planes input_crop adds
+    elif settings.method.name == "interp":  # linear z interpolation reaches only the input planes input_crop adds
         halo = settings.halo if settings.halo is not None else 0
     else:
         halo = settings.halo if settings.halo is not None else default_halo(model, denoiser)
@@ -216,15 +139,15 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
     levels = pyramid_layout(plan.out_shape, geom.out_voxel_um, plan.chunks, plan.region_shape, settings.shard_shape())
     source = vol.source_handle()
     keep, pruned = _prune(plan, tissue_views(vol), norm, settings)
-    spec = {"method": settings.method, "model_dir": str(Path(model_dir).resolve()) if model_dir else None,
-            "psf_path": None, "rl_iterations": settings.rl_iterations, "norm": norm.to_dict(), "view": settings.view,
+    spec = {"method": settings.method.name, "model_dir": str(Path(model_dir).resolve()) if model_dir else None,
+            "psf_path": None, "rl_iterations": getattr(settings.method, "iterations", None), "norm": norm.to_dict(), "view": settings.view,
             "batch": settings.batch or (32 if settings.resolved_device() == "cuda" else 4),
             "device": settings.resolved_device(), "dtype": dtype.str, "skip_empty": settings.skip_empty,
             "empty_level": settings.empty_level, "levels": levels, "torch_threads": None}
     prov = None
-    if settings.method == "ssai3d":
+    if settings.method.name == "ssai3d":
         prov = adapted.manifest.get("selection", {}) | {"base": adapted.manifest.get("base_model")}
-    elif settings.method == "care":
+    elif settings.method.name == "care":
         prov = {"kind": "care", "settings": adapted.manifest.get("settings")}
     return RestoreJob(settings, geom, plan, levels, norm, dtype, fill, source, keep, pruned, spec,
                       adapted if uses_model else None, psf, prov, notes, vol)
@@ -322,9 +245,9 @@ def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict)
 def run_record(job: RestoreJob) -> dict:
     """What must not change between a run and its ``--resume`` (results would otherwise mix)."""
     s, vol = job.settings, job.source_volume
-    return {"method": s.method, "model_dir": job.spec["model_dir"], "halo": job.plan.halo[0], "view": s.view,
+    return {"method": s.method.name, "model_dir": job.spec["model_dir"], "halo": job.plan.halo[0], "view": s.view,
             "normalization": job.norm.to_dict(), "dtype": job.dtype.str, "skip_empty": s.skip_empty,
-            "empty_level": s.empty_level, "rl_iterations": s.rl_iterations if s.method == "rl" else None,
+            "empty_level": s.empty_level, "rl_iterations": getattr(s.method, "iterations", None),
             "psf": None if job.psf is None else [list(job.psf.shape), float(np.round(job.psf.sum(), 6)),
                                                  float(np.round((job.psf ** 2).sum(), 9))],
             "input": {"source": vol.source, "shape": list(vol.shape), "voxel_size_um": list(vol.voxel_size_um),
@@ -398,8 +321,7 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
 
     ds = vol if isinstance(vol, Dataset) else dataset_from_volume(vol)
     settings = settings or RestoreSettings()
-    settings.validate()
-    models = slice_models(ds, model_dir, settings.method)
+    models = slice_models(ds, model_dir, settings.method.name)
     jobs = []
     for lead, t, c, v in ds.slices():
         job = prepare_restore(v, models[(t, c)], settings)
@@ -449,10 +371,10 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
     provenance = {"package_version": __version__, "input": {"source": ds.source, "shape": list(first.source_volume.shape),
                   "voxel_size_um": list(first.source_volume.voxel_size_um), "axes": ds.axes, "times": ds.times,
                   "channels": ds.channels, "selection": first.source_volume.selection},
-                  "method": settings.method, "model_dir": first.spec["model_dir"], "model": first.provenance_model,
+                  "method": settings.method.name, "model_dir": first.spec["model_dir"], "model": first.provenance_model,
                   "slices": slices if len(jobs) > 1 else None,
                   "psf_shape": list(first.psf.shape) if first.psf is not None else None,
-                  "settings": asdict(settings) | {"halo": plan.halo[0]}, "normalization": first.norm.to_dict(),
+                  "settings": settings.to_dict() | {"halo": plan.halo[0]}, "normalization": first.norm.to_dict(),
                   "regions": {"total": total, "pruned_unwritten": pruned["unwritten"],
                               "pruned_background": pruned["background"], "computed_this_run": stats["regions"]}}
     writer.write_metadata(None, provenance)  # omero windows from the written data, per channel

@@ -1,0 +1,168 @@
+"""Commands that write restored volumes: ``restore`` (any method) and ``run`` (adapt, then restore)."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from ssai3d_dask.cli import friendly_errors, main
+from ssai3d_dask.cli.options import (Opt, channels_option, collect, config_option, config_sections, print_config,
+                                     print_config_option, settings_options, stack, times_option, voxel_option)
+from ssai3d_dask.cli.train import ADAPT_OPTS, adapt_options
+from ssai3d_dask.errors import SettingsError
+from ssai3d_dask.settings import METHODS, AdaptSettings, RestoreSettings, RLMethod
+
+RESTORE_OPTS = [Opt("chunks"), Opt("region"), Opt("halo"), Opt("view"), Opt("dtype"), Opt("batch"),
+                Opt("skip_empty"), Opt("shards"), Opt("sharding"), Opt("ngff_version"),
+                Opt("device")]
+RL_OPTS = [Opt("psf_sigma_um", metavar="SZ SY SX"), Opt("psf_file", metavar="FILE"), Opt("iterations")]
+
+_run_options = stack(
+    click.option("--dry-run", is_flag=True,
+                 help="Print the plan (regions, pruning, files, bytes, memory and time measured on one calibration "
+                      "piece) and exit without writing anything."),
+    click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (default: LocalCluster)."),
+    click.option("--workers", type=int, default=None,
+                 help="LocalCluster workers (default: one per GPU, else min(4, cores/2) for networks and one per "
+                      "core for --method interp)."),
+    click.option("--threads-per-worker", type=int, default=1, show_default=True),
+    click.option("--memory-limit", default=None, help="Per-worker memory limit, e.g. 4GiB (default: auto)."),
+    click.option("--overwrite", is_flag=True, help="Replace an existing output."),
+    click.option("--resume", is_flag=True, help="Finish an interrupted output: only missing regions are computed."),
+    config_option, print_config_option,
+)
+restore_options = stack(settings_options(RestoreSettings, RESTORE_OPTS), _run_options)
+# In `run`, --device comes with the adaptation options and applies to both stages.
+run_restore_options = stack(settings_options(RestoreSettings, [o for o in RESTORE_OPTS if o.field != "device"]),
+                            _run_options)
+
+
+def restore_settings(kw: dict, section: dict | None, method: str | None = None) -> RestoreSettings:
+    """RestoreSettings from the file's section and the options; the method and its rl parameters merged."""
+    section = copy.deepcopy(section or {})
+    current = section.pop("method", None)
+    current = {"name": current} if isinstance(current, str) else (current or {})
+    method = kw.pop("method", None) or method
+    if method and method != current.get("name"):
+        current = {"name": method}
+    rl = {o.field: kw.pop(o.dest) for o in RL_OPTS if kw.get(o.dest) is not None}
+    for o in RL_OPTS:
+        kw.pop(o.dest, None)
+    if rl and current.get("name") != "rl":
+        raise SettingsError("--psf-sigma-um/--psf/--rl-iterations are for --method rl (CARE takes its PSF at "
+                            "`ssai3d train-care`)")
+    if "psf_file" in rl:
+        rl["psf_file"] = str(rl["psf_file"])
+    return collect(RestoreSettings, RESTORE_OPTS, kw, section, {"method": {**current, **rl}} if current else None)
+
+
+@contextmanager
+def _client(scheduler, workers, threads_per_worker, memory_limit, method: str):
+    from ssai3d_dask.restoration.cluster import default_workers, make_client
+
+    if workers is None and not scheduler:
+        workers = default_workers(method)
+    client = make_client(scheduler, workers, threads_per_worker, memory_limit)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _print_dry_run(ds, model_dir, out, settings, resume, workers, threads_per_worker, adapted=None, extra=()):
+    from ssai3d_dask.restoration.cluster import default_workers
+    from ssai3d_dask.restoration.dryrun import dry_run, format_report
+    from ssai3d_dask.restoration.pipeline import prepare_restore, slice_models
+
+    _, t, c, vol = next(ds.slices())
+    if adapted is None:
+        model_dir = slice_models(ds, model_dir, settings.method.name)[(t, c)]
+    n = len(ds.volumes)
+    if n > 1:
+        extra = [f"dataset      {n} slices ({ds.axes}: {ds.lead_shape}); the figures above are for the first, "
+                 f"the whole run costs about {n} times them", *extra]
+    job = prepare_restore(vol, model_dir, settings, adapted=adapted)
+    click.echo(format_report(dry_run(job, out, resume), workers or default_workers(settings.method.name),
+                             threads_per_worker))
+    for line in extra:
+        click.echo(line)
+    click.echo("dry run: nothing was written")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="MODEL_DIR from `ssai3d adapt` (--method ssai3d) or `ssai3d train-care` (--method care).")
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="ssai3d: the adapted network; care: a CARE U-Net trained from scratch; rl: Richardson-Lucy "
+                   "with a known PSF; interp: linear z interpolation only. [default: ssai3d]")
+@settings_options(RLMethod, RL_OPTS)
+@stack(voxel_option, channels_option, times_option)
+@restore_options
+@friendly_errors
+def restore(path, out, model_dir, voxel_size, channel, time_, dry_run, scheduler, workers, threads_per_worker,
+            memory_limit, overwrite, resume, config_file, print_cfg, **kw):
+    """Restore PATH to isotropic voxels into the multiscale OME-Zarr OUT, block by block on a Dask cluster.
+
+    Every method runs through the same block plan (halos, resume, pyramid), so baselines scale like the
+    main method.
+    """
+    from ssai3d_dask.io.dataset import open_dataset
+    from ssai3d_dask.io.omezarr import check_output
+    from ssai3d_dask.restoration.pipeline import restore as run_restore
+
+    settings = restore_settings(kw, config_sections(config_file).get("restore"))
+    if print_cfg:
+        return print_config({"restore": settings})
+    ds = open_dataset(path, voxel_size, channel, time_)
+    if dry_run:
+        return _print_dry_run(ds, model_dir, out, settings, resume, workers, threads_per_worker)
+    check_output(out, overwrite, resume, [ds.source] + ([model_dir] if model_dir else []))
+    with _client(scheduler, workers, threads_per_worker, memory_limit, settings.method.name) as client:
+        click.echo(str(run_restore(ds, model_dir, out, settings, overwrite=overwrite, resume=resume, client=client)))
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--model-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to keep the adapted model (default: OUT with .model appended).")
+@stack(voxel_option, channels_option, times_option)
+@click.option("--adapt-per-time", is_flag=True,
+              help="Adapt every time point on its own (default: one model per channel, reused over time).")
+@adapt_options
+@run_restore_options
+@friendly_errors
+def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, dry_run, scheduler, workers,
+        threads_per_worker, memory_limit, overwrite, resume, config_file, print_cfg, **kw):
+    """Adapt the shipped model to PATH, then restore PATH into OUT: the whole job in one command.
+
+    On a 4D/5D input every channel and time point is restored into one OME-Zarr with the input's axes;
+    each channel is adapted on its own (MODEL_DIR/c0, c1, ...). --device applies to both stages.
+    """
+    from ssai3d_dask.io.dataset import open_dataset
+    from ssai3d_dask.io.omezarr import check_output
+    from ssai3d_dask.restoration.dryrun import adaptation_stand_in
+    from ssai3d_dask.workflow import run as run_all
+
+    sections = config_sections(config_file)
+    device = kw.get("opt__finetune__device")
+    adapt = collect(AdaptSettings, ADAPT_OPTS, kw, sections.get("adapt"))
+    if device is not None:
+        kw["opt__device"] = device
+    settings = restore_settings(kw, sections.get("restore"), method="ssai3d")  # bad sizes fail now, not after adapting
+    if print_cfg:
+        return print_config({"adapt": adapt, "restore": settings})
+    ds = open_dataset(path, voxel_size, channel, time_)
+    check_output(out, overwrite, resume, [ds.source])  # before a cluster starts
+    if dry_run:
+        stand_in, note = adaptation_stand_in(ds, adapt)
+        return _print_dry_run(ds, None, out, settings, resume, workers, threads_per_worker, adapted=stand_in,
+                              extra=[note])
+    with _client(scheduler, workers, threads_per_worker, memory_limit, "ssai3d") as client:
+        click.echo(str(run_all(ds, out, model_dir, adapt, settings, adapt_per_time=adapt_per_time,
+                               overwrite=overwrite, resume=resume, client=client)))

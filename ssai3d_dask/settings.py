@@ -1,0 +1,361 @@
+"""Settings of every stage as validated, versioned models, and the settings file.
+
+Each model is checked when it is built: a wrong value raises :class:`~ssai3d_dask.errors.SettingsError`
+naming the field and the fix, before any file is created or any voxel is read. Checks that need the
+volume (patch size against the lateral size, the z step) are ``check_volume(vol)``.
+
+Pydantic (as CAREamics does) rather than dataclasses: one declaration gives types, defaults, the help
+text of the CLI options (:mod:`ssai3d_dask.cli.options` derives them from the fields), the validation and
+the YAML round trip.
+
+A settings file (YAML or TOML) holds one section per command::
+
+    ssai3d_config: 1          # the file format version
+    adapt:   {n_patches: 256, finetune: {iterations: 300}}
+    restore: {method: {name: rl, psf_sigma_um: [0.4, 0.1, 0.1]}, chunks: [64, 128, 128]}
+    care:    {psf_sigma_um: [0.4, 0.05, 0.05]}
+
+``--config FILE`` reads it (options on the command line win), ``--print-config`` writes the effective
+settings in the same form.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ssai3d_dask.errors import SettingsError, VolumeError
+
+#: Version of the settings file layout.
+CONFIG_VERSION = 1
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def flag_of(model: type[BaseModel], name: str) -> str:
+    """The command-line option of a field: ``--field-name`` unless the field names another."""
+    info = model.model_fields.get(name)
+    extra = info.json_schema_extra if info is not None and isinstance(info.json_schema_extra, dict) else {}
+    return str(extra.get("flag", "--" + name.replace("_", "-")))
+
+
+def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = [str(x) for x in e["loc"] if not isinstance(x, int)]
+        owner = model
+        for x in loc[:-1]:
+            sub = owner.model_fields.get(x)
+            owner = sub.annotation if sub is not None and isinstance(sub.annotation, type) else owner
+        where = (".".join(loc) + (f" ({flag_of(owner, loc[-1])})" if loc[-1] in owner.model_fields else "")) if loc else ""
+        msg = {"extra_forbidden": "unknown setting (--print-config lists the known ones)",
+               "missing": "required, give it"}.get(e["type"], e["msg"].removeprefix("Value error, "))
+        if msg.startswith("invalid ") and ": " in msg:  # a nested settings model's own message
+            parts.append(".".join(loc) + "." + msg.split(": ", 1)[1] if loc else msg.split(": ", 1)[1])
+            continue
+        parts.append(f"{where}: {msg}" if where else msg)
+    return f"invalid {model.__name__}: " + "; ".join(parts)
+
+
+class Settings(BaseModel):
+    """Base: unknown fields are errors (a typo in a settings file must not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc, type(self))) from None
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def replace(self, **changes: Any):
+        """A validated copy with ``changes`` (nested models as dicts are merged field by field)."""
+        data = self.model_dump()
+        for k, v in changes.items():
+            data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
+        return type(self)(**data)
+
+
+def _check_patch(patch_px: int, multiple: int, vol) -> None:
+    if patch_px > min(vol.shape[1:]):
+        raise SettingsError(f"patch size {patch_px} px exceeds the lateral size {tuple(vol.shape[1:])}; "
+                            f"pass a smaller --patch (multiple of {multiple})")
+    if vol.anisotropy < 0.95:
+        raise VolumeError(f"z step ({vol.voxel_size_um[0]} um) is finer than x ({vol.voxel_size_um[2]} um); "
+                          f"check --voxel-size (z, y, x order)")
+
+
+# --- adaptation -------------------------------------------------------------------------------------
+
+class FinetuneSettings(Settings):
+    """Sparse fine-tuning. Defaults follow the paper: Adam, lr 1e-3, weight decay 1e-4 (cosine decay added)."""
+
+    iterations: int = Field(300, ge=1, description="Fine-tuning steps.")
+    batch_size: int = Field(8, ge=1, description="Pairs per step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (paper: 1e-3; cosine decay to 1/100).")
+    weight_decay: float = Field(1e-4, ge=0, description="Weight decay.")
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="Optimiser.")
+    device: Device = Field("auto", description="Where to train: auto picks CUDA when a GPU is visible.")
+
+
+class AdaptSettings(Settings):
+    """Everything that decides an adaptation (``ssai3d adapt``, the first half of ``ssai3d run``)."""
+
+    base: str = Field("base", description="Base model: 'base' (shipped), a preset, or a checkpoint path (ours "
+                                          "or an official NAFNet .pth).")
+    n_patches: int = Field(256, ge=4, description="Lateral patches to sample from the stack.", json_schema_extra={"flag": "--patches"})
+    patch_px: int = Field(96, ge=16, multiple_of=16, description="Patch size in px (multiple of 16).", json_schema_extra={"flag": "--patch"})
+    sigmas_px: tuple[float, ...] = Field((3.0, 4.0, 5.0, 6.0, 7.0), min_length=1,
+                                         description="PSF bank: axial Gaussian sd in px.", json_schema_extra={"flag": "--sigmas"})
+    angles_deg: tuple[float, ...] = Field((-45.0, -22.5, 0.0, 22.5, 45.0), min_length=1,
+                                          description="PSF bank: orientations in degrees.", json_schema_extra={"flag": "--angles"})
+    denoise: Literal["auto", "on", "off"] = Field("auto", description="Denoise lateral planes (and axial slices at "
+                                                                      "inference); auto decides from the noise level.")
+    layers_fraction: float = Field(0.1, gt=0, le=1, description="Fraction of layers to fine-tune (1 = all).")
+    selection: Literal["surgeon", "snip", "random", "all"] = Field(
+        "surgeon", description="How layers are chosen: the shipped surgeon, normalised snip alone, or random/all "
+                               "for ablations.")
+    metrics_fraction: float = Field(0.01, gt=0, le=1, description="Fraction of the pairs for zero-shot metrics.")
+    seed: int = Field(0, ge=0, description="Seeds sampling, pairs and fine-tuning.")
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+
+    @model_validator(mode="after")
+    def _positive_widths(self):
+        if min(self.sigmas_px) <= 0:
+            raise ValueError(f"PSF bank widths (--sigmas) must be positive, got {list(self.sigmas_px)}")
+        return self
+
+    def check_volume(self, vol) -> None:
+        _check_patch(self.patch_px, 16, vol)
+
+
+class CareSettings(Settings):
+    """A CARE U-Net trained from scratch on one stack with one known PSF (``ssai3d train-care``)."""
+
+    psf_sigma_um: tuple[float, float, float] = Field(description="The known optical PSF: Gaussian sd (z, y, x) in "
+                                                                 "micrometres (required).")
+    n_patches: int = Field(256, ge=4, description="Lateral patches to sample.", json_schema_extra={"flag": "--patches"})
+    patch_px: int = Field(64, ge=16, description="Patch size in px (multiple of 2**depth).", json_schema_extra={"flag": "--patch"})
+    iterations: int = Field(1000, ge=1, description="Training steps.")
+    batch_size: int = Field(16, ge=1, description="Pairs per step.")
+    lr: float = Field(4e-4, gt=0, description="Adam learning rate (CSBDeep's default).")
+    base: int = Field(16, ge=1, description="U-Net channels at the first level.", json_schema_extra={"flag": "--unet-base"})
+    depth: int = Field(4, ge=1, le=6, description="U-Net levels.", json_schema_extra={"flag": "--unet-depth"})
+    seed: int = Field(0, ge=0, description="Seeds sampling and training.")
+    device: Device = Field("auto", description="Where to train.")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if min(self.psf_sigma_um) <= 0:
+            raise ValueError(f"--psf-sigma-um needs three positive numbers (z y x), got {list(self.psf_sigma_um)}")
+        if self.patch_px % (2 ** self.depth):
+            raise ValueError(f"--patch {self.patch_px} must be a multiple of {2 ** self.depth} (U-Net depth)")
+        return self
+
+    def check_volume(self, vol) -> None:
+        _check_patch(self.patch_px, 2 ** self.depth, vol)
+
+    def blur_sigma_px(self, vol) -> float:
+        """Axial blur to add to a lateral patch, in lateral pixels."""
+        import math
+
+        dx = vol.voxel_size_um[2]
+        sz, sx = self.psf_sigma_um[0] / dx, self.psf_sigma_um[2] / dx
+        if sz <= sx:
+            raise SettingsError(f"axial PSF sd {self.psf_sigma_um[0]} um is not larger than the lateral "
+                                f"{self.psf_sigma_um[2]} um: nothing to restore along z")
+        return math.sqrt(sz ** 2 - sx ** 2)
+
+
+class PretrainSettings(Settings):
+    """Offline pretraining of a base model (``ssai3d pretrain``)."""
+
+    preset: Literal["small", "gopro-width32", "paper"] = Field("small", description="Architecture to train.")
+    iterations: int = Field(6000, ge=1, description="Training steps.")
+    batch_size: int = Field(8, ge=1, description="Images per step.")
+    patch_px: int | None = Field(None, ge=16, multiple_of=16, description="Training patch size in px (default: "
+                                                                          "the preset's).", json_schema_extra={"flag": "--patch"})
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine decay).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    seed: int = Field(0, ge=0, description="Seeds crops and degradations.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Where to train.")
+    init: str | None = Field(None, description="Warm start from this checkpoint ('base' = the shipped model) with a "
+                                               "fresh optimiser and schedule; use another --seed so it sees new crops.")
+    checkpoint_every: int = Field(250, ge=1, description="Steps between resume checkpoints.")
+    eval_every: int = Field(1000, ge=1, description="Steps between held-out evaluations.")
+
+
+# --- restoration ------------------------------------------------------------------------------------
+
+class NetworkMethod(Settings):
+    """``ssai3d``: the adapted NAFNet (MODEL_DIR from ``ssai3d adapt``); ``care``: a CARE U-Net (from
+    ``ssai3d train-care``)."""
+
+    name: Literal["ssai3d", "care"] = "ssai3d"
+
+
+class RLMethod(Settings):
+    """Richardson-Lucy deconvolution with a known PSF (a Gaussian or a measured one)."""
+
+    name: Literal["rl"] = "rl"
+    psf_sigma_um: tuple[float, float, float] | None = Field(None, description="Gaussian PSF sd (z, y, x) in um "
+                                                            "(the interpolation's z blur is added).")
+    psf_file: str | None = Field(None, description="A measured 3D PSF (.tif/.npy, z y x) at the output voxel size.", json_schema_extra={"flag": "--psf"})
+    iterations: int = Field(30, ge=1, description="Richardson-Lucy iterations.", json_schema_extra={"flag": "--rl-iterations"})
+
+    @model_validator(mode="after")
+    def _one_psf(self):
+        if (self.psf_sigma_um is None) == (self.psf_file is None):
+            raise ValueError("method rl needs the PSF: give --psf-sigma-um DZ DY DX or --psf FILE (one of them)")
+        if self.psf_sigma_um is not None and min(self.psf_sigma_um) <= 0:
+            raise ValueError(f"--psf-sigma-um needs three positive numbers (z y x), got {list(self.psf_sigma_um)}")
+        return self
+
+
+class InterpMethod(Settings):
+    """Linear z interpolation only (the reference every method must beat)."""
+
+    name: Literal["interp"] = "interp"
+
+
+Method = Annotated[NetworkMethod | RLMethod | InterpMethod, Field(discriminator="name")]
+METHODS = ("ssai3d", "care", "rl", "interp")
+_RL_FLAT = {"psf_sigma_um": "psf_sigma_um", "psf_file": "psf_file", "rl_iterations": "iterations"}
+
+
+class RestoreSettings(Settings):
+    """How to restore. Sizes in output voxels (z, y, x); each a multiple of 16."""
+
+    method: Method = Field(default_factory=NetworkMethod, description="Restoration method and its parameters.")
+    chunks: tuple[int, int, int] = Field((64, 128, 128), description="Output chunk shape in voxels (multiples of 16).")
+    region: tuple[int, int, int] = Field((128, 256, 256), description="Output voxels per task (whole chunks); larger "
+                                         "= less halo overhead, more memory.")
+    halo: int | None = Field(None, description="Halo in output voxels (default: from the model's reach).")
+    view: Literal["mean", "xz", "yz"] = Field("mean", description="Average the XZ and YZ passes, or use one.")
+    dtype: Literal["float32", "uint16", "uint8"] | None = Field(None, description="Output data type (default: the "
+                                                                "input's).")
+    batch: int | None = Field(None, ge=1, description="Slices per forward pass (default 4 on CPU, 32 on CUDA).")
+    device: Device = Field("auto", description="Where networks run.")
+    skip_empty: bool = Field(True, description="Prune regions whose input holds no written data or only background "
+                                               "(they read as the background level).")
+    empty_level: float = Field(0.01, ge=0, description="Background level, normalised units, for pruning.")
+    ngff_version: Literal["0.5", "0.4"] = Field("0.5", description="0.5: zarr v3, sharded; 0.4: zarr v2 "
+                                                "(unsharded) for older viewers.")
+    shards: tuple[int, int, int] | None = Field(None, description="Output shard shape (zarr v3): whole --chunks "
+                                                "dividing --region (default: one shard per region).")
+    sharding: bool = Field(True, description="Shard the output (zarr v3); off writes one file per chunk.", json_schema_extra={"flag": "--no-shards"})
+    in_flight: int | None = Field(None, ge=1, description="Tasks in flight on a cluster (default: twice its "
+                                                          "threads, or GPUs).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_method(cls, data: Any) -> Any:
+        """Accept ``method="rl", psf_sigma_um=..., rl_iterations=...`` (the CLI's flat form) too."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        method = data.get("method", "ssai3d")
+        flat = {v: data.pop(k) for k, v in _RL_FLAT.items() if k in data and data[k] is not None}
+        for k in _RL_FLAT:
+            data.pop(k, None)
+        if isinstance(method, str):
+            if method not in METHODS:
+                raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+            if flat and method != "rl":
+                raise ValueError("--psf-sigma-um/--psf/--rl-iterations are for --method rl (CARE takes its PSF at "
+                                 "`ssai3d train-care`)")
+            data["method"] = {"name": method, **flat}
+        elif flat:
+            raise ValueError("give the rl parameters inside method, not beside it")
+        return data
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        for name, vals in {"--chunks": self.chunks, "--region": self.region, "--halo": (self.halo or 16,)}.items():
+            if any(v <= 0 or v % 16 for v in vals):
+                raise ValueError(f"{name} {tuple(vals)} must be positive multiples of 16 (the network's down-sampling)")
+        if any(r % c for r, c in zip(self.region, self.chunks)):
+            raise ValueError(f"--region {self.region} must be a whole number of --chunks {self.chunks}")
+        if self.shards is not None:
+            if self.ngff_version == "0.4" and self.sharding:
+                raise ValueError("--shards needs NGFF 0.5 (zarr v3); NGFF 0.4 (zarr v2) has no shards")
+            if not self.sharding:
+                raise ValueError("--shards and --no-shards contradict each other; give one")
+            if any(s <= 0 or s % c or r % s for s, c, r in zip(self.shards, self.chunks, self.region)):
+                raise ValueError(f"--shards {self.shards} must be a whole number of --chunks {self.chunks} and "
+                                 f"divide --region {self.region}, so that one task writes whole shards")
+        return self
+
+    @property
+    def method_name(self) -> str:
+        return self.method.name
+
+    def shard_shape(self) -> tuple[int, int, int] | None:
+        """Level-0 shards of the output (None: unsharded)."""
+        if not self.sharding or self.ngff_version == "0.4":
+            return None
+        return tuple(self.shards or self.region)  # type: ignore[return-value]
+
+    def resolved_device(self) -> str:
+        return resolve_device(self.device)
+
+
+# --- the settings file ------------------------------------------------------------------------------
+
+#: Section name -> settings model.
+SECTIONS: dict[str, type[Settings]] = {"adapt": AdaptSettings, "restore": RestoreSettings, "care": CareSettings,
+                                       "pretrain": PretrainSettings}
+
+
+def read_config(path: str | Path) -> dict[str, dict]:
+    """The sections of a settings file (YAML, or TOML by its ``.toml`` suffix), version-checked."""
+    p = Path(path)
+    if not p.is_file():
+        raise SettingsError(f"settings file {p} not found; write one with --print-config")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # the parsers' own error types; reported on one line
+        raise SettingsError(f"cannot parse settings file {p}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {p} must hold a mapping of sections ({', '.join(SECTIONS)})")
+    version = data.pop("ssai3d_config", CONFIG_VERSION)
+    if not isinstance(version, int) or version > CONFIG_VERSION:
+        raise SettingsError(f"settings file {p} has format version {version!r}; this ssai3d-dask reads up to "
+                            f"{CONFIG_VERSION} (upgrade the package)")
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise SettingsError(f"settings file {p}: unknown section(s) {', '.join(sorted(unknown))}; known: "
+                            f"{', '.join(SECTIONS)}")
+    for name, section in data.items():
+        if not isinstance(section, dict):
+            raise SettingsError(f"settings file {p}: section {name} must be a mapping of settings")
+    return data
+
+
+def dump_config(sections: dict[str, Settings]) -> str:
+    """YAML of the given settings, readable by :func:`read_config`."""
+    import yaml
+
+    data: dict[str, Any] = {"ssai3d_config": CONFIG_VERSION}
+    data.update({name: s.to_dict() for name, s in sections.items()})
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
