@@ -6,6 +6,7 @@ Run: python benchmarks/base_model.py  (writes benchmarks/results/base_model.md a
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +14,10 @@ import numpy as np
 import torch
 
 from ssai3d_dask.models.checkpoint import load_model
-from ssai3d_dask.models.nafnet import PRESETS, build, count_macs, count_parameters, gray_forward, tiled_forward
+from ssai3d_dask.models.nafnet import build, count_macs, count_parameters, gray_forward
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.tiling import tiled_forward  # noqa: E402  (test helper: tiled inference of one image)
 from ssai3d_dask.adaptation.losses import psnr_loss
 from ssai3d_dask.adaptation.pretrain_data import image_pool, random_crops
 from ssai3d_dask.adaptation.psf import axial_forward, conv2d_per_sample, gaussian_kernel2d

@@ -7,8 +7,9 @@ import torch
 
 from ssai3d_dask.models.checkpoint import load_model, save_network, shipped_path
 from ssai3d_dask.errors import CheckpointError
-from ssai3d_dask.models.nafnet import (PRESETS, build, count_parameters, gray_forward, receptive_radius_px,
-                                tiled_forward)
+from ssai3d_dask.models.nafnet import PRESETS, build, count_parameters, gray_forward, receptive_radius_px
+
+from .tiling import tiled_forward
 
 
 def official_state_shapes(width, enc, middle, dec, img_channel=3):

@@ -97,15 +97,6 @@ class PSFBank:
         if min(self.sigmas_px) <= 0:
             raise ValueError("PSF sigmas must be positive (px)")
 
-    @classmethod
-    def scaled(cls, n_sigmas: int = 5, n_angles: int = 5, sigma_range=(3.0, 7.0), angle_range=(-45.0, 45.0),
-               sigma_lateral_px: float = 0.5) -> PSFBank:
-        return cls(
-            tuple(float(s) for s in np.linspace(*sigma_range, n_sigmas)),
-            tuple(float(a) for a in np.linspace(*angle_range, n_angles)),
-            sigma_lateral_px,
-        )
-
     def __len__(self) -> int:
         return len(self.sigmas_px) * len(self.angles_deg)
 

@@ -40,12 +40,12 @@ run_restore_options = stack(settings_options(RestoreSettings, [o for o in RESTOR
                             _run_options)
 
 
-def restore_settings(kw: dict, section: dict | None, method: str | None = None) -> RestoreSettings:
+def restore_settings(kw: dict, section: dict | None) -> RestoreSettings:
     """RestoreSettings from the file's section and the options; the method and its rl parameters merged."""
     section = copy.deepcopy(section or {})
     current = section.pop("method", None)
     current = {"name": current} if isinstance(current, str) else (current or {})
-    method = kw.pop("method", None) or method
+    method = kw.pop("method", None)
     if method and method != current.get("name"):
         current = {"name": method}
     rl = {o.field: kw.pop(o.dest) for o in RL_OPTS if kw.get(o.dest) is not None}
@@ -154,7 +154,10 @@ def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, dry_ru
     adapt = collect(AdaptSettings, ADAPT_OPTS, kw, sections.get("adapt"))
     if device is not None:
         kw["opt__device"] = device
-    settings = restore_settings(kw, sections.get("restore"), method="ssai3d")  # bad sizes fail now, not after adapting
+    settings = restore_settings(kw, sections.get("restore"))  # bad sizes fail now, not after adapting
+    if settings.method.name != "ssai3d":
+        raise SettingsError(f"run adapts an SSAI-3D model; the settings ask for method {settings.method.name}: use "
+                            f"`ssai3d restore` for it")
     if print_cfg:
         return print_config({"adapt": adapt, "restore": settings})
     ds = open_dataset(path, voxel_size, channel, time_)
