@@ -19,7 +19,8 @@ from typing import Any
 import zarr
 
 from ssai3d_dask.errors import VolumeError
-from ssai3d_dask.io.volume import TIFF_SUFFIXES, Volume, _is_zarr, open_volume, read_multiscales
+from ssai3d_dask.io.tiff import TIFF_SUFFIXES
+from ssai3d_dask.io.volume import Volume, _is_zarr, open_volume, read_multiscales
 
 logger = logging.getLogger(__name__)
 

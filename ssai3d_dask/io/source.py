@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ssai3d_dask.io.tiff import TiffPages, list_planes
+
 logger = logging.getLogger(__name__)
 
 Crop = tuple[slice, slice, slice]
@@ -241,7 +243,7 @@ def list_array_keys(arr) -> list[str]:
 
 @dataclass(frozen=True)
 class TiffSource(Source):
-    """One series of a TIFF/BigTIFF file, read page by page (:class:`ssai3d_dask.io.volume.TiffPages`)."""
+    """One series of a TIFF/BigTIFF file, read page by page (:class:`ssai3d_dask.io.tiff.TiffPages`)."""
 
     path: str
     series_shape: tuple[int, ...]
@@ -250,7 +252,6 @@ class TiffSource(Source):
     fixed: tuple[tuple[int, int], ...] = ()
 
     def _pages(self):
-        from ssai3d_dask.io.volume import TiffPages
 
         stamp = os.stat(self.path).st_mtime_ns
         return _cached(("tiff", self.path, stamp),
@@ -290,7 +291,6 @@ class PlaneFolderSource(Source):
         return np.dtype(self.dtype_str)
 
     def _files(self) -> list[Path]:
-        from ssai3d_dask.io.volume import list_planes
 
         return _cached(("planes", self.folder, os.stat(self.folder).st_mtime_ns), lambda: list_planes(Path(self.folder)))
 

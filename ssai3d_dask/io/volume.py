@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +20,11 @@ import zarr
 
 from ssai3d_dask.errors import VolumeError
 from ssai3d_dask.io.source import DaskSource, PlaneFolderSource, Source, TiffSource, ZarrSource
+from ssai3d_dask.io.tiff import TIFF_SUFFIXES, UNIT_TO_UM, TiffPages, list_planes, tiff_voxel
 
 logger = logging.getLogger(__name__)
 
 SPATIAL = ("z", "y", "x")
-_UNIT_TO_UM = {
-    "micrometer": 1.0, "micron": 1.0, "um": 1.0, "µm": 1.0, "\u00b5m": 1.0, "\\u00b5m": 1.0,
-    "nanometer": 1e-3, "nm": 1e-3, "millimeter": 1e3, "mm": 1e3, "meter": 1e6, "m": 1e6,
-    "centimeter": 1e4, "cm": 1e4, "angstrom": 1e-4,
-}
-TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 
 
 @dataclass
@@ -251,7 +244,7 @@ def _open_zarr(p: Path, voxel_override, channel, time, level, dataset) -> Volume
     for ax_meta, s in zip(axes_meta, scale):
         if not isinstance(ax_meta, dict) or ax_meta.get("name") not in SPATIAL:
             continue
-        factor = _UNIT_TO_UM.get(str(ax_meta.get("unit", "micrometer")).lower())
+        factor = UNIT_TO_UM.get(str(ax_meta.get("unit", "micrometer")).lower())
         if factor is None:
             raise VolumeError(f"{p}: unknown unit {ax_meta.get('unit')!r} on axis {ax_meta['name']}; "
                               f"pass --voxel-size in micrometres")
@@ -276,77 +269,6 @@ def _scale_of(ms: dict, ds: dict, ndim: int) -> list[float]:
 
 # --- TIFF ------------------------------------------------------------------------------------
 
-
-def _tiff_voxel(tif) -> dict[str, float | None]:
-    """Voxel size (um) from OME-XML or ImageJ metadata, None where unknown."""
-    voxel: dict[str, float | None] = {"z": None, "y": None, "x": None}
-    if tif.is_ome and tif.ome_metadata:
-        for ax in SPATIAL:
-            m = re.search(rf'PhysicalSize{ax.upper()}="([0-9.eE+-]+)"', tif.ome_metadata)
-            u = re.search(rf'PhysicalSize{ax.upper()}Unit="([^"]+)"', tif.ome_metadata)
-            if m:
-                voxel[ax] = float(m.group(1)) * _UNIT_TO_UM.get((u.group(1) if u else "µm").lower(), 1.0)
-        return voxel
-    ij = tif.imagej_metadata or {}
-    unit = _UNIT_TO_UM.get(str(ij.get("unit", "")).lower()) if ij.get("unit") else None
-    page = tif.pages[0]
-    for ax, tag in (("x", "XResolution"), ("y", "YResolution")):
-        res = page.tags.get(tag)
-        if res is not None and unit is not None:
-            num, den = res.value
-            if num > 0 and (num, den) != (1, 1):
-                voxel[ax] = den / num * unit
-    if "spacing" in ij and unit is not None:
-        voxel["z"] = float(ij["spacing"]) * unit
-    return voxel
-
-
-class TiffPages:
-    """A picklable, lazy (leading..., Y, X) view of a TIFF series that reads one page per access.
-
-    Only the path, shape and dtype travel to Dask workers; each process opens
-    the file once and reads pages under a lock. (tifffile's zarr store holds an
-    open file handle, which a distributed scheduler cannot ship.)
-    """
-
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.path = str(path)
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
-        self.ndim = len(self.shape)
-        self._tif = None
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict:
-        return {"path": self.path, "shape": self.shape, "dtype": self.dtype.str}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(Path(state["path"]), state["shape"], np.dtype(state["dtype"]))
-
-    def __dask_tokenize__(self):
-        return ("TiffPages", self.path, Path(self.path).stat().st_mtime_ns, self.shape)
-
-    def __getitem__(self, index) -> np.ndarray:
-        import tifffile
-
-        index = index if isinstance(index, tuple) else (index,)
-        index = index + (slice(None),) * (self.ndim - len(index))
-        lead_shape = self.shape[:-2]
-        lead = [range(*ix.indices(n)) if isinstance(ix, slice) else [ix] for ix, n in zip(index[:-2], lead_shape)]
-        yx = index[-2:]
-        planes = []
-        with self._lock:
-            if self._tif is None:
-                self._tif = tifffile.TiffFile(self.path)
-            series = self._tif.series[0]
-            for combo in np.ndindex(*[len(r) for r in lead]):
-                page = int(np.ravel_multi_index([r[i] for r, i in zip(lead, combo)], lead_shape)) if lead_shape else 0
-                planes.append(series.asarray(key=page)[yx])
-        out = np.stack(planes) if planes else np.empty((0,), self.dtype)
-        keep = [len(r) for r, ix in zip(lead, index[:-2]) if isinstance(ix, slice)]
-        return out.reshape(*keep, *planes[0].shape) if planes else out
-
-
 def _open_tiff(p: Path, voxel_override, channel, time) -> Volume:
     import tifffile
 
@@ -362,7 +284,7 @@ def _open_tiff(p: Path, voxel_override, channel, time) -> Volume:
         if len(axes) < 2 or axes[-2:] != "yx":
             raise VolumeError(f"{p}: TIFF axes {series.axes!r} do not end in YX (e.g. RGB samples); "
                               f"save one grey channel as a (z, y, x) stack")
-        voxel = _tiff_voxel(tif)
+        voxel = tiff_voxel(tif)
         shape, dtype = tuple(series.shape), series.dtype
     pages = TiffPages(p, shape, dtype)
     arr = da.from_array(pages, chunks=(1,) * (len(shape) - 2) + tuple(shape[-2:]),
@@ -370,15 +292,6 @@ def _open_tiff(p: Path, voxel_override, channel, time) -> Volume:
     data, sel, fixed = _select(arr, axes, channel, time, str(p))
     reader = TiffSource(str(p.resolve()), tuple(shape), np.dtype(dtype).str, axes, fixed)
     return Volume(data, _voxel_or_error(voxel, voxel_override, str(p)), str(p), sel, reader)
-
-
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def list_planes(p: Path) -> list[Path]:
-    """The TIFF planes of a folder in natural sort order (plane2 before plane10)."""
-    return sorted((f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES), key=lambda f: _natural_key(f.name))
 
 
 def _open_tiff_folder(p: Path, voxel_override) -> Volume:
@@ -390,7 +303,7 @@ def _open_tiff_folder(p: Path, voxel_override) -> Volume:
     with tifffile.TiffFile(files[0]) as tif:
         page = tif.series[0]
         shape, dtype = page.shape, page.dtype
-        voxel = _tiff_voxel(tif)
+        voxel = tiff_voxel(tif)
     if len(shape) != 2:
         raise VolumeError(f"{files[0].name} is not a 2D plane (shape {shape}); a folder must hold one plane per file")
     planes = [da.from_delayed(dask.delayed(tifffile.imread)(f), shape, dtype) for f in files]
