@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.tiling import tiled_forward  # noqa: E402  (test helper: tiled inference of one image)
 from ssai3d_dask.adaptation.losses import psnr_loss
 from ssai3d_dask.adaptation.pretrain_data import image_pool, random_crops
-from ssai3d_dask.adaptation.psf import axial_forward, conv2d_per_sample, gaussian_kernel2d
+from ssai3d_dask.adaptation.psf import axial_forward, conv2d_per_sample
+from ssai3d_dask.ops.kernels import gaussian_kernel2d
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -13,7 +13,8 @@ from ssai3d_dask.cli import main
 from ssai3d_dask.errors import VolumeError
 from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.io.omezarr import MultiscaleWriter, write_multiscale, write_region_levels
-from ssai3d_dask.restoration.pipeline import prepare_restore, restore, run_region
+from ssai3d_dask.restoration.pipeline import prepare_restore, restore
+from ssai3d_dask.restoration.task import run_region
 from ssai3d_dask.settings import RestoreSettings
 from ssai3d_dask.restoration.scheduling import task_payload
 from ssai3d_dask.evaluation.simio import write_sparse_volume

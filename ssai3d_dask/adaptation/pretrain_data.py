@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ssai3d_dask.adaptation.psf import axial_forward, conv2d_per_sample, disc_kernel2d, gaussian_kernel2d, line_kernel2d, pad_kernel
+from ssai3d_dask.adaptation.psf import axial_forward, conv2d_per_sample
+from ssai3d_dask.ops.kernels import disc_kernel2d, gaussian_kernel2d, line_kernel2d, pad_kernel
 
 logger = logging.getLogger(__name__)
 

@@ -97,15 +97,6 @@ def evaluate_ranking(records: list[dict], **fit_kw) -> dict:
     return out
 
 
-def phantom_volume(kind: str, seed: int) -> Volume:
-    """A phantom raw stack for the meta-dataset (z undersampled x3, PSF sd 0.5 / 3 px, mild noise)."""
-    from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
-
-    noise = {"photons": 200.0, "read_noise": 0.01} if kind == "tubes" else {}
-    sim = simulate(kind, (48, 128, 128), seed=seed, model=ForwardModel(0.5, 3.0, z_factor=3, **noise))
-    return Volume.from_array(sim.raw, sim.raw_voxel_size_um, chunks=(8, 64, 64), source=f"phantom:{kind}")
-
-
 def train_and_save(out, stacks: list[tuple[str, Volume]], base: str = "base", k_steps: int = 8, seed: int = 0,
                    command: str = "") -> dict:
     """Build the meta-dataset, evaluate leave-one-stack-out, fit on all stacks, write the surgeon + manifest."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ssai3d_dask.cli import friendly_errors, main
+from ssai3d_dask.cli.app import friendly_errors, main
 from ssai3d_dask.cli.options import channel_option, level_option, time_option, voxel_option
 
 

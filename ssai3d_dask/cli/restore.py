@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ssai3d_dask.cli import friendly_errors, main
+from ssai3d_dask.cli.app import friendly_errors, main
 from ssai3d_dask.cli.options import (Opt, channels_option, collect, config_option, config_sections, print_config,
                                      print_config_option, settings_options, stack, times_option, voxel_option)
 from ssai3d_dask.cli.train import ADAPT_OPTS, adapt_options

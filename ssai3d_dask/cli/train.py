@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ssai3d_dask.cli import friendly_errors, main
+from ssai3d_dask.cli.app import friendly_errors, main
 from ssai3d_dask.cli.options import (Opt, channel_option, channels_option, collect, config_option, config_sections,
                                      print_config, print_config_option, settings_options, stack, time_option,
                                      times_option, voxel_option)
@@ -108,7 +108,8 @@ def train_care(path, out_dir, voxel_size, channel, time_, overwrite, config_file
 @friendly_errors
 def train_surgeon(out, stacks, phantoms, base, k_steps, seed):
     """Train the surgeon for a base model from a meta-dataset of stacks; write OUT (.pt) and OUT.json."""
-    from ssai3d_dask.adaptation.surgeon_train import phantom_volume, train_and_save
+    from ssai3d_dask.adaptation.surgeon_train import train_and_save
+    from ssai3d_dask.evaluation.simulate import phantom_volume
     from ssai3d_dask.io.volume import open_volume
 
     vols = [(f"phantom-{k}", phantom_volume(k, seed)) for k in phantoms.split(",") if k]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ssai3d_dask.restoration.pipeline import RestoreJob, compute_region
+from ssai3d_dask.restoration.pipeline import RestoreJob
+from ssai3d_dask.restoration.task import compute_region
 from ssai3d_dask.restoration.plan import make_plan
 
 logger = logging.getLogger(__name__)

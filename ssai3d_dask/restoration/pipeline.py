@@ -5,7 +5,7 @@ The flow of one restoration:
 1. :func:`prepare_restore` checks the settings, derives the output grid (:mod:`.geometry`) and the block
    plan (:mod:`.plan`), takes the normalisation (the model's, or sampled where the tissue is), and decides
    which regions can hold anything (:mod:`.tissue`). It writes nothing, so ``--dry-run`` uses it too.
-2. :func:`restore` creates the output (sharded zarr v3 by default) and runs :func:`run_region` for every
+2. :func:`restore` creates the output (sharded zarr v3 by default) and runs :func:`.task.run_region` for every
    region that is neither pruned nor already recorded done (:mod:`.scheduling`). A task receives its
    region, the small plan, a picklable source handle and a small spec, and reads its own crop.
 3. Each task writes its region at level 0 and at every pyramid level nested in it, then records itself
@@ -15,28 +15,23 @@ The flow of one restoration:
 from __future__ import annotations
 
 import logging
-import os
-import threading
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ssai3d_dask import __version__
-from ssai3d_dask.io.casting import cast_output
 from ssai3d_dask.settings import RestoreSettings
 from ssai3d_dask.models.folder import cached_folder, check_folder
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.geometry import Geometry, isotropic_geometry
-from ssai3d_dask.io.omezarr import MultiscaleWriter, check_output_apart, write_region_levels
-from ssai3d_dask.restoration.plan import Plan, Region, make_plan
+from ssai3d_dask.io.omezarr import MultiscaleWriter, check_output_apart
+from ssai3d_dask.restoration.plan import Plan, make_plan
 from ssai3d_dask.io.pyramid import Level, pyramid_layout
-from ssai3d_dask.restoration.kernels import default_halo, denoise_planes, extended_crop, restore_block, to_output
-from ssai3d_dask.restoration.rl import default_rl_halo, gaussian_psf_on_grid, load_psf, richardson_lucy
+from ssai3d_dask.restoration.kernels import default_halo, to_output
+from ssai3d_dask.restoration.rl import default_rl_halo, gaussian_psf_on_grid, load_psf
 from ssai3d_dask.adaptation.sampling import volume_statistics
 from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.io.source import Source
@@ -169,75 +164,6 @@ def _prune(plan: Plan, views: TissueViews, norm: Normalization, settings: Restor
         keep &= tissue_occupancy(coarse, norm.low, norm.high, settings.empty_level).any_in(bounds)
         pruned["background"] = before - int(keep.sum())
     return keep, pruned
-
-
-# --- the task ------------------------------------------------------------------------------------
-
-_PSF: dict = {}
-_PSF_LOCK = threading.Lock()
-
-
-def _cached_psf(path: str) -> np.ndarray:
-    key = (path, os.stat(path).st_mtime_ns)
-    with _PSF_LOCK:
-        if key not in _PSF:
-            _PSF.clear()
-            _PSF[key] = np.load(path, allow_pickle=False)
-        return _PSF[key]
-
-
-def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, model=None,
-                   denoiser: Denoiser | None = None, psf: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
-    """Restore one region from its input crop (no I/O). Returns the output-dtype core and whether the
-    region was background only (then the interpolation is the answer)."""
-    if spec["method"] == "interp":  # in raw units: interpolation needs no normalisation (nor its rounding)
-        ext, offset = extended_crop(plan, region, np.asarray(crop, np.float32))
-        core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
-        return cast_output(np.ascontiguousarray(ext[core]), np.dtype(spec["dtype"])), False
-    denoiser = denoiser or Denoiser()
-    norm = Normalization.from_dict(spec["norm"])
-    planes = denoise_planes(norm.apply(np.asarray(crop, np.float32)), denoiser)
-    ext, offset = extended_crop(plan, region, planes)
-    core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
-    skipped = bool(spec["skip_empty"] and float(ext.max()) <= spec["empty_level"])
-    if skipped:
-        restored = ext[core]
-    elif spec["method"] == "rl":
-        restored = richardson_lucy(ext, psf, spec["rl_iterations"], spec["device"])[core]
-    else:
-        restored = restore_block(ext, offset, region.shape, model, spec["view"], spec["batch"], torch.device(spec["device"]))
-    return to_output(restored, norm, np.dtype(spec["dtype"])), skipped
-
-
-def _worker_model(spec: dict):
-    if spec["model_dir"] is None:
-        return None, None
-    adapted = cached_folder(spec["model_dir"])
-    model, device = adapted.model, torch.device(spec["device"])
-    if next(model.parameters()).device != device:
-        model.to(device)
-        if device.type == "cuda":
-            model.to(memory_format=torch.channels_last)
-    return model, adapted.denoiser
-
-
-def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict) -> dict:
-    """One task: read the region's input crop, restore it, write it (all task levels), record it done.
-
-    Runs on a worker; the model and PSF are loaded once per worker process and reused.
-    """
-    t0 = time.perf_counter()
-    if spec["torch_threads"] and torch.get_num_threads() != spec["torch_threads"]:
-        torch.set_num_threads(spec["torch_threads"])
-    model, denoiser = _worker_model(spec) if spec["method"] in ("ssai3d", "care") else (None, None)
-    psf = _cached_psf(spec["psf_path"]) if spec["method"] == "rl" else None
-    crop = source.read(plan.input_crop(region))
-    data, skipped = compute_region(plan, region, crop, spec, model, denoiser, psf)
-    block_id = spec.get("prefix", "") + region.block_id
-    record = {"core": [[s.start, s.stop] for s in region.core], "skipped": skipped,
-              "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
-    write_region_levels(out, spec["levels"], region.core, data, block_id, record, tuple(spec.get("lead", ())))
-    return {"id": block_id, "voxels": int(np.prod(region.shape)), "skipped": skipped, "bytes_read": int(crop.nbytes)}
 
 
 # --- the whole restoration ------------------------------------------------------------------------

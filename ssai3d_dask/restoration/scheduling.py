@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Iterator
 from itertools import chain, islice
 
+from ssai3d_dask.restoration.task import run_region
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,14 +43,12 @@ def _params(fn) -> set[str]:
 
 def task_payload(job, out: str, index: int) -> tuple:
     """The arguments of one region task: (plan, region, source, out, spec). Small and independent of the
-    number of regions (a test pickles it at 1e3 and 1e6 regions); :func:`.pipeline.run_region` takes it."""
+    number of regions (a test pickles it at 1e3 and 1e6 regions); :func:`.task.run_region` takes it."""
     return job.plan, job.plan.region(index), job.source, out, job.spec
 
 
 def _distributed(out: str, todo: Iterator[tuple], client, in_flight: int | None) -> Iterator[dict]:
     from distributed import as_completed
-
-    from ssai3d_dask.restoration.pipeline import run_region
 
     todo = iter(todo)
     head = next(todo, None)
@@ -83,8 +83,6 @@ def _distributed(out: str, todo: Iterator[tuple], client, in_flight: int | None)
 
 
 def _local(out: str, todo: Iterator[tuple]) -> Iterator[dict]:
-    from ssai3d_dask.restoration.pipeline import run_region
-
     threads = os.cpu_count() or 1  # one region at a time with every core
     for job, i in todo:
         yield run_region(job.plan, job.plan.region(i), job.source, out, dict(job.spec, torch_threads=threads))

@@ -1,0 +1,90 @@
+"""One task of a restoration: read the region's input crop, restore it, write it, record it done.
+
+Runs on a worker. The model (:func:`~ssai3d_dask.models.folder.cached_folder`) and the PSF are loaded once
+per worker process and reused by every region it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import torch
+
+from ssai3d_dask.io.casting import cast_output
+from ssai3d_dask.io.omezarr import write_region_levels
+from ssai3d_dask.io.source import Source
+from ssai3d_dask.models.folder import cached_folder
+from ssai3d_dask.ops.denoise import Denoiser
+from ssai3d_dask.ops.normalize import Normalization
+from ssai3d_dask.restoration.kernels import denoise_planes, extended_crop, restore_block, to_output
+from ssai3d_dask.restoration.plan import Plan, Region
+from ssai3d_dask.restoration.rl import richardson_lucy
+
+_PSF: dict = {}
+_PSF_LOCK = threading.Lock()
+
+
+def _cached_psf(path: str) -> np.ndarray:
+    key = (path, os.stat(path).st_mtime_ns)
+    with _PSF_LOCK:
+        if key not in _PSF:
+            _PSF.clear()
+            _PSF[key] = np.load(path, allow_pickle=False)
+        return _PSF[key]
+
+
+def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, model=None,
+                   denoiser: Denoiser | None = None, psf: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """Restore one region from its input crop (no I/O). Returns the output-dtype core and whether the
+    region was background only (then the interpolation is the answer)."""
+    if spec["method"] == "interp":  # in raw units: interpolation needs no normalisation (nor its rounding)
+        ext, offset = extended_crop(plan, region, np.asarray(crop, np.float32))
+        core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
+        return cast_output(np.ascontiguousarray(ext[core]), np.dtype(spec["dtype"])), False
+    denoiser = denoiser or Denoiser()
+    norm = Normalization.from_dict(spec["norm"])
+    planes = denoise_planes(norm.apply(np.asarray(crop, np.float32)), denoiser)
+    ext, offset = extended_crop(plan, region, planes)
+    core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
+    skipped = bool(spec["skip_empty"] and float(ext.max()) <= spec["empty_level"])
+    if skipped:
+        restored = ext[core]
+    elif spec["method"] == "rl":
+        restored = richardson_lucy(ext, psf, spec["rl_iterations"], spec["device"])[core]
+    else:
+        restored = restore_block(ext, offset, region.shape, model, spec["view"], spec["batch"], torch.device(spec["device"]))
+    return to_output(restored, norm, np.dtype(spec["dtype"])), skipped
+
+
+def _worker_model(spec: dict):
+    if spec["model_dir"] is None:
+        return None, None
+    adapted = cached_folder(spec["model_dir"])
+    model, device = adapted.model, torch.device(spec["device"])
+    if next(model.parameters()).device != device:
+        model.to(device)
+        if device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+    return model, adapted.denoiser
+
+
+def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict) -> dict:
+    """One task: read the region's input crop, restore it, write it (all task levels), record it done.
+
+    Runs on a worker; the model and PSF are loaded once per worker process and reused.
+    """
+    t0 = time.perf_counter()
+    if spec["torch_threads"] and torch.get_num_threads() != spec["torch_threads"]:
+        torch.set_num_threads(spec["torch_threads"])
+    model, denoiser = _worker_model(spec) if spec["method"] in ("ssai3d", "care") else (None, None)
+    psf = _cached_psf(spec["psf_path"]) if spec["method"] == "rl" else None
+    crop = source.read(plan.input_crop(region))
+    data, skipped = compute_region(plan, region, crop, spec, model, denoiser, psf)
+    block_id = spec.get("prefix", "") + region.block_id
+    record = {"core": [[s.start, s.stop] for s in region.core], "skipped": skipped,
+              "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
+    write_region_levels(out, spec["levels"], region.core, data, block_id, record, tuple(spec.get("lead", ())))
+    return {"id": block_id, "voxels": int(np.prod(region.shape)), "skipped": skipped, "bytes_read": int(crop.nbytes)}
