@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ssai3d_dask.errors import VolumeError
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -33,7 +35,19 @@ def output_shape(in_shape: Sequence[int], z_factor: float) -> tuple[int, int, in
     return (int(round(int(in_shape[0]) * z_factor)), int(in_shape[1]), int(in_shape[2]))
 
 
-def isotropic_geometry(in_shape: Sequence[int], voxel_size_um: Sequence[float]) -> Geometry:
+#: The largest dz/dx restored: beyond it the voxel size is almost surely wrong (an order of z, y, x or of
+#: units), and the output would hold that many times more planes than the input.
+MAX_Z_FACTOR = 32.0
+
+
+def check_anisotropy(voxel_size_um: Sequence[float], source: str = "the input") -> None:
+    dz, dx = float(voxel_size_um[0]), float(voxel_size_um[2])
+    if dz / dx > MAX_Z_FACTOR:
+        raise VolumeError(f"{source}: anisotropy dz/dx = {dz / dx:g} (voxel {tuple(voxel_size_um)} um) is beyond "
+                          f"{MAX_Z_FACTOR:g}; check --voxel-size (z, y, x order, micrometres)")
+
+
+def isotropic_geometry(in_shape: Sequence[int], voxel_size_um: Sequence[float], strict: bool = True) -> Geometry:
     """The output grid for a (z, y, x) stack of ``in_shape`` voxels with ``voxel_size_um`` (dz, dy, dx).
 
     Examples
@@ -43,7 +57,11 @@ def isotropic_geometry(in_shape: Sequence[int], voxel_size_um: Sequence[float]) 
     (4.0, (64, 128, 128), (0.1, 0.1, 0.1))
     >>> isotropic_geometry((16, 8, 8), (0.05, 0.1, 0.1)).out_voxel_um   # dz < dx: z kept as is
     (0.05, 0.1, 0.1)
+
+    ``strict`` refuses an anisotropy beyond :data:`MAX_Z_FACTOR` (``ssai3d info`` shows it instead).
     """
+    if strict:
+        check_anisotropy(voxel_size_um)
     shape = tuple(int(s) for s in in_shape)
     dz, dy, dx = (float(v) for v in voxel_size_um)
     z_factor = max(1.0, dz / dx)

@@ -91,6 +91,9 @@ class Settings(BaseModel):
 
 
 def _check_patch(patch_px: int, multiple: int, vol) -> None:
+    from ssai3d_dask.geometry import check_anisotropy
+
+    check_anisotropy(vol.voxel_size_um, vol.source)
     if patch_px > min(vol.shape[1:]):
         raise SettingsError(f"patch size {patch_px} px exceeds the lateral size {tuple(vol.shape[1:])}; "
                             f"pass a smaller --patch (multiple of {multiple})")

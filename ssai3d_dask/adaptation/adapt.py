@@ -18,6 +18,7 @@ import torch
 
 from ssai3d_dask import __version__
 from ssai3d_dask.models.checkpoint import load_model, load_network, shipped_path
+from ssai3d_dask.io.files import removed_on_failure
 from ssai3d_dask.models.folder import AdaptedModel, check_new_folder, write_folder
 from ssai3d_dask.ops.denoise import calibrate
 from ssai3d_dask.adaptation.finetune import finetune
@@ -191,10 +192,11 @@ def adapt_dataset(ds, out_dir: str | Path, settings: AdaptSettings | None = None
     out = Path(out_dir)
     check_new_folder(out, overwrite)
     done: dict = {}
-    for _, t, c, vol in ds.slices():
-        sub = model_subdir(ds, t, c, per_time)
-        if sub in done:
-            continue
-        logger.info("adapting %s (channel %s, time %s) into %s", ds.source, c, t, out / sub if sub else out)
-        done[sub] = adapt(vol, out / sub if sub else out, settings, progress=progress, overwrite=True)
+    with removed_on_failure(out):
+        for _, t, c, vol in ds.slices():
+            sub = model_subdir(ds, t, c, per_time)
+            if sub in done:
+                continue
+            logger.info("adapting %s (channel %s, time %s) into %s", ds.source, c, t, out / sub if sub else out)
+            done[sub] = adapt(vol, out / sub if sub else out, settings, progress=progress, overwrite=True)
     return done

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ssai3d_dask.ops.kernels import gaussian_kernel2d, pad_kernel
 from ssai3d_dask.ops.resample import resample_linear
+from ssai3d_dask.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,9 @@ class PSFBank:
 
     def __post_init__(self) -> None:
         if not self.sigmas_px or not self.angles_deg:
-            raise ValueError("the PSF bank needs at least one sigma and one angle")
+            raise SettingsError("the PSF bank needs at least one sigma and one angle")
         if min(self.sigmas_px) <= 0:
-            raise ValueError("PSF sigmas must be positive (px)")
+            raise SettingsError("PSF sigmas must be positive (px)")
 
     def __len__(self) -> int:
         return len(self.sigmas_px) * len(self.angles_deg)

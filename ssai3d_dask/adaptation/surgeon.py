@@ -32,6 +32,7 @@ from torch import nn
 
 from ssai3d_dask.models.nafnet import NAFNet, gray_forward
 from ssai3d_dask.models.surgeon import METRIC_NAMES, Surgeon, features
+from ssai3d_dask.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def score_layers(normalized: np.ndarray, surgeon: Surgeon | None) -> tuple[np.nd
 def select_layers(names: list[str], scores: np.ndarray, fraction: float) -> list[str]:
     """The top ``fraction`` of layers by score (at least one), in model order."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"layers fraction must be in (0, 1], got {fraction}")
+        raise SettingsError(f"layers fraction must be in (0, 1], got {fraction}")
     k = max(1, int(round(fraction * len(names))))
     top = set(np.argsort(-scores, kind="stable")[:k].tolist())
     return [n for i, n in enumerate(names) if i in top]

@@ -20,6 +20,7 @@ from ssai3d_dask.restoration.pipeline import restore
 from ssai3d_dask.settings import RestoreSettings
 from ssai3d_dask.evaluation.simulate import ForwardModel, beads, forward, strands
 from ssai3d_dask.io.volume import open_volume
+from ssai3d_dask.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ def report_png(path: Path, volumes: dict[str, np.ndarray], title: str) -> None:
 
 def run_demo(out_dir: Path, shape=(64, 192, 192), iterations: int = 150, seed: int = 0,
              workers: int | None = None) -> dict:
+    if len(shape) != 3 or shape[0] < 4 * Z_FACTOR or min(shape[1:]) < 64:
+        raise SettingsError(f"demo --shape {tuple(shape)} is too small: z needs at least {4 * Z_FACTOR} (the raw "
+                            f"stack has z / {Z_FACTOR} planes) and y, x at least 64 (the training patch)")
+    if iterations < 1:
+        raise SettingsError(f"demo --iterations must be at least 1, got {iterations}")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 
 from ssai3d_dask.evaluation import metrics
-from ssai3d_dask.errors import VolumeError
+from ssai3d_dask.errors import SettingsError, VolumeError
 from ssai3d_dask.ops.resample import linear_positions, resample_linear
 from ssai3d_dask.io.volume import Volume, open_volume
 
@@ -56,8 +56,19 @@ def evaluate_paths(pred: Path, truth: Path, raw: Path | None, data_range: float 
     if p.shape != t.shape:
         raise VolumeError(f"prediction {p.shape} and truth {t.shape} differ in shape; restore onto the truth grid")
     tdata = t.data.astype(np.float64)
+    import dask
+
+    lo, hi, t_ok, p_ok = dask.compute(tdata.min(), tdata.max(), da.isfinite(tdata).all(),
+                                      da.isfinite(p.data).all())
+    for ok, name, path in ((t_ok, "truth", truth), (p_ok, "prediction", pred)):
+        if not ok:
+            raise VolumeError(f"the {name} {path} holds NaN or Inf voxels; metrics would be NaN (fix the {name})")
+    if hi <= lo:
+        raise VolumeError(f"the truth {truth} is constant ({lo:g}); PSNR, SSIM and resolution need structure in it")
     if data_range is None:
-        data_range = float((tdata.max() - tdata.min()).compute())
+        data_range = float(hi - lo)
+    elif not data_range > 0:
+        raise SettingsError(f"--data-range must be positive, got {data_range}")
     table = {"prediction": score(p.data, tdata, t.voxel_size_um, data_range, beads)}
     if raw is not None:
         r = open_volume(raw)

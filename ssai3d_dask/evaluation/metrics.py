@@ -17,6 +17,7 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage, optimize
 from skimage.metrics import structural_similarity
+from ssai3d_dask.errors import VolumeError
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def _as_float(a):
 
 def _check(pred, truth) -> None:
     if tuple(pred.shape) != tuple(truth.shape):
-        raise ValueError(f"shapes differ: prediction {tuple(pred.shape)} vs truth {tuple(truth.shape)}; "
+        raise VolumeError(f"shapes differ: prediction {tuple(pred.shape)} vs truth {tuple(truth.shape)}; "
                          f"resample one onto the other's grid first")
 
 
@@ -97,7 +98,7 @@ def ms_ssim(pred, truth, data_range: float, win_size: int = 7) -> float:
     while n_scales < 5 and min(p.shape) // 2**n_scales >= win_size:
         n_scales += 1
     if n_scales == 0:
-        raise ValueError(f"volume {p.shape} too small for MS-SSIM with window {win_size}")
+        raise VolumeError(f"volume {p.shape} too small for MS-SSIM with window {win_size}")
     weights = np.array(_MS_WEIGHTS[:n_scales]) / sum(_MS_WEIGHTS[:n_scales])
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     values = []

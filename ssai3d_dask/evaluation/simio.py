@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ssai3d_dask.errors import VolumeError
+from ssai3d_dask.io.files import check_creatable, removed_on_failure, write_json
 from ssai3d_dask.io.omezarr import write_multiscale
 from ssai3d_dask.evaluation.simulate import Simulation
 
@@ -30,8 +30,6 @@ def write_simulation(sim: Simulation, out: str | Path, dtype: str = "float32", c
     parameters as ``*.json`` (ImageJ voxel metadata in both TIFFs). Otherwise
     ``out`` is a folder with ``raw.ome.zarr``, ``truth.ome.zarr``, ``simulation.json``.
     """
-    import tifffile
-
     out = Path(out)
     meta = sim.describe() | {"dtype": dtype, "intensity_scale": 65535 if dtype == "uint16" else 1.0}
     if out.suffix.lower() in TIFF:
@@ -39,21 +37,31 @@ def write_simulation(sim: Simulation, out: str | Path, dtype: str = "float32", c
         existing = [p for p in paths if p.exists()]
         if existing and not overwrite:
             raise VolumeError(f"output {existing[0]} already exists; pass --overwrite to replace it")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for p, arr, vox in ((paths[0], sim.raw, sim.raw_voxel_size_um), (paths[1], sim.truth, sim.voxel_size_um)):
-            tifffile.imwrite(p, _cast(arr, dtype), imagej=True, resolution=(1 / vox[2], 1 / vox[1]),
-                             metadata={"spacing": vox[0], "unit": "um", "axes": "ZYX"})
-        paths[2].write_text(json.dumps(meta, indent=2))
+        check_creatable(out)
+        with removed_on_failure(*paths):
+            _write_tiffs(sim, paths, dtype, meta)
         return paths
     if out.exists() and not overwrite:
         raise VolumeError(f"output {out} already exists; pass --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    raw = write_multiscale(_cast(sim.raw, dtype), out / "raw.ome.zarr", sim.raw_voxel_size_um, chunks,
-                           overwrite=True, name="raw", extra={"simulation": meta}).path
-    truth = write_multiscale(_cast(sim.truth, dtype), out / "truth.ome.zarr", sim.voxel_size_um, chunks,
-                             overwrite=True, name="truth", extra={"simulation": meta}).path
-    (out / "simulation.json").write_text(json.dumps(meta, indent=2))
+    check_creatable(out)
+    with removed_on_failure(out):
+        out.mkdir(parents=True, exist_ok=True)
+        raw = write_multiscale(_cast(sim.raw, dtype), out / "raw.ome.zarr", sim.raw_voxel_size_um, chunks,
+                               overwrite=True, name="raw", extra={"simulation": meta}).path
+        truth = write_multiscale(_cast(sim.truth, dtype), out / "truth.ome.zarr", sim.voxel_size_um, chunks,
+                                 overwrite=True, name="truth", extra={"simulation": meta}).path
+        write_json(out / "simulation.json", meta)
     return [raw, truth, out / "simulation.json"]
+
+
+def _write_tiffs(sim: Simulation, paths: list[Path], dtype: str, meta: dict) -> None:
+    import tifffile
+
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    for p, arr, vox in ((paths[0], sim.raw, sim.raw_voxel_size_um), (paths[1], sim.truth, sim.voxel_size_um)):
+        tifffile.imwrite(p, _cast(arr, dtype), imagej=True, resolution=(1 / vox[2], 1 / vox[1]),
+                         metadata={"spacing": vox[0], "unit": "um", "axes": "ZYX"})
+    write_json(paths[2], meta)
 
 
 def write_sparse_volume(path: str | Path, shape: Sequence[int], chunks: Sequence[int],

@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage, signal
 
-from ssai3d_dask.io.volume import Volume
+from ssai3d_dask.io.volume import Volume, validate_voxel_size
 from ssai3d_dask.ops.kernels import gaussian_kernel2d
 from ssai3d_dask.ops.resample import subsample_z
+from ssai3d_dask.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -296,13 +297,24 @@ def simulate(kind: str, shape: Sequence[int] = (64, 128, 128), seed: int = 0,
         Defaults to :data:`DEFAULT_MODELS` [kind].
     """
     if kind not in PHANTOMS:
-        raise ValueError(f"unknown phantom {kind!r}; choose one of {', '.join(PHANTOMS)}")
+        raise SettingsError(f"unknown phantom {kind!r}; choose one of {', '.join(PHANTOMS)}")
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 8:
-        raise ValueError(f"phantom shape must be 3 sizes >= 8 (z, y, x), got {shape}")
+        raise SettingsError(f"phantom shape must be 3 sizes >= 8 (z, y, x), got {shape}")
+    voxel_size_um = validate_voxel_size(voxel_size_um, "the phantom (--voxel-size)")
+    model = model or DEFAULT_MODELS[kind]
+    if not (math.isfinite(model.z_factor) and model.z_factor >= 1):
+        raise SettingsError(f"--anisotropy {model.z_factor} must be a finite number >= 1 (raw dz / truth dz)")
+    if not (model.sigma_axial_px > 0 and model.sigma_lateral_px > 0):
+        raise SettingsError("PSF sd (--sigma-axial, --sigma-lateral) must be positive")
+    need = int(np.prod(shape, dtype=np.float64)) * 4 * 6  # float32 truth, raw and the blur's temporaries
+    import psutil
+
+    if need > psutil.virtual_memory().available:
+        raise SettingsError(f"phantom {shape} needs about {need / 2**30:.1f} GiB of memory, more than is free "
+                            f"({psutil.virtual_memory().available / 2**30:.1f} GiB); give a smaller --shape")
     rng = np.random.default_rng(seed)
     truth = PHANTOMS[kind](shape, rng, **phantom_kwargs).astype(np.float32)
-    model = model or DEFAULT_MODELS[kind]
     raw = forward(truth, model, rng)
     return Simulation(kind, truth, raw, tuple(float(v) for v in voxel_size_um), model, seed,  # type: ignore[arg-type]
                       {k: v for k, v in phantom_kwargs.items()})

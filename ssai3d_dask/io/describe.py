@@ -39,7 +39,7 @@ def describe(path: str | os.PathLike, voxel_size_um=None, channel=None, time=Non
     # describe the first slice when the input has several (restore/run process them all)
     vol = open_volume(path, voxel_size_um, channel if channel is not None else (0 if "c" in sizes else None),
                       time if time is not None else (0 if "t" in sizes else None), level)
-    geom = isotropic_geometry(vol.shape, vol.voxel_size_um)
+    geom = isotropic_geometry(vol.shape, vol.voxel_size_um, strict=False)
     levels = [list(vol.shape)]
     if path.is_dir() and any((path / n).exists() for n in ("zarr.json", ".zattrs", ".zgroup")):
         node = zarr.open(str(path), mode="r")

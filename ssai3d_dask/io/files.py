@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ssai3d_dask.errors import VolumeError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -44,3 +46,35 @@ def write_with(path: str | Path, writer: Callable[[Path], Any]) -> Path:
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
+
+
+def check_creatable(path: str | Path, what: str = "output") -> None:
+    """``path`` can be created or replaced: its nearest existing ancestor is a writable folder."""
+    p = Path(path).absolute()
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise VolumeError(f"cannot create {what} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise VolumeError(f"cannot create {what} {path}: no write permission in {parent}")
+            return
+
+
+@contextmanager
+def removed_on_failure(*paths: str | Path) -> Iterator[None]:
+    """Remove what this block created at ``paths`` (files or folders that did not exist before) if it fails.
+
+    A command that fails then leaves nothing half-written behind; what existed before is left alone.
+    """
+    import shutil
+
+    new = [Path(p) for p in paths if not Path(p).exists()]
+    try:
+        yield
+    except BaseException:
+        for p in new:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists():
+                p.unlink(missing_ok=True)
+        raise

@@ -33,7 +33,7 @@ from ome_zarr.writer import write_multiscales_metadata
 from ssai3d_dask.errors import VolumeError
 from ssai3d_dask.io.pyramid import DOWNSAMPLING_TYPE, Level, downsample_mean, pyramid_layout
 from ssai3d_dask.io.source import cached_array
-from ssai3d_dask.io.files import write_json
+from ssai3d_dask.io.files import check_creatable, write_json
 from ssai3d_dask.ops.grid import grid_slices
 
 logger = logging.getLogger(__name__)
@@ -300,6 +300,7 @@ def check_output_apart(out: str | Path, inputs: Sequence[str | Path]) -> None:
 def check_output(out: str | Path, overwrite: bool, resume: bool, inputs: Sequence[str | Path] = ()) -> None:
     """Before any work: the output lies apart from the inputs, and exists only with --overwrite or --resume."""
     check_output_apart(out, inputs)
+    check_creatable(out)
     if Path(out).exists() and not (overwrite or resume):
         raise VolumeError(f"output {out} already exists; pass --overwrite to replace it or --resume to finish it")
 

@@ -43,6 +43,17 @@ def tiff_voxel(tif) -> dict[str, float | None]:
     return voxel
 
 
+def tiff_image_count(tif) -> int | None:
+    """Images the file's ImageJ or OME metadata announces (None when it says nothing)."""
+    if tif.is_imagej and tif.imagej_metadata:
+        return int(tif.imagej_metadata.get("images", 1))
+    if tif.is_ome and tif.ome_metadata:
+        sizes = [re.search(rf'Size{a}="(\d+)"', tif.ome_metadata) for a in "ZCT"]
+        if all(sizes):
+            return int(np.prod([int(m.group(1)) for m in sizes]))
+    return None
+
+
 class TiffPages:
     """A picklable, lazy (leading..., Y, X) view of a TIFF series that reads one page per access.
 

@@ -20,7 +20,7 @@ import zarr
 
 from ssai3d_dask.errors import VolumeError
 from ssai3d_dask.io.source import DaskSource, PlaneFolderSource, Source, TiffSource, ZarrSource
-from ssai3d_dask.io.tiff import TIFF_SUFFIXES, UNIT_TO_UM, TiffPages, list_planes, tiff_voxel
+from ssai3d_dask.io.tiff import TIFF_SUFFIXES, UNIT_TO_UM, TiffPages, list_planes, tiff_image_count, tiff_voxel
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,12 @@ class Volume:
     def __post_init__(self) -> None:
         if self.data.ndim != 3:
             raise VolumeError(f"a Volume is 3D (z, y, x); got {self.data.ndim}D data from {self.source}")
+        if self.data.dtype.kind not in "uif":
+            raise VolumeError(f"{self.source} holds {self.data.dtype} voxels, not intensities; convert it to an "
+                              f"integer or float type (e.g. uint16 or float32)")
+        if self.data.shape[0] < 2 or min(self.data.shape[1:]) < 2:
+            raise VolumeError(f"{self.source} has shape {tuple(self.data.shape)} (z, y, x); a z-stack needs at least "
+                              f"2 planes of at least 2 x 2 pixels")
         self.voxel_size_um = validate_voxel_size(self.voxel_size_um, self.source)
 
     @property
@@ -177,6 +183,10 @@ def _select(arr: da.Array, axes: str, channel: int | None, time: int | None,
             raise VolumeError(f"{flag} {want} out of range for {source}: choose 0..{n - 1}")
         index.append(int(want))
         selection[{"c": "channel", "t": "time"}.get(ax, ax)] = int(want)
+    for ax, want, flag in (("c", channel, "--channel"), ("t", time, "--time")):
+        if want is not None and ax not in axes:
+            raise VolumeError(f"{flag} {want} given, but {source} has no {'channel' if ax == 'c' else 'time'} axis "
+                              f"(axes {axes!r}); leave {flag} out")
     missing = [ax for ax in SPATIAL if ax not in axes]
     if missing:
         got = "".join(ax for ax in axes if ax in SPATIAL)
@@ -233,7 +243,14 @@ def _open_zarr(p: Path, voxel_override, channel, time, level, dataset) -> Volume
                 )
             dataset = arrays[0]
         return _open_zarr(p / dataset, voxel_override, channel, time, 0, None)
-    datasets = ms["datasets"]
+    datasets = ms.get("datasets")
+    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, dict) and "path" in d for d in datasets):
+        raise VolumeError(f"{p}: the OME-Zarr multiscales metadata lists no datasets (each with a path); the "
+                          f"file is damaged or not NGFF; open an array inside it as {p}/PATH with --voxel-size")
+    for d in datasets:
+        if d["path"] not in node:
+            raise VolumeError(f"{p}: the multiscales metadata names dataset {d['path']!r}, which does not exist "
+                              f"in the store; the file is incomplete (was its writing interrupted?)")
     if not 0 <= level < len(datasets):
         raise VolumeError(f"--level {level} out of range: {p} has levels 0..{len(datasets) - 1}")
     ds = datasets[level]
@@ -277,6 +294,10 @@ def _open_tiff(p: Path, voxel_override, channel, time) -> Volume:
     except Exception as exc:  # tifffile raises TiffFileError and others
         raise VolumeError(f"cannot read {p} as TIFF ({exc})") from exc
     with tif:
+        announced = tiff_image_count(tif)
+        if announced is not None and announced > len(tif.pages):
+            raise VolumeError(f"{p} looks truncated: its metadata announces {announced} images, the file holds "
+                              f"{len(tif.pages)}; copy or export it again")
         series = tif.series[0]
         axes = series.axes.lower().replace("q", "z").replace("i", "z")
         if axes.count("z") > 1:
@@ -306,9 +327,18 @@ def _open_tiff_folder(p: Path, voxel_override) -> Volume:
         voxel = tiff_voxel(tif)
     if len(shape) != 2:
         raise VolumeError(f"{files[0].name} is not a 2D plane (shape {shape}); a folder must hold one plane per file")
-    planes = [da.from_delayed(dask.delayed(tifffile.imread)(f), shape, dtype) for f in files]
-    data = da.stack(planes)
     if len(files) < 2:
         raise VolumeError(f"{p} holds a single plane; a z-stack needs at least 2 planes")
+    for f in files[1:]:  # headers only: a plane of another shape or type would otherwise fail deep inside a task
+        try:
+            with tifffile.TiffFile(f) as tif:
+                other = (tif.series[0].shape, tif.series[0].dtype)
+        except Exception as exc:  # tifffile raises several types for damaged files
+            raise VolumeError(f"cannot read plane {f.name} of {p} as TIFF ({str(exc).splitlines()[0]})") from None
+        if other != (shape, dtype):
+            raise VolumeError(f"plane {f.name} of {p} is {other[0]} {other[1]}, the first plane {files[0].name} is "
+                              f"{shape} {dtype}; all planes of a stack must have one shape and type")
+    planes = [da.from_delayed(dask.delayed(tifffile.imread)(f), shape, dtype) for f in files]
+    data = da.stack(planes)
     reader = PlaneFolderSource(str(p.resolve()), tuple(shape), len(files), np.dtype(dtype).str)
     return Volume(data, _voxel_or_error(voxel, voxel_override, str(p)), str(p), {"planes": len(files)}, reader)

@@ -73,6 +73,9 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower() and "weights_only" not in str(exc):
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (damaged, or another format: "
+                                  f"{str(exc).splitlines()[0]})") from exc
         raise CheckpointError(
             f"refused to load {path}: it contains pickled code or objects, which may run arbitrary "
             f"code; only plain tensor checkpoints are accepted ({str(exc).splitlines()[0]})"

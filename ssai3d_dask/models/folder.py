@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ssai3d_dask.errors import CheckpointError, SettingsError, VolumeError
-from ssai3d_dask.io.files import write_json, write_with
+from ssai3d_dask.io.files import check_creatable, write_json, write_with
 from ssai3d_dask.models.checkpoint import load_network, save_network
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.ops.normalize import Normalization
@@ -97,6 +97,7 @@ def check_new_folder(out_dir: str | Path | None, overwrite: bool) -> None:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise VolumeError(f"model folder {out} is a file; give a folder path to --out")
+    check_creatable(out, "model folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise VolumeError(f"model folder {out_dir} already exists; pass --overwrite or another --out")
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from ssai3d_dask.ops.padding import pad_to_multiple
+from ssai3d_dask.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +60,9 @@ class NAFNetConfig:
 
     def __post_init__(self) -> None:
         if len(self.enc_blk_nums) != len(self.dec_blk_nums):
-            raise ValueError("enc_blk_nums and dec_blk_nums must have the same length")
+            raise SettingsError("enc_blk_nums and dec_blk_nums must have the same length")
         if self.width < 2 or self.width % 2:
-            raise ValueError(f"width must be an even number >= 2, got {self.width}")
+            raise SettingsError(f"width must be an even number >= 2, got {self.width}")
         object.__setattr__(self, "enc_blk_nums", tuple(int(n) for n in self.enc_blk_nums))
         object.__setattr__(self, "dec_blk_nums", tuple(int(n) for n in self.dec_blk_nums))
 
@@ -318,7 +319,7 @@ def build(preset_or_config: str | NAFNetConfig = "small") -> NAFNet:
     """A freshly initialised NAFNet from a preset name or a config."""
     if isinstance(preset_or_config, str):
         if preset_or_config not in PRESETS:
-            raise ValueError(
+            raise SettingsError(
                 f"unknown preset {preset_or_config!r}; choose one of {', '.join(PRESETS)}"
             )
         preset_or_config = PRESETS[preset_or_config]

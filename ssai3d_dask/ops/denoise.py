@@ -27,6 +27,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from ssai3d_dask.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def calibrate(patches: np.ndarray, mode: str = "auto", n_calib: int = 8) -> Deno
     mode : "auto", "on" or "off"
     """
     if mode not in ("auto", "on", "off"):
-        raise ValueError(f"denoise mode must be auto, on or off, got {mode!r}")
+        raise SettingsError(f"denoise mode must be auto, on or off, got {mode!r}")
     noise = estimate_noise(patches[: max(n_calib, 16)])
     if mode == "on" and noise <= 0:
         logger.warning("denoising asked for, but the sampled patches show no measurable noise; denoising off")

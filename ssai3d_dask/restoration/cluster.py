@@ -51,6 +51,14 @@ def make_client(scheduler: str | None = None, workers: int | None = None, thread
         raise SettingsError(f"--workers must be at least 1, got {workers}")
     if threads_per_worker is not None and threads_per_worker < 1:
         raise SettingsError(f"--threads-per-worker must be at least 1, got {threads_per_worker}")
+    if memory_limit is not None and memory_limit != "auto":
+        from dask.utils import parse_bytes
+
+        try:
+            if parse_bytes(memory_limit) <= 0:
+                raise ValueError("not positive")
+        except (ValueError, TypeError):
+            raise SettingsError(f"--memory-limit {memory_limit!r} is not a size; give e.g. 4GiB, 500MB or auto") from None
     if scheduler:
         try:
             client = Client(scheduler, timeout="10s")

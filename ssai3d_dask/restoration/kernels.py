@@ -31,6 +31,7 @@ from ssai3d_dask.restoration.plan import Plan, Region
 from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.ops.padding import symmetric_pad
 from ssai3d_dask.ops.resample import resample_z_block
+from ssai3d_dask.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def restore_block(ext: np.ndarray, core_offset: Sequence[int], core_shape: Seque
     returns the interpolation.
     """
     if view not in VIEWS:
-        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        raise SettingsError(f"view must be one of {VIEWS}, got {view!r}")
     device = torch.device(device)
     oz, oy, ox = core_offset
     cz, cy, cx = core_shape

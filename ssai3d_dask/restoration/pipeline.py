@@ -15,6 +15,7 @@ The flow of one restoration:
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -168,6 +169,17 @@ def _prune(plan: Plan, views: TissueViews, norm: Normalization, settings: Restor
 
 # --- the whole restoration ------------------------------------------------------------------------
 
+def _after_failure(out: Path, writer: MultiscaleWriter, created: bool, n_keep: int) -> None:
+    """A failed restoration leaves no output, or a resumable one, and says which."""
+    done = len(writer.done_blocks())
+    if created and done == 0:
+        shutil.rmtree(out, ignore_errors=True)
+        logger.error("restoration failed before any region was written; nothing was kept at %s", out)
+    else:
+        logger.error("restoration stopped with %d of %d regions written; %s is resumable: rerun the same command "
+                     "with --resume", done, n_keep, out)
+
+
 def run_record(job: RestoreJob) -> dict:
     """What must not change between a run and its ``--resume`` (results would otherwise mix)."""
     s, vol = job.settings, job.source_volume
@@ -263,45 +275,50 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
     plan = first.plan
     slices = [{"prefix": j.prefix, "model_dir": j.spec["model_dir"], "normalization": j.norm.to_dict()} for j in jobs]
     record = run_record(first) | {"slices": slices}
+    created = not out.exists()
+    n_keep = sum(int(j.keep.sum()) for j in jobs)
     writer = MultiscaleWriter(out, plan.out_shape, first.dtype, first.geometry.out_voxel_um, plan.chunks,
                               overwrite=overwrite, resume=resume, ngff_version=settings.ngff_version, name="restored",
                               region_shape=plan.region_shape, shards=settings.shard_shape(), fill_value=fill,
                               run_record=record, lead_axes=ds.axes, lead_shape=ds.lead_shape,
                               channel_labels=ds.labels, time_unit=ds.time_meta.get("unit"))
-    if first.psf is not None:
-        psf_path = out / ".ssai3d" / "psf.npy"
-        np.save(psf_path, first.psf)
-        for j in jobs:
-            j.spec["psf_path"] = str(psf_path.resolve())
-    done = writer.done_blocks() if resume else set()
-    n_keep = sum(int(j.keep.sum()) for j in jobs)
-    n_done = sum(j.n_done(done) for j in jobs)
-    n_todo = n_keep - n_done
-    pruned = {k: sum(j.pruned[k] for j in jobs) for k in ("unwritten", "background")}
-    total = plan.n_regions * len(jobs)
-    logger.info("output %s voxels %s um; %d regions of %s (%d slices), halo %d; pruned %d (%d unwritten input, "
-                "%d background); %d already done, %d to run", ds.lead_shape + plan.out_shape,
-                first.geometry.out_voxel_um, total, plan.region_shape, len(jobs), plan.halo[0], total - n_keep,
-                pruned["unwritten"], pruned["background"], n_done, n_todo)
-    if client is None:
-        try:
-            from distributed import get_client
+    try:
+        if first.psf is not None:
+            psf_path = out / ".ssai3d" / "psf.npy"
+            np.save(psf_path, first.psf)
+            for j in jobs:
+                j.spec["psf_path"] = str(psf_path.resolve())
+        done = writer.done_blocks() if resume else set()
+        n_done = sum(j.n_done(done) for j in jobs)
+        n_todo = n_keep - n_done
+        pruned = {k: sum(j.pruned[k] for j in jobs) for k in ("unwritten", "background")}
+        total = plan.n_regions * len(jobs)
+        logger.info("output %s voxels %s um; %d regions of %s (%d slices), halo %d; pruned %d (%d unwritten input, "
+                    "%d background); %d already done, %d to run", ds.lead_shape + plan.out_shape,
+                    first.geometry.out_voxel_um, total, plan.region_shape, len(jobs), plan.halo[0], total - n_keep,
+                    pruned["unwritten"], pruned["background"], n_done, n_todo)
+        if client is None:
+            try:
+                from distributed import get_client
 
-            client = get_client()
-        except ValueError:
-            client = None
-    todo = chain.from_iterable(((j, i) for i in j.todo(done)) for j in jobs)
-    stats = run_regions(todo, n_todo, str(out), client, settings.in_flight, progress)
-    by_lead = {tuple(j.spec["lead"]): j for j in jobs}
-    writer.build_pyramid(occupied=lambda lead, box: by_lead[tuple(lead)].occupied(box))
-    provenance = {"package_version": __version__, "input": {"source": ds.source, "shape": list(first.source_volume.shape),
-                  "voxel_size_um": list(first.source_volume.voxel_size_um), "axes": ds.axes, "times": ds.times,
-                  "channels": ds.channels, "selection": first.source_volume.selection},
-                  "method": settings.method.name, "model_dir": first.spec["model_dir"], "model": first.provenance_model,
-                  "slices": slices if len(jobs) > 1 else None,
-                  "psf_shape": list(first.psf.shape) if first.psf is not None else None,
-                  "settings": settings.to_dict() | {"halo": plan.halo[0]}, "normalization": first.norm.to_dict(),
-                  "regions": {"total": total, "pruned_unwritten": pruned["unwritten"],
-                              "pruned_background": pruned["background"], "computed_this_run": stats["regions"]}}
-    writer.write_metadata(None, provenance)  # omero windows from the written data, per channel
+                client = get_client()
+            except ValueError:
+                client = None
+        todo = chain.from_iterable(((j, i) for i in j.todo(done)) for j in jobs)
+        stats = run_regions(todo, n_todo, str(out), client, settings.in_flight, progress)
+        by_lead = {tuple(j.spec["lead"]): j for j in jobs}
+        writer.build_pyramid(occupied=lambda lead, box: by_lead[tuple(lead)].occupied(box))
+        provenance = {"package_version": __version__, "input": {"source": ds.source, "shape": list(first.source_volume.shape),
+                      "voxel_size_um": list(first.source_volume.voxel_size_um), "axes": ds.axes, "times": ds.times,
+                      "channels": ds.channels, "selection": first.source_volume.selection},
+                      "method": settings.method.name, "model_dir": first.spec["model_dir"], "model": first.provenance_model,
+                      "slices": slices if len(jobs) > 1 else None,
+                      "psf_shape": list(first.psf.shape) if first.psf is not None else None,
+                      "settings": settings.to_dict() | {"halo": plan.halo[0]}, "normalization": first.norm.to_dict(),
+                      "regions": {"total": total, "pruned_unwritten": pruned["unwritten"],
+                                  "pruned_background": pruned["background"], "computed_this_run": stats["regions"]}}
+        writer.write_metadata(None, provenance)  # omero windows from the written data, per channel
+    except BaseException:
+        _after_failure(out, writer, created, n_keep)
+        raise
     return out

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ssai3d_dask.geometry import output_shape
+from ssai3d_dask.errors import SettingsError
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,8 @@ def make_plan(in_shape: Sequence[int], z_factor: float, chunks: Sequence[int], r
     region_shape = tuple(min(int(r), -(-o // c) * c) for r, o, c in zip(region_shape, out_shape, chunks))
     for name, vals in (("chunks", chunks), ("region", region_shape), ("halo", halo)):
         if any(v % multiple for v in vals):
-            raise ValueError(f"{name} {tuple(vals)} must be multiples of {multiple} (the network's down-sampling)")
+            raise SettingsError(f"{name} {tuple(vals)} must be multiples of {multiple} (the network's down-sampling)")
     if any(r % c for r, c in zip(region_shape, chunks)):
-        raise ValueError(f"region {region_shape} must be a whole number of chunks {chunks}")
+        raise SettingsError(f"region {region_shape} must be a whole number of chunks {chunks}")
     return Plan(in_shape, float(z_factor), out_shape, chunks, region_shape,  # type: ignore[arg-type]
                 tuple(int(h) for h in halo))  # type: ignore[arg-type]

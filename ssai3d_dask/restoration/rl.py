@@ -58,13 +58,17 @@ def load_psf(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise SettingsError(f"PSF file {path} does not exist")
-    if path.suffix == ".npy":
-        psf = np.load(path, allow_pickle=False)
-    else:
-        import tifffile
+    try:
+        if path.suffix == ".npy":
+            psf = np.load(path, allow_pickle=False)
+        else:
+            import tifffile
 
-        psf = tifffile.imread(path)
-    psf = np.squeeze(np.asarray(psf, np.float64))
+            psf = tifffile.imread(path)
+        psf = np.squeeze(np.asarray(psf, np.float64))
+    except (ValueError, TypeError, OSError) as exc:  # object arrays, damaged files, non-numeric data
+        raise SettingsError(f"cannot read PSF {path} as a numeric 3D array (.npy or .tif): "
+                            f"{str(exc).splitlines()[0]}") from None
     if psf.ndim != 3:
         raise SettingsError(f"PSF {path} must be 3D (z, y, x), got shape {psf.shape}")
     psf = np.clip(psf - np.median(psf[[0, -1]]), 0, None)  # drop a constant background from the end planes
