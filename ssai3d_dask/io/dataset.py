@@ -20,7 +20,7 @@ import zarr
 
 from ssai3d_dask.errors import VolumeError
 from ssai3d_dask.io.tiff import TIFF_SUFFIXES
-from ssai3d_dask.io.volume import Volume, _is_zarr, open_volume, read_multiscales
+from ssai3d_dask.io.volume import Volume, _is_zarr, checked_datasets, open_volume, read_multiscales
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def input_axes(path: str | Path, level: int = 0) -> tuple[dict[str, int], list[s
             ms = read_multiscales(node)
             if ms is None:
                 return sizes, labels, time_meta
-            datasets = ms.get("datasets") or []
+            datasets = checked_datasets(p, node, ms)
             if not 0 <= level < len(datasets):
                 return sizes, labels, time_meta  # open_volume reports the bad level
             arr = node[datasets[level]["path"]]

@@ -220,6 +220,19 @@ def read_multiscales(group: zarr.Group) -> dict | None:
     return ms[0] if ms else None
 
 
+def checked_datasets(p: Path, node: zarr.Group, ms: dict) -> list[dict]:
+    """The multiscales' datasets, each with a path that exists in the store."""
+    datasets = ms.get("datasets")
+    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, dict) and "path" in d for d in datasets):
+        raise VolumeError(f"{p}: the OME-Zarr multiscales metadata lists no datasets (each with a path); the "
+                          f"file is damaged or not NGFF; open an array inside it as {p}/PATH with --voxel-size")
+    for d in datasets:
+        if d["path"] not in node:
+            raise VolumeError(f"{p}: the multiscales metadata names dataset {d['path']!r}, which does not exist "
+                              f"in the store; the file is incomplete (was its writing interrupted?)")
+    return datasets
+
+
 def _open_zarr(p: Path, voxel_override, channel, time, level, dataset) -> Volume:
     try:
         node = zarr.open(str(p), mode="r")
@@ -243,14 +256,7 @@ def _open_zarr(p: Path, voxel_override, channel, time, level, dataset) -> Volume
                 )
             dataset = arrays[0]
         return _open_zarr(p / dataset, voxel_override, channel, time, 0, None)
-    datasets = ms.get("datasets")
-    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, dict) and "path" in d for d in datasets):
-        raise VolumeError(f"{p}: the OME-Zarr multiscales metadata lists no datasets (each with a path); the "
-                          f"file is damaged or not NGFF; open an array inside it as {p}/PATH with --voxel-size")
-    for d in datasets:
-        if d["path"] not in node:
-            raise VolumeError(f"{p}: the multiscales metadata names dataset {d['path']!r}, which does not exist "
-                              f"in the store; the file is incomplete (was its writing interrupted?)")
+    datasets = checked_datasets(p, node, ms)
     if not 0 <= level < len(datasets):
         raise VolumeError(f"--level {level} out of range: {p} has levels 0..{len(datasets) - 1}")
     ds = datasets[level]

@@ -73,9 +73,8 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower() and "weights_only" not in str(exc):
-            raise CheckpointError(f"{path} is not a PyTorch checkpoint (damaged, or another format: "
-                                  f"{str(exc).splitlines()[0]})") from exc
+        if "Unsupported global" not in str(exc):  # not a class or function reference: damaged or not torch
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (damaged, or another format)") from exc
         raise CheckpointError(
             f"refused to load {path}: it contains pickled code or objects, which may run arbitrary "
             f"code; only plain tensor checkpoints are accepted ({str(exc).splitlines()[0]})"

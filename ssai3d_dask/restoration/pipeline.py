@@ -198,7 +198,8 @@ def slice_models(ds, model_dir, method: str) -> dict:
     keys = list(ds.volumes)
     if method not in ("ssai3d", "care"):
         return dict.fromkeys(keys)
-    if model_dir is None or (Path(model_dir) / "model.pt").exists():
+    if model_dir is None or (Path(model_dir) / "model.pt").exists() or not any(Path(model_dir).glob("**/model.pt")):
+        check_folder(model_dir, method)  # one model folder (or none, with the reason)
         if ds.channels is not None and len(ds.channels) > 1 and model_dir is not None:
             raise SettingsError(f"{model_dir} holds one model, this input has channels {ds.channels}: channels "
                                 f"differ, so each needs its own adaptation (`ssai3d run` or `ssai3d adapt` on the "
