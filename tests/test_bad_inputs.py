@@ -155,3 +155,36 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(inputs, tmp_path, monke
 
 def test_corpus_is_large_enough():
     assert len(CASES) >= 30 and len({a[0] for a, _ in CASES}) >= 7
+
+
+@pytest.mark.parametrize("fail_after", [0, 2])
+def test_failed_restore_leaves_no_output_or_a_resumable_one(tmp_path, monkeypatch, caplog, fail_after):
+    """A failure before any region is written leaves no output; a later one leaves a resumable output that
+    --resume completes to the same bytes as an uninterrupted run."""
+    from ssai3d_dask.io.volume import Volume
+    from ssai3d_dask.restoration import task
+    from ssai3d_dask.restoration.pipeline import restore
+    from ssai3d_dask.settings import RestoreSettings
+
+    vol = Volume.from_array(np.random.default_rng(1).random((8, 32, 32), np.float32), (2, 1, 1), chunks=(4, 16, 16))
+    s = RestoreSettings(method="interp", chunks=(16, 16, 16), region=(16, 16, 16), halo=16, skip_empty=False)
+    restore(vol, None, tmp_path / "whole.ome.zarr", s, progress=False)
+    real, calls = task.compute_region, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > fail_after:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(task, "compute_region", failing)
+    out = tmp_path / "o.ome.zarr"
+    with pytest.raises(OSError, match="disk full"):
+        restore(vol, None, out, s, progress=False)
+    if fail_after == 0:
+        assert not out.exists() and "nothing was kept" in caplog.text
+        return
+    assert out.exists() and "is resumable" in caplog.text
+    monkeypatch.undo()
+    restore(vol, None, out, s, resume=True, progress=False)
+    np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[...], zarr.open_array(str(tmp_path / "whole.ome.zarr" / "0"))[...])

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
@@ -96,3 +97,16 @@ def test_resume_checks_geometry(tmp_path):
     assert again.done_blocks() == set()
     with pytest.raises(VolumeError, match="cannot resume"):
         MultiscaleWriter(tmp_path / "y.ome.zarr", (21, 30, 40), np.uint16, (1, 1, 1), (8, 16, 16), resume=True)
+
+
+@pytest.mark.parametrize("ngff", ["0.5", "0.4"])
+def test_write_multiscale_output_validates_as_ngff(tmp_path, ngff):
+    """The non-resumable writer (simulate, demo, test inputs) passes the NGFF validator like restore's."""
+    from ome_zarr_models import open_ome_zarr
+
+    write_multiscale(_golden_image(), tmp_path / "v.ome.zarr", (2.0, 0.5, 0.5), chunks=(8, 16, 16), ngff_version=ngff)
+    group = zarr.open_group(str(tmp_path / "v.ome.zarr"), mode="r")
+    open_ome_zarr(group)  # raises on invalid metadata
+    ms = group.attrs.asdict()
+    ms = (ms["ome"] if ngff == "0.5" else ms)["multiscales"][0]
+    assert ms["type"] == "local_mean" and ms["metadata"]["method"].endswith("downsample_mean")
