@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 
 from ssai3d_dask.cli.app import friendly_errors, main
+from ssai3d_dask.errors import Ssai3dError
 from ssai3d_dask.cli.options import channel_option, level_option, time_option, voxel_option
 
 
@@ -107,3 +109,40 @@ def demo(out_dir, shape, iterations, seed, workers):
     from ssai3d_dask.evaluation.demo import run_demo
 
     run_demo(out_dir, tuple(shape), iterations, seed, workers)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--serve", is_flag=True,
+              help="Serve PATH's folder on 127.0.0.1 (with CORS) until Ctrl-C, so a browser on this machine reads it.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port for --serve (0: any free one).")
+@click.option("--data-url", default=None,
+              help="Where the browser reads PATH from when it is hosted elsewhere (https://..., s3://...); default: "
+                   "http://127.0.0.1:PORT/NAME as --serve serves it.")
+@click.option("--viewer", default=None, help="Neuroglancer client to open (default: the public demo client).")
+@friendly_errors
+def view(path, serve, port, data_url, viewer):
+    """Print a neuroglancer URL for an OME-Zarr: its contrast from the omero window, XY above XZ and YZ with
+    z vertical."""
+    import time
+
+    from ssai3d_dask.io.viewers import DEFAULT_VIEWER, neuroglancer_state, neuroglancer_url
+    from ssai3d_dask.io.viewers import serve as start_server
+
+    if not path.exists():
+        raise Ssai3dError(f"{path} not found; give an OME-Zarr written by ssai3d (or any NGFF image)")
+    server = start_server(path.resolve().parent, port) if serve else None
+    if server is not None:
+        port = server.server_address[1]
+    url = data_url or f"http://127.0.0.1:{port}/{quote(path.resolve().name)}"
+    click.echo(neuroglancer_url(neuroglancer_state(path, url), viewer or DEFAULT_VIEWER))
+    if server is None:
+        if data_url is None:
+            click.echo(f"(the URL reads {url}: run with --serve to serve it, or give --data-url)", err=True)
+        return
+    click.echo(f"serving {path.resolve().parent} on http://127.0.0.1:{port}; Ctrl-C stops", err=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
