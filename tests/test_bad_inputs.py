@@ -58,6 +58,9 @@ def inputs(tmp_path_factory):
     torch.save({"when": datetime.datetime(2020, 1, 1)}, d / "pickled.pt")
     np.save(d / "objpsf.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (d / "model_file").write_text("not a folder")
+    res = CliRunner().invoke(main, ["-q", "restore", str(d / "stack.ome.zarr"), str(d / "prev.ome.zarr"), "--method",
+                                    "interp", "--chunks", "16", "32", "32", "--region", "16", "64", "64", "--workers", "1"])
+    assert res.exit_code == 0, res.output
     return d
 
 
@@ -112,6 +115,8 @@ CASES = [
     (["restore", "{in}/stack.ome.zarr", "o.ome.zarr", "--method", "interp", "--batch", "0"], "--batch"),
     (["restore", "{in}/stack.ome.zarr", "{in}/x.txt/o.ome.zarr", "--method", "interp"], "is a file, not a folder"),
     (["restore", "{in}/stack.ome.zarr", "o.ome.zarr", "--config", "missing.yaml"], "not found"),
+    (["restore", "{in}/stack.ome.zarr", "{in}/prev.ome.zarr", "--method", "rl", "--psf-sigma-um", "1", "0.2", "0.2",
+      "--chunks", "16", "32", "32", "--region", "16", "64", "64", "--resume"], "first run's options"),
     # run and adapt
     (["run", "{in}/tc.ome.zarr", "{in}/tc.ome.zarr", "--overwrite"], "is the input"),
     (["run", "{in}/stack.ome.zarr", "o.ome.zarr", "--model-dir", "{in}/model_file", "--patch", "32"], "is a file"),
@@ -188,3 +193,22 @@ def test_failed_restore_leaves_no_output_or_a_resumable_one(tmp_path, monkeypatc
     monkeypatch.undo()
     restore(vol, None, out, s, resume=True, progress=False)
     np.testing.assert_array_equal(zarr.open_array(str(out / "0"))[...], zarr.open_array(str(tmp_path / "whole.ome.zarr" / "0"))[...])
+
+
+def test_evaluate_json_goes_into_a_new_folder(inputs, tmp_path):
+    res = CliRunner().invoke(main, ["-q", "evaluate", str(inputs / "truth.ome.zarr"), "--truth",
+                                    str(inputs / "truth.ome.zarr"), "--json", str(tmp_path / "a" / "b" / "m.json")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "a" / "b" / "m.json").exists()
+
+
+def test_output_in_a_read_only_folder_is_refused_before_work(inputs, tmp_path, monkeypatch):
+    """(Run as root, permissions are not enforced; the check reads them.)"""
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real(p, mode))
+    res = CliRunner().invoke(main, ["-q", "restore", str(inputs / "stack.ome.zarr"), str(tmp_path / "o.ome.zarr"),
+                                    "--method", "interp"])
+    assert res.exit_code == 2 and "no write permission" in res.output
+    assert not (tmp_path / "o.ome.zarr").exists()
