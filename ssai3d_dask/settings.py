@@ -82,13 +82,6 @@ class Settings(BaseModel):
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
-    def replace(self, **changes: Any):
-        """A validated copy with ``changes`` (nested models as dicts are merged field by field)."""
-        data = self.model_dump()
-        for k, v in changes.items():
-            data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
-        return type(self)(**data)
-
 
 def _check_patch(patch_px: int, multiple: int, vol) -> None:
     from ssai3d_dask.geometry import check_anisotropy
@@ -272,9 +265,7 @@ class RestoreSettings(Settings):
             return data
         data = dict(data)
         method = data.get("method", "ssai3d")
-        flat = {v: data.pop(k) for k, v in _RL_FLAT.items() if k in data and data[k] is not None}
-        for k in _RL_FLAT:
-            data.pop(k, None)
+        flat = {v: x for k, v in _RL_FLAT.items() if (x := data.pop(k, None)) is not None}
         if isinstance(method, str):
             if method not in METHODS:
                 raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")

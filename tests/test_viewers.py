@@ -103,7 +103,7 @@ def test_neuroglancer_loads_the_output_without_error_and_draws_it(restored):
     state = neuroglancer_state(restored, f"http://127.0.0.1:{server.server_address[1]}/{restored.name}")
     neuroglancer.set_server_bind_address("127.0.0.1")
     viewer = neuroglancer.Viewer()  # serves its own client: no internet needed
-    viewer.set_state(neuroglancer.ViewerState({k: v for k, v in state.items() if v is not None}))
+    viewer.set_state(neuroglancer.ViewerState(state))
     wd = neuroglancer.webdriver.Webdriver(
         viewer, headless=True, browser="chrome", window_size=(1000, 900),
         extra_command_line_args=["--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader"])

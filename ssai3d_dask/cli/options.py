@@ -39,7 +39,6 @@ class Opt:
 
     field: str
     flag: str | None = None  # default: --field-name
-    off_flag: str | None = None  # booleans: the flag that turns it off (default --no-field-name)
     metavar: str | None = None
 
     @property
@@ -98,10 +97,11 @@ def settings_options(model: type[Settings], opts: list[Opt]):
             name = o.flag or flag_of(owner, o.field.split(".")[-1])
             help_ = (info.description or "") + _default_text(info)
             if _strip_optional(info.annotation) is bool:
-                off = o.off_flag or ("--no-" + name[2:] if not name.startswith("--no-") else name)
-                name = "--" + o.field.replace("_", "-") if name.startswith("--no-") else name
+                # a switch pair: the field's flag names the "off" side when it starts with --no-
+                on = "--" + o.field.split(".")[-1].replace("_", "-")
+                off = name if name.startswith("--no-") else "--no-" + name[2:]
                 on_default = "on" if info.default else "off"
-                fn = click.option(f"{name}/{off}", o.dest, default=None, help=f"{help_} [default: {on_default}]")(fn)
+                fn = click.option(f"{on}/{off}", o.dest, default=None, help=f"{help_} [default: {on_default}]")(fn)
             else:
                 kwargs = _click_kwargs(info) | ({"metavar": o.metavar} if o.metavar else {})
                 fn = click.option(name, o.dest, default=None, **kwargs, help=help_)(fn)

@@ -48,9 +48,7 @@ def restore_settings(kw: dict, section: dict | None) -> RestoreSettings:
     method = kw.pop("method", None)
     if method and method != current.get("name"):
         current = {"name": method}
-    rl = {o.field: kw.pop(o.dest) for o in RL_OPTS if kw.get(o.dest) is not None}
-    for o in RL_OPTS:
-        kw.pop(o.dest, None)
+    rl = {o.field: v for o in RL_OPTS if (v := kw.pop(o.dest, None)) is not None}
     if rl and current.get("name") != "rl":
         raise SettingsError("--psf-sigma-um/--psf/--rl-iterations are for --method rl (CARE takes its PSF at "
                             "`ssai3d train-care`)")

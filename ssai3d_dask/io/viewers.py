@@ -21,7 +21,7 @@ from urllib.parse import quote
 import zarr
 
 from ssai3d_dask.errors import VolumeError
-from ssai3d_dask.io.volume import checked_datasets, read_multiscales
+from ssai3d_dask.io.volume import checked_datasets, ngff_voxel_size_um, read_multiscales
 
 #: A public neuroglancer client; any other (or a local one) can be given instead.
 DEFAULT_VIEWER = "https://neuroglancer-demo.appspot.com"
@@ -70,32 +70,24 @@ def neuroglancer_state(path: str | Path, data_url: str) -> dict:
             viewer["crossSectionOrientation"] = {"link": "unlinked", "value": orientation}
         return viewer
 
-    # The coordinate space up front (else it is known only once the data loads, too late for the display
-    # dimensions to refer to it): level-0 voxel sizes in metres, from the NGFF scale.
-    from ssai3d_dask.io.volume import UNIT_TO_UM, _scale_of
-
-    scale = _scale_of(ms, ms["datasets"][0], len(axes))
-    units = [a.get("unit", "micrometer") if isinstance(a, dict) else "micrometer" for a in ms.get("axes", [])]
-    dimensions = {ax: [s * UNIT_TO_UM.get(str(u).lower(), 1.0) * 1e-6, "m"]
-                  for ax, s, u in zip(axes, scale, units) if ax in "zyx"}
+    state = {"layers": [layer], "selectedLayer": {"layer": name}, "layout": {"type": "column", "children": [
+        panel(None),
+        {"type": "row", "children": [panel(XZ_Z_DOWN), panel(YZ_Z_DOWN)]},
+    ]}}
+    ds = ms["datasets"][0]
+    voxel_um = ngff_voxel_size_um(path, ms, ds, ms.get("axes", []))
+    if set(voxel_um) == set("zyx"):
+        # The coordinate space up front (else it is known only once the data loads, too late for the display
+        # dimensions to refer to it): level-0 voxel sizes in metres.
+        state["dimensions"] = {ax: [um * 1e-6, "m"] for ax, um in voxel_um.items()}
+        state["displayDimensions"] = ["x", "y", "z"]
     # Zoom so that the largest extent spans about 450 screen pixels (1 = one level-0 voxel per pixel).
-    shape = zarr.open_array(str(path / ms["datasets"][0]["path"]), mode="r").shape
-    extent = max(n for ax, n in zip(axes, shape) if ax in "zyx")
-    return {
-        "dimensions": dimensions if set("xyz") <= set(axes) else None,
-        "crossSectionScale": extent / 450,
-        "displayDimensions": ["x", "y", "z"] if set("xyz") <= set(axes) else None,
-        "layers": [layer],
-        "selectedLayer": {"layer": name},
-        "layout": {"type": "column", "children": [
-            panel(None),
-            {"type": "row", "children": [panel(XZ_Z_DOWN), panel(YZ_Z_DOWN)]},
-        ]},
-    }
+    shape = zarr.open_array(str(path / ds["path"]), mode="r").shape
+    state["crossSectionScale"] = max(n for ax, n in zip(axes, shape) if ax in "zyx") / 450
+    return state
 
 
 def neuroglancer_url(state: dict, viewer: str = DEFAULT_VIEWER) -> str:
-    state = {k: v for k, v in state.items() if v is not None}
     return f"{viewer.rstrip('/')}/#!{quote(json.dumps(state, separators=(',', ':')), safe='')}"
 
 

@@ -262,16 +262,7 @@ def _open_zarr(p: Path, voxel_override, channel, time, level, dataset) -> Volume
     ds = datasets[level]
     axes_meta = ms.get("axes") or [{"name": a} for a in "tczyx"[-node[ds["path"]].ndim:]]
     axes = "".join(a["name"] if isinstance(a, dict) else a for a in axes_meta)
-    scale = _scale_of(ms, ds, len(axes))
-    voxel: dict[str, float | None] = {}
-    for ax_meta, s in zip(axes_meta, scale):
-        if not isinstance(ax_meta, dict) or ax_meta.get("name") not in SPATIAL:
-            continue
-        factor = UNIT_TO_UM.get(str(ax_meta.get("unit", "micrometer")).lower())
-        if factor is None:
-            raise VolumeError(f"{p}: unknown unit {ax_meta.get('unit')!r} on axis {ax_meta['name']}; "
-                              f"pass --voxel-size in micrometres")
-        voxel[ax_meta["name"]] = float(s) * factor
+    voxel: dict[str, float | None] = dict(ngff_voxel_size_um(p, ms, ds, axes_meta))
     arr = da.from_zarr(node[ds["path"]])
     data, sel, fixed = _select(arr, axes, channel, time, source)
     sel["level"] = level
@@ -279,6 +270,20 @@ def _open_zarr(p: Path, voxel_override, channel, time, level, dataset) -> Volume
     reader = ZarrSource(str(root / ds["path"]), axes, fixed, tuple(str(root / d["path"]) for d in datasets), level,
                         ms.get("type"))
     return Volume(data, _voxel_or_error(voxel, voxel_override, source), source, sel, reader)
+
+
+def ngff_voxel_size_um(p: Path, ms: dict, ds: dict, axes_meta: list) -> dict[str, float]:
+    """Voxel size (um) of dataset ``ds`` along each spatial axis, from the NGFF scales and axis units."""
+    voxel = {}
+    for ax_meta, s in zip(axes_meta, _scale_of(ms, ds, len(axes_meta))):
+        if not isinstance(ax_meta, dict) or ax_meta.get("name") not in SPATIAL:
+            continue
+        factor = UNIT_TO_UM.get(str(ax_meta.get("unit", "micrometer")).lower())
+        if factor is None:
+            raise VolumeError(f"{p}: unknown unit {ax_meta.get('unit')!r} on axis {ax_meta['name']}; "
+                              f"pass --voxel-size in micrometres")
+        voxel[ax_meta["name"]] = float(s) * factor
+    return voxel
 
 
 def _scale_of(ms: dict, ds: dict, ndim: int) -> list[float]:
