@@ -28,7 +28,7 @@ from ssai3d_dask.models.folder import cached_folder, check_folder
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.geometry import Geometry, isotropic_geometry
-from ssai3d_dask.io.omezarr import MultiscaleWriter, check_output_apart
+from ssai3d_dask.io.omezarr import MultiscaleWriter, check_output
 from ssai3d_dask.restoration.plan import Plan, make_plan
 from ssai3d_dask.io.pyramid import Level, pyramid_layout
 from ssai3d_dask.restoration.kernels import default_halo, to_output
@@ -261,6 +261,8 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
     ds = vol if isinstance(vol, Dataset) else dataset_from_volume(vol)
     settings = settings or RestoreSettings()
     models = slice_models(ds, model_dir, settings.method.name)
+    out = Path(out)
+    check_output(out, overwrite, resume, [ds.source, *(m for m in models.values() if m)])  # before any work
     jobs = []
     for lead, t, c, v in ds.slices():
         job = prepare_restore(v, models[(t, c)], settings)
@@ -271,8 +273,6 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
     first = jobs[0]
     for note in dict.fromkeys(n for j in jobs for n in j.notes):
         logger.warning(note)
-    out = Path(out)
-    check_output_apart(out, [ds.source] + [j.spec["model_dir"] for j in jobs if j.spec["model_dir"]])
     plan = first.plan
     slices = [{"prefix": j.prefix, "model_dir": j.spec["model_dir"], "normalization": j.norm.to_dict()} for j in jobs]
     record = run_record(first) | {"slices": slices}
