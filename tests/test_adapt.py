@@ -133,6 +133,20 @@ def test_zero_shot_metrics_and_selection():
     assert len(chosen) == round(0.1 * len(names))
 
 
+
+def test_zero_shot_metrics_in_chunks_equal_the_whole_batch():
+    """Micro-batched metrics (bounded memory) combine to those of the whole batch at once."""
+    torch.manual_seed(0)
+    m = build("small")
+    for p in m.parameters():
+        if p.ndim == 4:  # beta/gamma start at zero; random weights make every metric non-trivial
+            torch.nn.init.normal_(p, std=0.05)
+    b, s = PairSynthesizer(PSFBank(), 3.0)(torch.rand(5, 1, 32, 32), np.random.default_rng(0))
+    whole = zero_shot_metrics(m, b, s, psnr_loss, chunk=5)
+    scale = np.abs(whole).max(axis=0)
+    for chunk in (1, 2):
+        assert (np.abs(zero_shot_metrics(m, b, s, psnr_loss, chunk=chunk) - whole).max(axis=0) <= 1e-4 * scale + 1e-12).all()
+
 def test_surgeon_is_paper_sized_and_learns_a_ranking():
     s = Surgeon()
     assert 150_000 < sum(p.numel() for p in s.parameters()) < 250_000

@@ -44,34 +44,87 @@ def layer_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
+class _Moments:
+    """Running sum, sum of squares and count of a tensor's elements (float64), for mean and unbiased std."""
+
+    def __init__(self) -> None:
+        self.s = self.s2 = 0.0
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().double()
+        self.s += float(x.sum())
+        self.s2 += float((x * x).sum())
+        self.n += x.numel()
+
+    def mean(self) -> float:
+        return self.s / self.n
+
+    def std(self) -> float:
+        return float(np.sqrt(max(self.s2 - self.s * self.s / self.n, 0.0) / max(self.n - 1, 1)))
+
+
 def zero_shot_metrics(model: NAFNet, blurred: torch.Tensor, sharp: torch.Tensor,
-                      loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> np.ndarray:
-    """The 14 raw metrics per layer, (n_layers, 14), from one forward/backward pass on a batch."""
+                      loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], chunk: int = 8) -> np.ndarray:
+    """The 14 raw metrics per layer, (n_layers, 14), for the loss of the whole batch.
+
+    ``loss_fn`` must be a mean over samples (as :func:`~ssai3d_dask.adaptation.losses.psnr_loss` is): the
+    batch is then processed ``chunk`` samples at a time and the metrics are combined exactly (sums for the
+    gradients, running moments for the statistics, a second pass for GRASP's Hessian-gradient product, which
+    needs the whole batch's gradient first). Memory is that of ``chunk`` samples with double
+    back-propagation, whatever the batch size: all 58 pairs of a default adaptation at once held 9 GB.
+    """
     names = layer_names(model)
     modules = dict(model.named_modules())
-    acts: dict[str, torch.Tensor] = {}
-    hooks = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: acts.__setitem__(n, out)) for n in names]
-    model.eval()
-    try:
-        loss = loss_fn(gray_forward(model, blurred), sharp)
-    finally:
-        for h in hooks:
-            h.remove()
     weights = [modules[n].weight for n in names]
-    act_list = [acts[n] for n in names]
-    grads = torch.autograd.grad(loss, weights + act_list, create_graph=True)
-    gw, ga = grads[: len(names)], grads[len(names):]
-    hg = torch.autograd.grad(sum((g * g.detach()).sum() for g in gw), weights, allow_unused=True)
+    n_total = blurred.shape[0]
+    parts = [(blurred[i:i + chunk], sharp[i:i + chunk]) for i in range(0, n_total, max(1, chunk))]
+    model.eval()
+
+    def chunk_loss(b: torch.Tensor, s: torch.Tensor, acts: dict | None) -> torch.Tensor:
+        hooks = [] if acts is None else [
+            modules[n].register_forward_hook(lambda _m, _i, out, n=n: acts.__setitem__(n, out)) for n in names]
+        try:
+            return loss_fn(gray_forward(model, b), s) * (b.shape[0] / n_total)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    # Pass 1: weight gradients of the whole batch's loss, activation and activation-gradient statistics, fisher.
+    gw = [torch.zeros_like(w) for w in weights]
+    a_m, a_abs, g_m, g_abs = ([_Moments() for _ in names] for _ in range(4))
+    fisher = np.zeros(len(names))
+    for b, s in parts:
+        acts: dict[str, torch.Tensor] = {}
+        loss = chunk_loss(b, s, acts)
+        act_list = [acts[n] for n in names]
+        grads = torch.autograd.grad(loss, weights + act_list)
+        for i in range(len(names)):
+            a, g = act_list[i].detach(), grads[len(names) + i]
+            gw[i] += grads[i]
+            a_m[i].add(a), a_abs[i].add(a.abs()), g_m[i].add(g), g_abs[i].add(g.abs())
+            # per-sample channel saliency squared; the full batch averages it over the samples
+            fisher[i] += (float(0.5 * ((a * g).sum(dim=(-2, -1)).double() ** 2).sum() / n_total) if a.ndim == 4
+                          else float((a * g).double().pow(2).sum()))
+        del acts, act_list, grads, loss
+    # Pass 2: H g with g the whole batch's gradient: sum over chunks of d/dW (g_chunk . g).
+    hg = [torch.zeros_like(w) for w in weights]
+    for b, s in parts:
+        g_c = torch.autograd.grad(chunk_loss(b, s, None), weights, create_graph=True)
+        h = torch.autograd.grad(sum((gc * g).sum() for gc, g in zip(g_c, gw)), weights, allow_unused=True)
+        for i, x in enumerate(h):
+            if x is not None:
+                hg[i] += x
+        del g_c, h
     syn = _synflow(model, blurred.shape[-2:], names)
     rows = []
-    for i, n in enumerate(names):
-        a, g, w = act_list[i].detach(), ga[i].detach(), weights[i].detach()
-        fisher = 0.5 * ((a * g).sum(dim=(-2, -1)) ** 2).mean(0).sum() if a.ndim == 4 else (a * g).pow(2).sum()
-        grasp = -(hg[i] * w).sum() if hg[i] is not None else torch.tensor(0.0)
-        rows.append([a.mean(), a.std(), a.abs().mean(), a.abs().std(), g.mean(), g.std(), g.abs().mean(),
-                     g.abs().std(), fisher, (gw[i].detach() * w).abs().sum(), grasp, syn[i], w.mean(), w.std()])
+    for i in range(len(names)):
+        w = weights[i].detach()
+        rows.append([a_m[i].mean(), a_m[i].std(), a_abs[i].mean(), a_abs[i].std(), g_m[i].mean(), g_m[i].std(),
+                     g_abs[i].mean(), g_abs[i].std(), fisher[i], float((gw[i] * w).abs().sum()),
+                     float(-(hg[i] * w).sum()), syn[i], float(w.mean()), float(w.std())])
     model.zero_grad(set_to_none=True)
-    return np.array([[float(v) for v in r] for r in rows], dtype=np.float64)
+    return np.array(rows, dtype=np.float64)
 
 
 def _synflow(model: NAFNet, hw, names: list[str]) -> list[float]:
