@@ -32,6 +32,9 @@ from ssai3d_dask.errors import SettingsError, VolumeError
 #: Version of the settings file layout.
 CONFIG_VERSION = 1
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16"]
+_PRECISION_HELP = ("Network arithmetic: auto = bf16 autocast where the device computes bf16 fast (CUDA with bf16, "
+                   "CPUs with AMX-BF16 or AVX512-BF16), fp32 elsewhere.")
 
 
 def resolve_device(device: str) -> str:
@@ -106,6 +109,7 @@ class FinetuneSettings(Settings):
     weight_decay: float = Field(1e-4, ge=0, description="Weight decay.")
     optimizer: Literal["adam", "adamw"] = Field("adam", description="Optimiser.")
     device: Device = Field("auto", description="Where to train: auto picks CUDA when a GPU is visible.")
+    precision: Precision = Field("auto", description=_PRECISION_HELP + " Weights and loss stay fp32.")
 
 
 class AdaptSettings(Settings):
@@ -153,6 +157,7 @@ class CareSettings(Settings):
     depth: int = Field(4, ge=1, le=6, description="U-Net levels.", json_schema_extra={"flag": "--unet-depth"})
     seed: int = Field(0, ge=0, description="Seeds sampling and training.")
     device: Device = Field("auto", description="Where to train.")
+    precision: Precision = Field("auto", description=_PRECISION_HELP + " Weights and loss stay fp32.")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -189,6 +194,7 @@ class PretrainSettings(Settings):
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     seed: int = Field(0, ge=0, description="Seeds crops and degradations.")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where to train.")
+    precision: Precision = Field("auto", description=_PRECISION_HELP + " Weights and loss stay fp32.")
     init: str | None = Field(None, description="Warm start from this checkpoint ('base' = the shipped model) with a "
                                                "fresh optimiser and schedule; use another --seed so it sees new crops.")
     checkpoint_every: int = Field(250, ge=1, description="Steps between resume checkpoints.")
@@ -246,6 +252,7 @@ class RestoreSettings(Settings):
                                                                 "input's).")
     batch: int | None = Field(None, ge=1, description="Slices per forward pass (default 4 on CPU, 32 on CUDA).")
     device: Device = Field("auto", description="Where networks run.")
+    precision: Precision = Field("auto", description=_PRECISION_HELP + " Resolved on each worker.")
     skip_empty: bool = Field(True, description="Prune regions whose input holds no written data or only background "
                                                "(they read as the background level).")
     empty_level: float = Field(0.01, ge=0, description="Background level, normalised units, for pruning.")

@@ -131,6 +131,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
                      "volume_bytes": vol.nbytes},
         "settings": settings.to_dict(),
         "history": history,
+        "precision": {"finetune": history["precision"], "metrics": "fp32"},
         "timings": timings,
         "data_hash": _data_hash(vol, ps.patches),
     }

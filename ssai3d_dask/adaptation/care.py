@@ -33,6 +33,7 @@ from ssai3d_dask.adaptation.pairs import PairSynthesizer, batches
 from ssai3d_dask.adaptation.psf import PSFBank
 from ssai3d_dask.adaptation.sampling import sample_lateral_patches, volume_statistics
 from ssai3d_dask.io.volume import Volume
+from ssai3d_dask.models.precision import resolve_precision
 from ssai3d_dask.settings import CareSettings, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -64,14 +65,16 @@ def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings,
     device = torch.device(device)
     model = CareUNet(settings.base, settings.depth).to(device)
     opt, sched = make_optimizer(model.parameters(), "adam", settings.lr, 0.0, settings.iterations)
-    history: dict = {"parameters": count_parameters(model), "loss": [], "val_l1_before": _val_l1(model, val)}
+    precision = resolve_precision(settings.precision, device)
+    history: dict = {"parameters": count_parameters(model), "precision": precision, "loss": [],
+                     "val_l1_before": _val_l1(model, val)}
 
     def step_loss(blurred: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
         return l1_loss(model(blurred), sharp)  # CSBDeep's default loss (MAE)
 
     history["seconds"] = fit(model, lambda _: synth(batches(train_patches, settings.batch_size, rng), rng), step_loss,
                              opt, sched, settings.iterations, log=history["loss"], desc="train CARE",
-                             postfix=lambda v: {"l1": f"{v:.4f}"}, progress=progress)
+                             postfix=lambda v: {"l1": f"{v:.4f}"}, progress=progress, precision=precision)
     history["val_l1_after"] = _val_l1(model, val)
     logger.info("CARE: %d parameters, %d steps in %.1f s, validation L1 %.4f -> %.4f", history["parameters"],
                 settings.iterations, history["seconds"], history["val_l1_before"], history["val_l1_after"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -11,6 +10,7 @@ import torch
 from ssai3d_dask.models.nafnet import NAFNet, gray_forward
 from ssai3d_dask.adaptation.pairs import PairSynthesizer, batches
 from ssai3d_dask.adaptation.losses import psnr_loss
+from ssai3d_dask.models.precision import resolve_precision
 from ssai3d_dask.settings import FinetuneSettings, resolve_device
 from ssai3d_dask.adaptation.training import fit, make_optimizer
 
@@ -31,6 +31,7 @@ def freeze_except(model: NAFNet, layers: list[str] | None) -> int:
 
 
 def validation_loss(model: NAFNet, blurred: torch.Tensor, sharp: torch.Tensor) -> float:
+    """The PSNR loss on the held-out pairs, in fp32 whatever the training precision (comparable across them)."""
     model.eval()
     with torch.no_grad():
         return float(psnr_loss(gray_forward(model, blurred), sharp))
@@ -55,18 +56,17 @@ def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth
     n_train = freeze_except(model, layers)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = make_optimizer(params, settings.optimizer, settings.lr, settings.weight_decay, settings.iterations)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    history: dict = {"trainable_parameters": n_train, "loss": []}
+    precision = resolve_precision(settings.precision, device)
+    history: dict = {"trainable_parameters": n_train, "precision": precision, "loss": []}
     if val is not None:
         history["val_psnr_before"] = -validation_loss(model, *val)
 
     def step_loss(blurred: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
-        with amp:
-            return psnr_loss(gray_forward(model, blurred).float(), sharp)
+        return psnr_loss(gray_forward(model, blurred), sharp)
 
     history["seconds"] = fit(model, lambda _: synth(batches(patches, settings.batch_size, rng), rng), step_loss,
                              opt, sched, settings.iterations, log=history["loss"], desc="fine-tune",
-                             postfix=lambda v: {"psnr": f"{-v:.2f}"}, progress=progress)
+                             postfix=lambda v: {"psnr": f"{-v:.2f}"}, progress=progress, precision=precision)
     if val is not None:
         history["val_psnr_after"] = -validation_loss(model, *val)
         logger.info("fine-tuned %d parameters in %.1f s: validation PSNR %.2f -> %.2f dB", n_train,

@@ -25,6 +25,7 @@ from ssai3d_dask.adaptation.training import fit, make_optimizer
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.settings import PretrainSettings
 from ssai3d_dask.io.files import write_with
+from ssai3d_dask.models.precision import resolve_precision
 from ssai3d_dask.models.checkpoint import load_model, load_state_strict, save_network
 from ssai3d_dask.models.nafnet import PRESETS, NAFNet, build, count_parameters, gray_forward
 from ssai3d_dask.adaptation.pretrain_data import degrade, image_pool, random_crops
@@ -90,6 +91,7 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
         start, history = int(state["iteration"]), json.loads(state["history"])
         logger.info("resuming pretraining at iteration %d", start)
     t0 = time.perf_counter()
+    precision = resolve_precision(settings.precision, settings.device)
 
     def batch(_: int) -> tuple[torch.Tensor, torch.Tensor]:
         sharp = random_crops(images, settings.batch_size, patch, rng)
@@ -109,7 +111,8 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
 
     fit(model, batch, lambda degraded, sharp: psnr_loss(gray_forward(model, degraded), sharp), opt, sched,
         settings.iterations, start=start, log=[], log_every=1, clip_norm=0.01 * math.sqrt(count_parameters(model)),
-        after_step=after_step, desc="pretrain", postfix=lambda v: {"psnr": f"{-v:.2f}"}, progress=progress)
+        after_step=after_step, desc="pretrain", postfix=lambda v: {"psnr": f"{-v:.2f}"}, progress=progress,
+        precision=precision)
     manifest = {
         "kind": "base",
         "preset": settings.preset,
@@ -120,10 +123,12 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
         "settings": settings.to_dict(),
         "history": history,
         "seconds_this_run": round(time.perf_counter() - t0, 1),
+        "precision": precision,
         "machine": platform.processor() or platform.machine(),
         "package_version": __version__,
         "command": f"ssai3d pretrain {out} --preset {settings.preset} --iterations {settings.iterations} "
-                   f"--batch-size {settings.batch_size} --patch {patch} --lr {settings.lr} --seed {settings.seed}"
+                   f"--batch-size {settings.batch_size} --patch {patch} --lr {settings.lr} --seed {settings.seed} "
+                   f"--precision {precision}"
                    + (f" --init {settings.init}" if settings.init else ""),
     }
     if parent is not None:

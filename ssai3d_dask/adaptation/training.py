@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ssai3d_dask.errors import SettingsError
+from ssai3d_dask.models.precision import autocast, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +44,27 @@ def fit(model: torch.nn.Module, batch: Callable[[int], Sequence[torch.Tensor]],
         loss: Callable[..., torch.Tensor], opt: torch.optim.Optimizer, sched, iterations: int, *,
         start: int = 0, log: list | None = None, log_every: int = 10, clip_norm: float | None = None,
         after_step: Callable[[int], None] | None = None, desc: str = "train",
-        postfix: Callable[[float], dict] | None = None, progress: bool = True) -> float:
+        postfix: Callable[[float], dict] | None = None, progress: bool = True, precision: str = "fp32") -> float:
     """Steps ``start..iterations-1``: ``loss(*batch(it))`` -> backward -> (clip) -> step -> schedule.
+
+    ``precision`` (resolved, :mod:`ssai3d_dask.models.precision`): ``bf16`` runs the forward pass and loss
+    under bf16 autocast; parameters, gradients, optimiser state and the loss value stay fp32. The model is
+    put in channels-last layout.
 
     ``log`` receives ``(iteration, loss)`` every ``log_every`` steps and at the last; ``after_step(n)`` runs
     after step ``n`` (1-based count) for evaluation and checkpoints. Returns the seconds taken.
     """
     from tqdm.auto import tqdm
 
+    device = next(model.parameters()).device
+    prepare(model, device)
     t0 = time.perf_counter()
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=desc, disable=not progress)
     for it in bar:
         model.train()
-        value = loss(*batch(it))
+        inputs = batch(it)
+        with autocast(precision, device):
+            value = loss(*inputs)
         opt.zero_grad(set_to_none=True)
         value.backward()
         if clip_norm is not None:

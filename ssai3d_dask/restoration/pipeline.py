@@ -138,7 +138,7 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
     spec = {"method": settings.method.name, "model_dir": str(Path(model_dir).resolve()) if model_dir else None,
             "psf_path": None, "rl_iterations": getattr(settings.method, "iterations", None), "norm": norm.to_dict(), "view": settings.view,
             "batch": settings.batch or (32 if settings.resolved_device() == "cuda" else 4),
-            "device": settings.resolved_device(), "dtype": dtype.str, "skip_empty": settings.skip_empty,
+            "device": settings.resolved_device(), "precision": settings.precision, "dtype": dtype.str, "skip_empty": settings.skip_empty,
             "empty_level": settings.empty_level, "levels": levels, "torch_threads": None}
     prov = None
     if settings.method.name == "ssai3d":
@@ -316,6 +316,7 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
                       "slices": slices if len(jobs) > 1 else None,
                       "psf_shape": list(first.psf.shape) if first.psf is not None else None,
                       "settings": settings.to_dict() | {"halo": plan.halo[0]}, "normalization": first.norm.to_dict(),
+                      "precision": {"requested": settings.precision, "used_this_run": stats["precisions"]},
                       "regions": {"total": total, "pruned_unwritten": pruned["unwritten"],
                                   "pruned_background": pruned["background"], "computed_this_run": stats["regions"]}}
         writer.write_metadata(None, provenance)  # omero windows from the written data, per channel

@@ -90,14 +90,18 @@ def _local(out: str, todo: Iterator[tuple]) -> Iterator[dict]:
 
 def run_regions(todo: Iterator[tuple], n_todo: int, out: str, client=None, in_flight: int | None = None,
                 progress: bool = True) -> dict:
-    """Run every (job, region index) of ``todo`` and return totals: regions, voxels, background regions, seconds."""
+    """Run every (job, region index) of ``todo`` and return totals: regions, voxels, background regions, seconds,
+    and the network precisions the workers used (each resolves ``auto`` on its own hardware)."""
     from tqdm.auto import tqdm
 
     results = _distributed(out, todo, client, in_flight) if client is not None else _local(out, todo)
     t0 = time.perf_counter()
     bar = tqdm(total=n_todo, desc="restore", unit="region", disable=not progress, smoothing=0.05)
     regions = voxels = skipped = nbytes = 0
+    precisions: set[str] = set()
     for res in results:
+        if res.get("precision") and not res["skipped"]:
+            precisions.add(res["precision"])
         regions += 1
         voxels += res["voxels"]
         skipped += res["skipped"]
@@ -108,4 +112,5 @@ def run_regions(todo: Iterator[tuple], n_todo: int, out: str, client=None, in_fl
     seconds = time.perf_counter() - t0
     logger.info("restored %d regions (%d background only) in %.1f s: %.2f Mvoxel/s, read %.1f MiB", regions, skipped,
                 seconds, voxels / 1e6 / max(seconds, 1e-9), nbytes / 2**20)
-    return {"regions": regions, "voxels": voxels, "skipped": skipped, "seconds": seconds, "bytes_read": nbytes}
+    return {"regions": regions, "voxels": voxels, "skipped": skipped, "seconds": seconds, "bytes_read": nbytes,
+            "precisions": sorted(precisions)}

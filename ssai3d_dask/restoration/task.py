@@ -17,6 +17,7 @@ from ssai3d_dask.io.casting import cast_output
 from ssai3d_dask.io.omezarr import write_region_levels
 from ssai3d_dask.io.source import Source
 from ssai3d_dask.models.folder import cached_folder
+from ssai3d_dask.models.precision import prepare, resolve_precision
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.restoration.kernels import denoise_planes, extended_crop, restore_block, to_output
@@ -55,7 +56,8 @@ def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, mod
     elif spec["method"] == "rl":
         restored = richardson_lucy(ext, psf, spec["rl_iterations"], spec["device"])[core]
     else:
-        restored = restore_block(ext, offset, region.shape, model, spec["view"], spec["batch"], torch.device(spec["device"]))
+        restored = restore_block(ext, offset, region.shape, model, spec["view"], spec["batch"], torch.device(spec["device"]),
+                                 resolve_precision(spec.get("precision", "fp32"), spec["device"]))
     return to_output(restored, norm, np.dtype(spec["dtype"])), skipped
 
 
@@ -64,11 +66,14 @@ def _worker_model(spec: dict):
         return None, None
     adapted = cached_folder(spec["model_dir"])
     model, device = adapted.model, torch.device(spec["device"])
-    if next(model.parameters()).device != device:
-        model.to(device)
-        if device.type == "cuda":
-            model.to(memory_format=torch.channels_last)
+    if next(model.parameters()).device != device or not _channels_last(model):
+        prepare(model, device)
     return model, adapted.denoiser
+
+
+def _channels_last(model: torch.nn.Module) -> bool:
+    w = next((m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return w is None or w.is_contiguous(memory_format=torch.channels_last)
 
 
 def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict) -> dict:
@@ -87,4 +92,6 @@ def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict)
     record = {"core": [[s.start, s.stop] for s in region.core], "skipped": skipped,
               "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
     write_region_levels(out, spec["levels"], region.core, data, block_id, record, tuple(spec.get("lead", ())))
-    return {"id": block_id, "voxels": int(np.prod(region.shape)), "skipped": skipped, "bytes_read": int(crop.nbytes)}
+    used = resolve_precision(spec.get("precision", "fp32"), spec["device"]) if model is not None else None
+    return {"id": block_id, "voxels": int(np.prod(region.shape)), "skipped": skipped, "bytes_read": int(crop.nbytes),
+            "precision": used}

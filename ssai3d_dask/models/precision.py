@@ -1,0 +1,88 @@
+"""Numeric precision of the networks: fp32, or bf16 autocast where the hardware computes bf16 fast.
+
+``auto`` (the default everywhere) resolves once per device:
+
+* CUDA with bf16 support (Ampere and later): bf16;
+* a CPU with AMX-BF16 or AVX512-BF16 (recent Xeon, Zen 4 and later): bf16;
+* anything else: fp32. On a CPU without those instructions, bf16 is emulated and 10-30x *slower* than fp32
+  (measured on an AVX2 EPYC: benchmarks/results/compute.md), so ``bf16`` given explicitly there warns.
+
+bf16 means autocast: weights, optimiser state and losses stay fp32 (master weights), convolutions and
+matrix products run in bf16, and the reductions that need range or accumulation (LayerNorm, the SCA box
+mean's integral image) run in fp32 inside the network. Networks run channels-last in every precision:
+on CPU the fp32 forward of the ``small`` preset is 1.9x faster channels-last (oneDNN's preferred layout)
+and bf16 needs it to reach the AMX kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ssai3d_dask.errors import SettingsError
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@functools.cache
+def cpu_bf16_fast() -> bool:
+    """Whether this CPU has bf16 instructions (AMX-BF16 or AVX512-BF16), detected once."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # older torch: read the kernel's flags
+        try:
+            flags = Path("/proc/cpuinfo").read_text().split()
+        except OSError:
+            return False
+        return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def cuda_bf16_fast(device: torch.device) -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``fp32`` or ``bf16`` for ``precision`` (auto/fp32/bf16) on ``device``."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    fast = cuda_bf16_fast(device) if device.type == "cuda" else cpu_bf16_fast()
+    if precision == "auto":
+        return "bf16" if fast else "fp32"
+    if precision == "bf16" and not fast:
+        if device.type == "cuda":
+            raise SettingsError("--precision bf16: this GPU has no bf16 support; use --precision fp32 (or auto)")
+        _warn_slow_bf16()
+    return precision
+
+
+@functools.cache
+def _warn_slow_bf16() -> None:
+    logger.warning("--precision bf16 on a CPU without AMX-BF16 or AVX512-BF16: bf16 is emulated here and runs "
+                   "10-30x slower than fp32; --precision auto picks fp32 on this machine")
+
+
+def autocast(precision: str, device: torch.device | str):
+    """The compute context for a resolved precision: bf16 autocast, or nothing for fp32."""
+    device = torch.device(device)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def prepare(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """``model`` on ``device`` in channels-last layout (in place; also returned)."""
+    return model.to(device=torch.device(device), memory_format=torch.channels_last)
+
+
+def as_input(x: torch.Tensor) -> torch.Tensor:
+    """A (B, C, H, W) batch in the networks' layout (channels-last)."""
+    return x.contiguous(memory_format=torch.channels_last)
