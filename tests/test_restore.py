@@ -192,3 +192,61 @@ def test_tiff_input_restores_on_a_distributed_cluster(tmp_path):
     restore(Volume.from_array(raw, (0.4, 0.1, 0.1)), None, tmp_path / "n.ome.zarr", s, progress=False)
     np.testing.assert_array_equal(open_volume(tmp_path / "t.ome.zarr").data.compute(),
                                   open_volume(tmp_path / "n.ome.zarr").data.compute())
+
+
+def _bf16_blockwise_vs_whole(tmp_path, mdir, device):
+    sim = _phantom(shape=(32, 32, 32))
+    vol = Volume.from_array(sim.raw, (0.4, 0.1, 0.1), chunks=(3, 20, 30))
+    out = tmp_path / f"bf16-{device}.ome.zarr"
+    restore(vol, mdir, out, RestoreSettings(chunks=(16, 16, 16), region=(16, 16, 16), halo=48, dtype="float32",
+                                            skip_empty=False, precision="bf16", device=device), progress=False)
+    got = open_volume(out).data.compute()
+    adapted = AdaptedModel.load(mdir)
+    import torch
+
+    from ssai3d_dask.models.precision import prepare
+
+    prepare(adapted.model, device)
+    ref = restore_in_memory(sim.raw, 4.0, adapted.model, adapted.denoiser, adapted.norm, 48, precision="bf16",
+                            device=device)
+    f32 = restore_in_memory(sim.raw, 4.0, adapted.model, adapted.denoiser, adapted.norm, 48, device=device)
+    scale = float(ref.max() - ref.min())
+    attrs = zarr.open_group(str(out)).attrs["ssai3d"]["provenance"]
+    assert attrs["precision"] == {"requested": "bf16", "used_this_run": ["bf16"]}
+    return np.abs(got - ref).max() / scale, np.abs(ref - f32).max() / scale, torch
+
+
+def test_bf16_result_does_not_depend_on_block_size(tmp_path, model_dir_factory):
+    """bf16 rounds each activation to 8 bits of mantissa (relative step 2**-8 = 3.9e-3). Tiles and the whole
+    volume do the same arithmetic per pixel, but the convolutions' accumulation order depends on the tile's
+    size, and a last-bit fp32 difference can flip a bf16 rounding, which the following layers carry on.
+    Measured on an AVX2 CPU (emulated bf16): 2.4e-3 of the output range between tiles and the whole
+    volume, against 6e-3 between bf16 and fp32. The stated tolerance, 1e-2 of the range, is 2.5 bf16 steps:
+    a seam or a wrong halo in bf16 would show as differences of the size of the signal (> 0.1)."""
+    tiles_vs_whole, bf16_vs_fp32, _ = _bf16_blockwise_vs_whole(tmp_path, model_dir_factory(4.0), "cpu")
+    print(f"bf16: tiles vs whole {tiles_vs_whole:.2e}, bf16 vs fp32 {bf16_vs_fp32:.2e} of the range")
+    assert tiles_vs_whole <= 1e-2
+    assert bf16_vs_fp32 <= 3e-2  # bf16 is an approximation of the fp32 result, not another result
+
+
+@pytest.mark.gpu
+def test_bf16_on_cuda_does_not_depend_on_block_size(tmp_path, model_dir_factory):
+    tiles_vs_whole, bf16_vs_fp32, _ = _bf16_blockwise_vs_whole(tmp_path, model_dir_factory(4.0), "cuda")
+    print(f"cuda bf16: tiles vs whole {tiles_vs_whole:.2e}, bf16 vs fp32 {bf16_vs_fp32:.2e} of the range")
+    assert tiles_vs_whole <= 1e-2 and bf16_vs_fp32 <= 3e-2
+
+
+@pytest.mark.gpu
+def test_cuda_fp32_equals_cpu_fp32(tmp_path, model_dir_factory):
+    sim = _phantom(shape=(16, 48, 40))
+    vol = Volume.from_array(sim.raw, (0.4, 0.1, 0.1))
+    mdir = model_dir_factory(4.0)
+    outs = []
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.ome.zarr"
+        restore(vol, mdir, out, RestoreSettings(chunks=(16, 16, 16), region=(16, 48, 48), halo=48, dtype="float32",
+                                                skip_empty=False, precision="fp32", device=device), progress=False)
+        outs.append(open_volume(out).data.compute())
+    # cuDNN convolutions use TF32 (10-bit mantissa) by default (torch.backends.cudnn.allow_tf32), hence a
+    # tolerance of 1e-3 of the range rather than fp32 rounding.
+    assert np.abs(outs[0] - outs[1]).max() <= 1e-3 * float(outs[0].max() - outs[0].min())

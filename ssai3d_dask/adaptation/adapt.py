@@ -74,6 +74,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     rng = np.random.default_rng(settings.seed + 1)
     val_patches, train_patches = split_validation(patches, rng)
 
+    torch.manual_seed(settings.seed)  # a preset given as --base starts from a seeded initialisation
     model, base_manifest = load_model(settings.base)
     model.set_pool_window(model.local_window())
     device = resolve_device(settings.finetune.device)

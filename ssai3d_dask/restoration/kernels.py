@@ -152,7 +152,7 @@ def default_halo(model: NAFNet | None, denoiser: Denoiser, multiple: int = 16) -
 
 def restore_in_memory(raw: np.ndarray, z_factor: float, model: NAFNet | None, denoiser: Denoiser,
                       norm: Normalization, halo: int, view: str = "mean", dtype=np.float32,
-                      precision: str = "fp32") -> np.ndarray:
+                      precision: str = "fp32", device: torch.device | str = "cpu") -> np.ndarray:
     """Whole-volume reference, written without the block plan: denoise the raw planes, resample z for
     the whole stack, reflect-pad every axis by ``halo``, run the XZ and YZ passes on full slices, crop, average.
 
@@ -162,5 +162,5 @@ def restore_in_memory(raw: np.ndarray, z_factor: float, model: NAFNet | None, de
     planes = denoise_planes(norm.apply(np.asarray(raw, np.float32)), denoiser)
     full = resample_z_block(planes, 0, slice(0, zo), z_factor)
     padded = symmetric_pad(full, [(halo, halo)] * 3)
-    out = restore_block(padded, (halo, halo, halo), full.shape, model, view, precision=precision)
+    out = restore_block(padded, (halo, halo, halo), full.shape, model, view, device=device, precision=precision)
     return to_output(out, norm, np.dtype(dtype))
