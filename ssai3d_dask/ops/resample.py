@@ -29,7 +29,7 @@ def resample_linear(x, dim: int, positions, offset: float = 0.0):
         return resample_linear(torch.from_numpy(np.ascontiguousarray(x)), dim, torch.as_tensor(positions),
                                offset).numpy()
     n = x.shape[dim]
-    p = (positions.to(torch.float64) - offset).clamp(0, n - 1)
+    p = (positions.to(device=x.device, dtype=torch.float64) - offset).clamp(0, n - 1)
     i0 = p.floor().long().clamp(max=n - 1)
     i1 = (i0 + 1).clamp(max=n - 1)
     wt = (p - i0.to(torch.float64)).to(x.dtype)
