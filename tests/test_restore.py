@@ -250,3 +250,19 @@ def test_cuda_fp32_equals_cpu_fp32(tmp_path, model_dir_factory):
     # cuDNN convolutions use TF32 (10-bit mantissa) by default (torch.backends.cudnn.allow_tf32), hence a
     # tolerance of 1e-3 of the range rather than fp32 rounding.
     assert np.abs(outs[0] - outs[1]).max() <= 1e-3 * float(outs[0].max() - outs[0].min())
+
+
+@pytest.mark.gpu
+def test_compiled_network_on_cuda_equals_eager(tmp_path, model_dir_factory):
+    sim = _phantom(shape=(16, 48, 40))
+    vol = Volume.from_array(sim.raw, (0.4, 0.1, 0.1))
+    mdir = model_dir_factory(4.0)
+    outs = []
+    for compile_mode in ("off", "on"):
+        out = tmp_path / f"{compile_mode}.ome.zarr"
+        restore(vol, mdir, out, RestoreSettings(chunks=(16, 16, 16), region=(16, 48, 48), halo=48, dtype="float32",
+                                                skip_empty=False, precision="bf16", device="cuda",
+                                                compile=compile_mode), progress=False)
+        outs.append(open_volume(out).data.compute())
+    # Inductor fuses and reorders the bf16 arithmetic: the bf16 tolerance of the block-invariance test.
+    assert np.abs(outs[0] - outs[1]).max() <= 1e-2 * float(outs[0].max() - outs[0].min())

@@ -16,8 +16,8 @@ from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.settings import METHODS, AdaptSettings, RestoreSettings, RLMethod
 
 RESTORE_OPTS = [Opt("chunks"), Opt("region"), Opt("halo"), Opt("view"), Opt("dtype"), Opt("batch"),
-                Opt("skip_empty"), Opt("shards"), Opt("sharding"), Opt("ngff_version"),
-                Opt("device")]
+                Opt("skip_empty"), Opt("shards"), Opt("sharding"), Opt("ngff_version"), Opt("compile"),
+                Opt("device"), Opt("precision")]
 RL_OPTS = [Opt("psf_sigma_um", metavar="SZ SY SX"), Opt("psf_file", metavar="FILE"), Opt("iterations")]
 
 _run_options = stack(
@@ -35,8 +35,9 @@ _run_options = stack(
     config_option, print_config_option,
 )
 restore_options = stack(settings_options(RestoreSettings, RESTORE_OPTS), _run_options)
-# In `run`, --device comes with the adaptation options and applies to both stages.
-run_restore_options = stack(settings_options(RestoreSettings, [o for o in RESTORE_OPTS if o.field != "device"]),
+# In `run`, --device and --precision come with the adaptation options and apply to both stages.
+run_restore_options = stack(settings_options(RestoreSettings, [o for o in RESTORE_OPTS
+                                                               if o.field not in ("device", "precision")]),
                             _run_options)
 
 
@@ -140,7 +141,8 @@ def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, dry_ru
     """Adapt the shipped model to PATH, then restore PATH into OUT: the whole job in one command.
 
     On a 4D/5D input every channel and time point is restored into one OME-Zarr with the input's axes;
-    each channel is adapted on its own (MODEL_DIR/c0, c1, ...). --device applies to both stages.
+    each channel is adapted on its own (MODEL_DIR/c0, c1, ...). --device and --precision apply to both
+    stages.
     """
     from ssai3d_dask.io.dataset import open_dataset
     from ssai3d_dask.io.omezarr import check_output
@@ -148,10 +150,9 @@ def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, dry_ru
     from ssai3d_dask.workflow import run as run_all
 
     sections = config_sections(config_file)
-    device = kw.get("opt__finetune__device")
+    shared = {"opt__device": kw.get("opt__finetune__device"), "opt__precision": kw.get("opt__finetune__precision")}
     adapt = collect(AdaptSettings, ADAPT_OPTS, kw, sections.get("adapt"))
-    if device is not None:
-        kw["opt__device"] = device
+    kw.update({k: v for k, v in shared.items() if v is not None})
     settings = restore_settings(kw, sections.get("restore"))  # bad sizes fail now, not after adapting
     if settings.method.name != "ssai3d":
         raise SettingsError(f"run adapts an SSAI-3D model; the settings ask for method {settings.method.name}: use "

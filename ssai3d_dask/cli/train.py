@@ -18,12 +18,12 @@ ADAPT_OPTS = [Opt("base"), Opt("n_patches"), Opt("patch_px"),
               Opt("finetune.iterations", "--iterations"), Opt("finetune.batch_size", "--batch-size"),
               Opt("finetune.lr", "--lr"), Opt("finetune.optimizer", "--optimizer"), Opt("layers_fraction"),
               Opt("selection"), Opt("denoise"), Opt("sigmas_px"), Opt("angles_deg"),
-              Opt("seed"), Opt("finetune.device", "--device")]
+              Opt("seed"), Opt("finetune.device", "--device"), Opt("finetune.precision", "--precision")]
 CARE_OPTS = [Opt("psf_sigma_um", metavar="SZ SY SX"), Opt("n_patches"), Opt("patch_px"), Opt("iterations"),
              Opt("batch_size"), Opt("lr"), Opt("base"), Opt("depth"), Opt("seed"),
-             Opt("device")]
+             Opt("device"), Opt("precision")]
 PRETRAIN_OPTS = [Opt("preset"), Opt("iterations"), Opt("batch_size"), Opt("patch_px"), Opt("lr"),
-                 Opt("seed"), Opt("device"), Opt("init")]
+                 Opt("seed"), Opt("device"), Opt("precision"), Opt("init")]
 adapt_options = settings_options(AdaptSettings, ADAPT_OPTS)
 
 

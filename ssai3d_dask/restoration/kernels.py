@@ -27,7 +27,7 @@ import torch
 from ssai3d_dask.io.casting import cast_output
 from ssai3d_dask.ops.denoise import RADIUS_PX, Denoiser
 from ssai3d_dask.models.nafnet import NAFNet, gray_forward
-from ssai3d_dask.models.precision import as_input, autocast
+from ssai3d_dask.models.precision import as_input, autocast, compiled_forward
 from ssai3d_dask.restoration.plan import Plan, Region
 from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.ops.padding import symmetric_pad
@@ -63,19 +63,21 @@ def apply_network(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def run_slices(model: NAFNet, slices: np.ndarray, batch: int, device: torch.device,
-               precision: str = "fp32") -> np.ndarray:
+               precision: str = "fp32", compile: bool = False) -> np.ndarray:
     """Model on a stack of 2D slices (n, H, W), z along rows, in batches (:func:`apply_network`).
 
     ``precision`` is a resolved precision (:func:`ssai3d_dask.models.precision.resolve_precision`); the
     model is expected in channels-last layout on ``device`` (:func:`ssai3d_dask.models.precision.prepare`).
+    ``compile`` runs it through TorchInductor (:func:`ssai3d_dask.models.precision.compiled_forward`).
     """
     out = np.empty_like(slices, dtype=np.float32)
     cuda = device.type == "cuda"
+    forward = compiled_forward(apply_network, model, compile)
     with autocast(precision, device):
         for i in range(0, len(slices), batch):
             x = torch.from_numpy(np.ascontiguousarray(slices[i:i + batch], np.float32))[:, None]
             x = x.pin_memory().to(device, non_blocking=True) if cuda else x
-            y = apply_network(model, as_input(x))
+            y = forward(as_input(x))
             out[i:i + batch] = y[:, 0].float().cpu().numpy()
     return out
 
@@ -94,7 +96,7 @@ def denoise_planes(crop: np.ndarray, denoiser: Denoiser) -> np.ndarray:
 
 def restore_block(ext: np.ndarray, core_offset: Sequence[int], core_shape: Sequence[int], model: torch.nn.Module | None,
                   view: str = "mean", batch: int = 16, device: torch.device | str = "cpu",
-                  precision: str = "fp32") -> np.ndarray:
+                  precision: str = "fp32", compile: bool = False) -> np.ndarray:
     """Restore the core of one extended, normalised, z-resampled crop.
 
     XZ slices are taken at every core y, YZ slices at every core x; each slice
@@ -109,11 +111,11 @@ def restore_block(ext: np.ndarray, core_offset: Sequence[int], core_shape: Seque
     outs = []
     if view in ("mean", "xz"):
         xz = ext[:, oy:oy + cy, :].transpose(1, 0, 2)  # (y, z, x): z along rows
-        res = run_slices(model, xz, batch, device, precision) if model is not None else xz
+        res = run_slices(model, xz, batch, device, precision, compile) if model is not None else xz
         outs.append(res[:, oz:oz + cz, ox:ox + cx].transpose(1, 0, 2))
     if view in ("mean", "yz"):
         yz = ext[:, :, ox:ox + cx].transpose(2, 0, 1)  # (x, z, y)
-        res = run_slices(model, yz, batch, device, precision) if model is not None else yz
+        res = run_slices(model, yz, batch, device, precision, compile) if model is not None else yz
         outs.append(res[:, oz:oz + cz, oy:oy + cy].transpose(1, 2, 0))
     return outs[0] if len(outs) == 1 else 0.5 * (outs[0] + outs[1])
 

@@ -138,7 +138,8 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
     spec = {"method": settings.method.name, "model_dir": str(Path(model_dir).resolve()) if model_dir else None,
             "psf_path": None, "rl_iterations": getattr(settings.method, "iterations", None), "norm": norm.to_dict(), "view": settings.view,
             "batch": settings.batch or (32 if settings.resolved_device() == "cuda" else 4),
-            "device": settings.resolved_device(), "precision": settings.precision, "dtype": dtype.str, "skip_empty": settings.skip_empty,
+            "device": settings.resolved_device(), "precision": settings.precision,
+            "compile": settings.compile, "dtype": dtype.str, "skip_empty": settings.skip_empty,
             "empty_level": settings.empty_level, "levels": levels, "torch_threads": None}
     prov = None
     if settings.method.name == "ssai3d":

@@ -57,8 +57,15 @@ def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, mod
         restored = richardson_lucy(ext, psf, spec["rl_iterations"], spec["device"])[core]
     else:
         restored = restore_block(ext, offset, region.shape, model, spec["view"], spec["batch"], torch.device(spec["device"]),
-                                 resolve_precision(spec.get("precision", "fp32"), spec["device"]))
+                                 resolve_precision(spec.get("precision", "fp32"), spec["device"]),
+                                 _compile(spec))
     return to_output(restored, norm, np.dtype(spec["dtype"])), skipped
+
+
+def _compile(spec: dict) -> bool:
+    """``compile`` auto: on for CUDA (fuses the element-wise kernels that bind the GPU), off on CPU."""
+    mode = spec.get("compile", "off")
+    return mode == "on" or (mode == "auto" and torch.device(spec["device"]).type == "cuda")
 
 
 def _worker_model(spec: dict):
