@@ -135,7 +135,7 @@ def _synflow(model: NAFNet, hw, names: list[str]) -> list[float]:
     with torch.no_grad():
         for p in m.parameters():
             p.abs_()
-    r = gray_forward(m, torch.ones(1, 1, *hw, dtype=torch.float64)).sum()
+    r = gray_forward(m, torch.ones(1, 1, *hw, dtype=torch.float64, device=next(m.parameters()).device)).sum()
     mods = dict(m.named_modules())
     ws = [mods[n].weight for n in names]
     gs = torch.autograd.grad(r, ws, allow_unused=True)
