@@ -1,7 +1,7 @@
 """Compute: fp32 vs ``--precision auto`` (bf16 autocast where the device does bf16 fast), channels-last,
 achieved FLOP/s against the machine's measured peak, batch size, end-to-end restore and adaptation.
 
-Run: python benchmarks/compute.py [--device cpu|cuda] [--out FILE] [--quick]
+Run: python benchmarks/compute.py [--device cpu|cuda] [--out FILE] [--quick] [--shape Z Y X] [--steps N]
 (writes benchmarks/results/compute.md on CPU, compute_cuda.md on CUDA, unless --out is given)
 
 Sections, all measured in this one run on one machine:
@@ -147,13 +147,12 @@ def train_rows(device, quick, include_forced_bf16):
     return rows
 
 
-def end_to_end_rows(device, tmp: Path, quick, shape):
+def end_to_end_rows(device, tmp: Path, quick, shape, steps):
     sim = simulate("tubes", shape, seed=3, model=ForwardModel(0.5, 3.0, z_factor=4))
     vol = Volume.from_array(sim.raw, sim.raw_voxel_size_um, chunks=(8, 128, 128), source="phantom:tubes")
     rows, adapt_rows = [], []
     auto = resolve_precision("auto", device)
     for preset in PRESETS:
-        steps = 20 if quick else 100
         models = {}
         precs = ["fp32", "auto"] + (["bf16"] if auto == "fp32" and preset == "small" and not quick else [])
         for prec in precs:
@@ -191,9 +190,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--quick", action="store_true", help="shorter timings and 20 adaptation steps")
+    ap.add_argument("--quick", action="store_true", help="shorter timings, no forced bf16 adaptation")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--shape", type=int, nargs=3, default=(64, 256, 256), help="phantom truth shape (z y x)")
+    ap.add_argument("--steps", type=int, default=100, help="fine-tuning steps of each adaptation")
     ap.add_argument("--only-end-to-end", action="store_true", help="skip the micro-benchmarks")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -229,7 +229,7 @@ def main() -> None:
                   *train_rows(device, args.quick, forced), ""]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        e2e, adapt_rows = end_to_end_rows(device, Path(tmp), args.quick, tuple(args.shape))
+        e2e, adapt_rows = end_to_end_rows(device, Path(tmp), args.quick, tuple(args.shape), args.steps)
     lines += [f"## End-to-end restore of a tubes phantom (truth {tuple(args.shape)}, z x4), fp32 vs auto", "",
               "Same model folder (adapted in fp32) for both; region 64 x 128 x 128, chunks 32 x 64 x 64.", "",
               "| preset | precision | output Mvoxel | restore s | speed-up | PSNR (dB) | vs fp32 (dB) | "

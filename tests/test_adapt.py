@@ -218,3 +218,26 @@ def test_denoiser_calibration_on_mostly_empty_patches_is_finite():
     d = calibrate(noisy, "auto")
     assert d.enabled and abs(d.estimated_noise - 0.05) < 0.01
     assert not Denoiser(float("nan"), float("nan"), "auto").enabled
+
+
+def test_bf16_fine_tuning_matches_fp32():
+    """bf16 autocast keeps fp32 master weights and an fp32 loss: at the same seed and steps the validation
+    PSNR (evaluated in fp32) stays within 0.1 dB of fp32 training (measured: 0.001 dB on an H100 at 100
+    steps; here emulated bf16 on CPU, so few small steps)."""
+    sim = simulate("tubes", (16, 64, 64), seed=2, model=ForwardModel(0.5, 3.0))
+    patches = np.ascontiguousarray(sim.truth[::2, :32, :32] / sim.truth.max(), np.float32)
+    synth = PairSynthesizer(PSFBank((3.0, 4.0), (0.0,)), 2.0)
+    val = synth(torch.from_numpy(patches[:4, None]), np.random.default_rng(5))
+    results = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = build("small")
+        model.set_pool_window(32)
+        h = finetune(model, None, patches[4:], synth, FinetuneSettings(iterations=12, batch_size=4, device="cpu",
+                                                                        precision=precision), val=val,
+                     progress=False, seed=1)
+        assert h["precision"] == precision
+        results[precision] = h
+    assert results["fp32"]["val_psnr_after"] > results["fp32"]["val_psnr_before"]
+    assert abs(results["bf16"]["val_psnr_after"] - results["fp32"]["val_psnr_after"]) < 0.1
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -161,3 +161,30 @@ def test_care_checkpoint_round_trip_is_exact(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), back.state_dict().values()))
     with pytest.raises(CheckpointError, match="where a nafnet was expected"):
         load_network(tmp_path / "u.pt", expect="nafnet")
+
+
+def test_precision_and_compile_resolve_per_device(monkeypatch, caplog):
+    import ssai3d_dask.models.precision as P
+    from ssai3d_dask.restoration.pipeline import COMPILE_FROM_VOXELS, resolve_compile
+
+    monkeypatch.setattr(P, "cpu_bf16_fast", lambda: True)
+    assert P.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(P, "cpu_bf16_fast", lambda: False)
+    assert P.resolve_precision("auto", "cpu") == "fp32"
+    assert P.resolve_precision("fp32", "cpu") == "fp32"
+    P._warn_slow_bf16.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert P.resolve_precision("bf16", "cpu") == "bf16"  # asked for: done, with a warning that it is slow
+    assert "emulated" in caplog.text
+    monkeypatch.setattr(P, "cuda_bf16_fast", lambda device: False)
+    with pytest.raises(SettingsError, match="no bf16 support"):
+        P.resolve_precision("bf16", "cuda")
+    assert P.resolve_precision("auto", "cuda") == "fp32"
+    with pytest.raises(SettingsError, match="precision"):
+        P.resolve_precision("fp16", "cpu")
+    with pytest.raises(SettingsError, match="precision"):
+        RestoreSettings(precision="fp16")
+    assert resolve_compile("auto", "cuda", COMPILE_FROM_VOXELS) == "on"
+    assert resolve_compile("auto", "cuda", COMPILE_FROM_VOXELS - 1) == "off"
+    assert resolve_compile("auto", "cpu", 10 * COMPILE_FROM_VOXELS) == "off"
+    assert resolve_compile("on", "cpu", 1) == "on" and resolve_compile("off", "cuda", 2**40) == "off"

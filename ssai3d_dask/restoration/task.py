@@ -63,9 +63,7 @@ def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, mod
 
 
 def _compile(spec: dict) -> bool:
-    """``compile`` auto: on for CUDA (fuses the element-wise kernels that bind the GPU), off on CPU."""
-    mode = spec.get("compile", "off")
-    return mode == "on" or (mode == "auto" and torch.device(spec["device"]).type == "cuda")
+    return spec.get("compile", "off") == "on"
 
 
 def _worker_model(spec: dict):
