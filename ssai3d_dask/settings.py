@@ -250,7 +250,8 @@ class RestoreSettings(Settings):
     view: Literal["mean", "xz", "yz"] = Field("mean", description="Average the XZ and YZ passes, or use one.")
     dtype: Literal["float32", "uint16", "uint8"] | None = Field(None, description="Output data type (default: the "
                                                                 "input's).")
-    batch: int | None = Field(None, ge=1, description="Slices per forward pass (default 4 on CPU, 32 on CUDA).")
+    batch: int | None = Field(None, ge=1, description="Slices per forward pass (default 1 on CPU, 32 on CUDA: "
+                                                       "the measured optima, benchmarks/results/compute*.md).")
     device: Device = Field("auto", description="Where networks run.")
     precision: Precision = Field("auto", description=_PRECISION_HELP + " Resolved on each worker.")
     compile: Literal["auto", "on", "off"] = Field("auto", description="Compile the network with TorchInductor: "

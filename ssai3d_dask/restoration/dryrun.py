@@ -82,6 +82,9 @@ def calibrate(job: RestoreJob) -> dict | None:
     crop = job.source.read(piece.input_crop(sub))
     read_s = time.perf_counter() - t0
     spec = dict(job.spec, skip_empty=False)  # time the real computation, even on a dim piece
+    if spec.get("compile") == "on":  # compile first: the estimate is for the compiled steady state
+        with torch.inference_mode():
+            compute_region(piece, sub, crop, spec, model, denoiser, job.psf)
     with _PeakRSS() as mem, torch.inference_mode():
         t0 = time.perf_counter()
         compute_region(piece, sub, crop, spec, model, denoiser, job.psf)
@@ -238,7 +241,9 @@ def adaptation_stand_in(ds, adapt_settings) -> tuple:
     from ssai3d_dask.models.checkpoint import load_model
     from ssai3d_dask.models.folder import AdaptedModel
     from ssai3d_dask.models.nafnet import gray_forward
+    from ssai3d_dask.models.precision import autocast, prepare, resolve_precision
     from ssai3d_dask.ops.denoise import Denoiser
+    from ssai3d_dask.settings import resolve_device
 
     vol = ds.first
     adapt_settings.check_volume(vol)
@@ -248,14 +253,21 @@ def adaptation_stand_in(ds, adapt_settings) -> tuple:
     stand_in = AdaptedModel(model, volume_statistics(vol, adapt_settings.seed), denoiser,
                             isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor, {})
     ft = adapt_settings.finetune
-    x = torch.rand(ft.batch_size, 1, adapt_settings.patch_px, adapt_settings.patch_px)
+    device = resolve_device(ft.device)
+    precision = resolve_precision(ft.precision, device)
+    prepare(model, device)
+    x = torch.rand(ft.batch_size, 1, adapt_settings.patch_px, adapt_settings.patch_px, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-9)
     steps = []
-    for _ in range(3):
+    for _ in range(3):  # the step as fine-tuning runs it: same device, precision and layout
         t0 = time.perf_counter()
         opt.zero_grad()
-        gray_forward(model.train(), x).abs().mean().backward()
+        with autocast(precision, device):
+            loss = gray_forward(model.train(), x).float().abs().mean()
+        loss.backward()
         opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
         steps.append(time.perf_counter() - t0)
     model.eval()
     step = min(steps[1:])
