@@ -103,7 +103,13 @@ def _check_patch(patch_px: int, multiple: int, vol) -> None:
 class FinetuneSettings(Settings):
     """Sparse fine-tuning. Defaults follow the paper: Adam, lr 1e-3, weight decay 1e-4 (cosine decay added)."""
 
-    iterations: int = Field(300, ge=1, description="Fine-tuning steps.")
+    iterations: int = Field(300, ge=1, description="Fine-tuning steps (at most, with --patience or --max-minutes).")
+    patience: int | None = Field(None, ge=1, description="Stop when the validation PSNR has not improved by 0.01 dB "
+                                                         "for this many steps, and keep the best weights (default: "
+                                                         "off, all --iterations run).")
+    max_minutes: float | None = Field(None, gt=0, description="Stop fine-tuning after this many minutes.")
+    eval_every: int = Field(25, ge=1, description="Steps between validation evaluations (the curve in the "
+                                                  "manifest and validation.png; the patience's clock).")
     batch_size: int = Field(8, ge=1, description="Pairs per step.")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (paper: 1e-3; cosine decay to 1/100).")
     weight_decay: float = Field(1e-4, ge=0, description="Weight decay.")

@@ -241,3 +241,41 @@ def test_bf16_fine_tuning_matches_fp32():
     assert results["fp32"]["val_psnr_after"] > results["fp32"]["val_psnr_before"]
     assert abs(results["bf16"]["val_psnr_after"] - results["fp32"]["val_psnr_after"]) < 0.1
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def _plateau_setup():
+    sim = simulate("tubes", (16, 64, 64), seed=2, model=ForwardModel(0.5, 3.0))
+    patches = np.ascontiguousarray(sim.truth[::2, :32, :32] / sim.truth.max(), np.float32)
+    synth = PairSynthesizer(PSFBank((3.0, 4.0), (0.0,)), 2.0)
+    val = synth(torch.from_numpy(patches[:4, None]), np.random.default_rng(5))
+    torch.manual_seed(0)
+    model = build("small")
+    model.set_pool_window(32)
+    return model, patches[4:], synth, val
+
+
+def test_fine_tuning_stops_on_a_plateau_and_keeps_the_best_weights():
+    model, patches, synth, val = _plateau_setup()
+    # A learning rate too small to move the validation PSNR by 0.01 dB: a plateau from the start.
+    h = finetune(model, None, patches, synth, FinetuneSettings(iterations=200, batch_size=2, lr=1e-9, patience=6,
+                                                                eval_every=3, device="cpu"), val=val,
+                 progress=False)
+    assert h["stopped_by"] == "patience" and h["steps"] == 6 and h["best_step"] == 0
+    assert [s for s, _ in h["val_curve"]] == [3, 6]
+    assert abs(h["val_psnr_after"] - h["val_psnr_before"]) < 0.01
+    # Learning: the curve rises, the run ends at --iterations, and the kept weights are the curve's best.
+    model, patches, synth, val = _plateau_setup()
+    h = finetune(model, None, patches, synth, FinetuneSettings(iterations=12, batch_size=4, lr=1e-3, patience=100,
+                                                                eval_every=4, device="cpu"), val=val,
+                 progress=False)
+    assert h["stopped_by"] == "iterations" and h["steps"] == 12 and len(h["val_curve"]) == 3
+    best = max(p for _, p in h["val_curve"])
+    assert best > h["val_psnr_before"] + 0.01
+    assert h["val_psnr_after"] == pytest.approx(best, abs=1e-3)
+
+
+def test_fine_tuning_stops_at_max_minutes():
+    model, patches, synth, val = _plateau_setup()
+    h = finetune(model, None, patches, synth, FinetuneSettings(iterations=10_000, batch_size=2, max_minutes=1e-6,
+                                                                device="cpu"), val=val, progress=False)
+    assert h["stopped_by"] == "max_minutes" and h["steps"] == 1

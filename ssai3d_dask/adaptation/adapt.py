@@ -145,10 +145,13 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
 def write_model_dir(adapted: AdaptedModel, out_dir: str | Path, val: tuple[torch.Tensor, torch.Tensor]) -> Path:
     """model.pt (our checkpoint format, manifest inside), validation.png, manifest.json."""
     return write_folder(out_dir, adapted.model, adapted.manifest,
-                        {"validation.png": lambda p: _validation_png(adapted.model, val, p)})
+                        {"validation.png": lambda p: _validation_png(adapted.model, val, p,
+                                                                     adapted.manifest.get("history", {}))})
 
 
-def _validation_png(model: NAFNet, val: tuple[torch.Tensor, torch.Tensor], path: Path, n: int = 4) -> None:
+def _validation_png(model: NAFNet, val: tuple[torch.Tensor, torch.Tensor], path: Path, history: dict | None = None,
+                    n: int = 4) -> None:
+    """Held-out pairs (blurred, restored, sharp) and, below them, the validation PSNR curve of fine-tuning."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,14 +162,29 @@ def _validation_png(model: NAFNet, val: tuple[torch.Tensor, torch.Tensor], path:
     blurred, sharp = val[0][:n].cpu(), val[1][:n].cpu()
     with torch.no_grad():
         restored = gray_forward(model.eval(), blurred)
-    fig, axes = plt.subplots(len(blurred), 3, figsize=(6, 2 * len(blurred)), squeeze=False)
+    curve = (history or {}).get("val_curve") or []
+    rows = len(blurred) + (1 if curve else 0)
+    fig, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
     for i in range(len(blurred)):
         for j, (img, title) in enumerate(((blurred, "blurred"), (restored, "restored"), (sharp, "sharp"))):
             axes[i, j].imshow(img[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
             axes[i, j].set_axis_off()
             if i == 0:
                 axes[i, j].set_title(title)
-    fig.tight_layout()
+    if curve:
+        for ax in axes[-1, 1:]:
+            ax.remove()
+        ax = axes[-1, 0]
+        pos = ax.get_position()
+        ax.set_position([pos.x0, pos.y0, 0.8, pos.height])
+        steps, psnrs = zip(*([(0, history["val_psnr_before"])] if "val_psnr_before" in history else []) + list(curve))
+        ax.plot(steps, psnrs, "o-", ms=3)
+        if history.get("best_step"):
+            ax.axvline(history["best_step"], color="gray", ls="--", lw=0.8)
+        ax.set_xlabel("step")
+        ax.set_ylabel("val PSNR (dB)")
+        ax.set_title(f"stopped by {history.get('stopped_by', 'iterations')} at step {history.get('steps', steps[-1])}",
+                     fontsize=8)
     fig.savefig(path, dpi=80, format="png")
     plt.close(fig)
 

@@ -52,7 +52,8 @@ def fit(model: torch.nn.Module, batch: Callable[[int], Sequence[torch.Tensor]],
     put in channels-last layout.
 
     ``log`` receives ``(iteration, loss)`` every ``log_every`` steps and at the last; ``after_step(n)`` runs
-    after step ``n`` (1-based count) for evaluation and checkpoints. Returns the seconds taken.
+    after step ``n`` (1-based count) for evaluation and checkpoints, and stops training by returning True.
+    Returns the seconds taken.
     """
     from tqdm.auto import tqdm
 
@@ -76,6 +77,6 @@ def fit(model: torch.nn.Module, batch: Callable[[int], Sequence[torch.Tensor]],
             log.append((it, value.item()))
             if postfix is not None:
                 bar.set_postfix(postfix(value.item()))
-        if after_step is not None:
-            after_step(it + 1)
+        if after_step is not None and after_step(it + 1):
+            break
     return round(time.perf_counter() - t0, 2)

@@ -15,7 +15,9 @@ from ssai3d_dask.errors import Ssai3dError
 from ssai3d_dask.settings import AdaptSettings, CareSettings, PretrainSettings
 
 ADAPT_OPTS = [Opt("base"), Opt("n_patches"), Opt("patch_px"),
-              Opt("finetune.iterations", "--iterations"), Opt("finetune.batch_size", "--batch-size"),
+              Opt("finetune.iterations", "--iterations"), Opt("finetune.patience", "--patience"),
+              Opt("finetune.max_minutes", "--max-minutes"), Opt("finetune.eval_every", "--eval-every"),
+              Opt("finetune.batch_size", "--batch-size"),
               Opt("finetune.lr", "--lr"), Opt("finetune.optimizer", "--optimizer"), Opt("layers_fraction"),
               Opt("selection"), Opt("denoise"), Opt("sigmas_px"), Opt("angles_deg"),
               Opt("seed"), Opt("finetune.device", "--device"), Opt("finetune.precision", "--precision")]
