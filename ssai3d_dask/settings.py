@@ -125,6 +125,9 @@ class AdaptSettings(Settings):
                                           "or an official NAFNet .pth).")
     n_patches: int = Field(256, ge=4, description="Lateral patches to sample from the stack.", json_schema_extra={"flag": "--patches"})
     patch_px: int = Field(96, ge=16, multiple_of=16, description="Patch size in px (multiple of 16).", json_schema_extra={"flag": "--patch"})
+    psf_bank: Literal["paper", "auto"] = Field("paper", description="PSF bank widths: 'paper' = --sigmas (default "
+                                               "3-7 px, the paper's), 'auto' = centred on the stack's own axial "
+                                               "blur estimated from the data (x0.6..x1.4; `ssai3d info --psf`).")
     sigmas_px: tuple[float, ...] = Field((3.0, 4.0, 5.0, 6.0, 7.0), min_length=1,
                                          description="PSF bank: axial Gaussian sd in px.", json_schema_extra={"flag": "--sigmas"})
     angles_deg: tuple[float, ...] = Field((-45.0, -22.5, 0.0, 22.5, 45.0), min_length=1,
@@ -256,8 +259,9 @@ class RestoreSettings(Settings):
     view: Literal["mean", "xz", "yz"] = Field("mean", description="Average the XZ and YZ passes, or use one.")
     dtype: Literal["float32", "uint16", "uint8"] | None = Field(None, description="Output data type (default: the "
                                                                 "input's).")
-    batch: int | None = Field(None, ge=1, description="Slices per forward pass (default 1 on CPU, 32 on CUDA: "
-                                                       "the measured optima, benchmarks/results/compute*.md).")
+    batch: int | None = Field(None, ge=1, description="Slices per forward pass (default: 32 on CUDA; on CPU about "
+                                                       "2**17 pixels, one 256 x 384 slice: the measured optima, "
+                                                       "benchmarks/results/compute*.md).")
     device: Device = Field("auto", description="Where networks run.")
     precision: Precision = Field("auto", description=_PRECISION_HELP + " Resolved on each worker.")
     compile: Literal["auto", "on", "off"] = Field("auto", description="Compile the network with TorchInductor: "

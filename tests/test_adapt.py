@@ -11,7 +11,7 @@ from ssai3d_dask.adaptation.adapt import adapt
 from ssai3d_dask.settings import AdaptSettings
 from ssai3d_dask.models.folder import AdaptedModel
 from ssai3d_dask.ops.denoise import calibrate
-from ssai3d_dask.errors import SettingsError
+from ssai3d_dask.errors import SettingsError, VolumeError
 from ssai3d_dask.adaptation.finetune import finetune, freeze_except
 from ssai3d_dask.settings import FinetuneSettings
 from ssai3d_dask.evaluation.metrics import psnr
@@ -279,3 +279,26 @@ def test_fine_tuning_stops_at_max_minutes():
     h = finetune(model, None, patches, synth, FinetuneSettings(iterations=10_000, batch_size=2, max_minutes=1e-6,
                                                                 device="cpu"), val=val, progress=False)
     assert h["stopped_by"] == "max_minutes" and h["steps"] == 1
+
+
+@pytest.mark.parametrize("sigma_axial,z_factor,noise", [(5.0, 3, True), (3.0, 1, False), (8.0, 3, False)])
+def test_axial_blur_estimate_on_phantoms(sigma_axial, z_factor, noise):
+    """The stack's extra axial blur, estimated from the stack alone, within 15% of the truth
+    (sqrt(axial^2 - lateral^2) on the lateral grid). The note of the PSF-bank issue has the full table."""
+    from ssai3d_dask.adaptation.psf_estimate import estimate_axial_blur
+
+    fm = ForwardModel(0.5, sigma_axial, z_factor=z_factor, **({"photons": 200, "read_noise": 0.01} if noise else {}))
+    sim = simulate("tubes", (96, 128, 128), seed=1, model=fm)
+    vol = Volume.from_array(sim.raw, sim.raw_voxel_size_um)
+    est = estimate_axial_blur(vol, volume_statistics(vol))
+    true = (sigma_axial ** 2 - 0.5 ** 2) ** 0.5
+    assert abs(est.sigma_px - true) <= 0.15 * true
+    assert est.low_px <= est.sigma_px <= est.high_px and est.z_factor == pytest.approx(z_factor)
+
+
+def test_axial_blur_estimate_refuses_a_stack_too_thin():
+    from ssai3d_dask.adaptation.psf_estimate import estimate_axial_blur
+
+    vol = Volume.from_array(np.random.default_rng(0).random((6, 64, 64), np.float32), (0.4, 0.1, 0.1))
+    with pytest.raises(VolumeError, match="too small to estimate"):
+        estimate_axial_blur(vol, volume_statistics(vol))

@@ -79,7 +79,16 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     model.set_pool_window(model.local_window())
     device = resolve_device(settings.finetune.device)
     z_factor = isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor
-    bank = PSFBank(tuple(settings.sigmas_px), tuple(settings.angles_deg))
+    psf_estimate = None
+    if settings.psf_bank == "auto":
+        from ssai3d_dask.adaptation.psf_estimate import AUTO_SPREAD, estimate_axial_blur
+
+        psf_estimate = estimate_axial_blur(vol, norm, settings.seed)
+        widths = tuple(round(max(0.5, psf_estimate.sigma_px * k), 3) for k in AUTO_SPREAD)
+        logger.info("PSF bank centred on the estimate: widths %s px", widths)
+    else:
+        widths = tuple(settings.sigmas_px)
+    bank = PSFBank(widths, tuple(settings.angles_deg))
     synth = PairSynthesizer(bank, z_factor, device)
     val = synth(torch.from_numpy(val_patches[:, None]), np.random.default_rng(settings.seed + 2))
 
@@ -120,7 +129,8 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
         "z_factor": z_factor,
         "normalization": norm.to_dict(),
         "denoiser": denoiser.to_dict(),
-        "psf_bank": bank.to_dict(),
+        "psf_bank": bank.to_dict() | {"source": settings.psf_bank},
+        "psf_estimate": psf_estimate.to_dict() if psf_estimate is not None else None,
         "pool_window_px": model.pool_window,
         "selection": {"method": method, "surgeon": surgeon_src, "fraction": settings.layers_fraction,
                       "layers": layers if layers is not None else names},

@@ -20,11 +20,23 @@ from ssai3d_dask.cli.options import channel_option, level_option, time_option, v
 @time_option
 @level_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--psf", "psf", is_flag=True,
+              help="Estimate the stack's axial blur relative to its lateral blur from the data (reads ~100 small "
+                   "windows) and print only that: the centre of `adapt --psf-bank auto`.")
 @friendly_errors
-def info(path, voxel_size, channel, time_, level, as_json):
+def info(path, voxel_size, channel, time_, level, as_json, psf):
     """Describe a volume without reading voxel data: shape, dtype, chunks, voxel size, levels, size on disk."""
     from ssai3d_dask.io.describe import describe
 
+    if psf:
+        from ssai3d_dask.adaptation.psf_estimate import estimate_axial_blur
+        from ssai3d_dask.adaptation.sampling import volume_statistics
+        from ssai3d_dask.io.volume import open_volume
+
+        vol = open_volume(path, voxel_size, channel=channel, time=time_)
+        est = estimate_axial_blur(vol, volume_statistics(vol))
+        click.echo(json.dumps(est.to_dict(), indent=2) if as_json else str(est))
+        return
     d = describe(path, voxel_size, channel, time_, level)
     if as_json:
         click.echo(json.dumps(d, indent=2))

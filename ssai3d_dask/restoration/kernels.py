@@ -37,6 +37,10 @@ from ssai3d_dask.errors import SettingsError
 logger = logging.getLogger(__name__)
 
 VIEWS = ("mean", "xz", "yz")
+#: Pixels per forward pass on CPU when no batch is given. Measured (benchmarks/results/compute.md, small,
+#: 2 threads): slices of 256 x 384 run at 9.4 slices/s one at a time, 6.4 four at a time, 3.4 sixteen at a
+#: time (larger batches fall out of cache); tiny slices need a batch to amortise the per-call overhead.
+CPU_BATCH_PIXELS = 2**17
 
 
 def extended_crop(plan: Plan, region: Region, crop_in: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -62,7 +66,7 @@ def apply_network(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_slices(model: NAFNet, slices: np.ndarray, batch: int, device: torch.device,
+def run_slices(model: NAFNet, slices: np.ndarray, batch: int | None, device: torch.device,
                precision: str = "fp32", compile: bool = False) -> np.ndarray:
     """Model on a stack of 2D slices (n, H, W), z along rows, in batches (:func:`apply_network`).
 
@@ -72,6 +76,8 @@ def run_slices(model: NAFNet, slices: np.ndarray, batch: int, device: torch.devi
     """
     out = np.empty_like(slices, dtype=np.float32)
     cuda = device.type == "cuda"
+    if batch is None:  # CPU: about one 256 x 384 slice per pass (the measured optimum), more of small ones
+        batch = max(1, CPU_BATCH_PIXELS // max(1, slices.shape[1] * slices.shape[2]))
     forward = compiled_forward(apply_network, model, compile)
     with autocast(precision, device):
         for i in range(0, len(slices), batch):
@@ -95,7 +101,7 @@ def denoise_planes(crop: np.ndarray, denoiser: Denoiser) -> np.ndarray:
 
 
 def restore_block(ext: np.ndarray, core_offset: Sequence[int], core_shape: Sequence[int], model: torch.nn.Module | None,
-                  view: str = "mean", batch: int = 16, device: torch.device | str = "cpu",
+                  view: str = "mean", batch: int | None = None, device: torch.device | str = "cpu",
                   precision: str = "fp32", compile: bool = False) -> np.ndarray:
     """Restore the core of one extended, normalised, z-resampled crop.
 

@@ -151,7 +151,7 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
     keep, pruned = _prune(plan, tissue_views(vol), norm, settings)
     spec = {"method": settings.method.name, "model_dir": str(Path(model_dir).resolve()) if model_dir else None,
             "psf_path": None, "rl_iterations": getattr(settings.method, "iterations", None), "norm": norm.to_dict(), "view": settings.view,
-            "batch": settings.batch or (32 if settings.resolved_device() == "cuda" else 1),
+            "batch": settings.batch or (32 if settings.resolved_device() == "cuda" else None),
             "device": settings.resolved_device(), "precision": settings.precision,
             "compile": resolve_compile(settings.compile, settings.resolved_device(), int(np.prod(plan.out_shape))),
             "dtype": dtype.str, "skip_empty": settings.skip_empty,

@@ -1,0 +1,161 @@
+"""The stack's axial blur, estimated from the stack itself (for a PSF bank centred on it).
+
+The axial direction of a stack is its lateral direction seen through an extra blur (the axial PSF is
+wider than the lateral one) and, when ``dz > dx``, through z sampling and the linear interpolation that
+puts z on the lateral grid. So the power spectrum of axial profiles (z resampled exactly as inference
+resamples it) should match that of lateral profiles after the same degradation, for the right Gaussian sd.
+This module finds that sd: it reads small random windows lazily (a few MiB whatever the volume), keeps
+those with signal, takes Hann-windowed profiles of length ``L`` along z (resampled) and along x (raw
+planes), and for every candidate sd degrades the lateral profiles with the axial forward model of the
+training pairs (:func:`ssai3d_dask.adaptation.psf.axial_forward`) and compares log spectra over the
+frequencies where the lateral spectrum stands above its noise floor (a free offset absorbs intensity
+differences between the two sets). The uncertainty is the 16-84% range over bootstrap resamples of the
+windows.
+
+Assumptions, and where it fails: the structure must be statistically isotropic (similar along z and x):
+stacks of layered tissue or of objects elongated along z bias it; an axial PSF that is not Gaussian is
+summarised by the Gaussian of the closest spectrum.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import dask
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter1d
+from skimage.restoration import estimate_sigma
+
+from ssai3d_dask.adaptation.psf import axial_forward
+from ssai3d_dask.errors import VolumeError
+from ssai3d_dask.geometry import isotropic_geometry
+from ssai3d_dask.io.volume import Volume
+from ssai3d_dask.ops.normalize import Normalization
+from ssai3d_dask.ops.resample import resample_z_block
+
+logger = logging.getLogger(__name__)
+
+SIGMAS = np.round(np.arange(0.25, 20.01, 0.25), 2)
+#: Frequencies whose axial power is below this fraction of the lowest bin's are left out of the fit: there
+#: the phantom renderer's or the camera's rounding, not the blur, sets the spectrum.
+DYNAMIC_RANGE = 1e-3
+#: ``--psf-bank auto``: widths relative to the estimate (the paper's 3-7 px bank spans x0.6..x1.4 of 5 px).
+AUTO_SPREAD = (0.6, 0.8, 1.0, 1.2, 1.4)
+
+
+@dataclass(frozen=True)
+class AxialBlurEstimate:
+    """Extra axial Gaussian sd (lateral px) relative to the lateral blur, with its 16-84% bootstrap range."""
+
+    sigma_px: float
+    low_px: float
+    high_px: float
+    z_factor: float
+    band_cycles_per_px: tuple[float, float]
+    windows: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"axial blur sd {self.sigma_px:.2f} px (16-84%: {self.low_px:.2f}-{self.high_px:.2f}) relative to "
+                f"the lateral blur; z step {self.z_factor:.3g} x the lateral pixel; {self.windows} windows, "
+                f"frequencies {self.band_cycles_per_px[0]:.3f}-{self.band_cycles_per_px[1]:.3f} cycles/px")
+
+
+def _power(profiles: np.ndarray) -> np.ndarray:
+    """Power spectra (bins 1..L/2) of (..., L) profiles, each mean-removed and Hann-windowed."""
+    p = profiles - profiles.mean(axis=-1, keepdims=True)
+    p = p * np.hanning(p.shape[-1])
+    return np.abs(np.fft.rfft(p, axis=-1)[..., 1:]) ** 2
+
+
+def _spectra(profiles: np.ndarray) -> np.ndarray:
+    """Mean power spectrum of (n, L) profiles."""
+    return _power(profiles).mean(axis=0)
+
+
+def _interp(profiles: np.ndarray, f: float, rng: np.random.Generator, phases: int = 8) -> np.ndarray:
+    """z sampling every ``f`` px and linear interpolation back along the last axis, at ``phases`` random
+    sampling phases spread over the profiles (the inference interpolation, as in the training pairs)."""
+    if f <= 1:
+        return profiles
+    flat = torch.from_numpy(np.ascontiguousarray(profiles, np.float32).reshape(-1, profiles.shape[-1]))
+    out = torch.empty_like(flat)
+    groups = np.array_split(rng.permutation(len(flat)), phases)
+    for g in groups:
+        idx = torch.from_numpy(g)
+        out[idx] = axial_forward(flat[idx], f, dim=-1, phase=float(rng.uniform(0, f)))
+    return out.numpy().reshape(profiles.shape)
+
+
+def _windows(vol: Volume, norm: Normalization, n: int, length: int, rows: int, seed: int):
+    geom = isotropic_geometry(vol.shape, vol.voxel_size_um)
+    f = geom.z_factor
+    z, y, x = vol.shape
+    z_in = int(math.ceil((length - 1) / f)) + 2
+    if z_in > z or x < length:
+        raise VolumeError(f"{vol.source}: too small to estimate the axial blur ({z} planes, {x} px wide; needs "
+                          f"{z_in} planes and {length} px) -- give the PSF bank's widths instead")
+    rng = np.random.default_rng(seed)
+    starts = [(int(rng.integers(0, z - z_in + 1)), int(rng.integers(0, y - rows + 1)),
+               int(rng.integers(0, x - length + 1))) for _ in range(n)]
+    crops = dask.compute(*[vol.data[a:a + z_in, b:b + rows, c:c + length] for a, b, c in starts])
+    out = []
+    for (z0, _, _), crop in zip(starts, crops):
+        crop = norm.apply(np.asarray(crop, np.float32))
+        if crop.max() < 0.2 or crop.std() < 0.02:  # background: no structure to measure
+            continue
+        o0 = int(math.ceil(z0 * f - 1e-9))
+        axial = resample_z_block(crop, z0, slice(o0, o0 + length), f)  # (L, rows, L)
+        noise = float(estimate_sigma(crop, channel_axis=None)) if min(crop.shape[:2]) >= 4 else 0.0
+        out.append((axial.reshape(length, -1).T, crop.reshape(-1, length), noise))
+    return out, f
+
+
+def estimate_axial_blur(vol: Volume, norm: Normalization, seed: int = 0, n_windows: int = 96,
+                        length: int = 64, rows: int = 8, n_boot: int = 64) -> AxialBlurEstimate:
+    """Estimate the stack's extra axial blur (see the module docstring). Reads ``n_windows`` small windows."""
+    wins, f = _windows(vol, norm, n_windows, length, rows, seed)
+    if len(wins) < 4:
+        raise VolumeError(f"{vol.source}: only {len(wins)} of {n_windows} sampled windows hold structure; the "
+                          f"axial blur cannot be estimated -- give the PSF bank's widths instead")
+    rng = np.random.default_rng(seed + 1)
+    ax = np.stack([_spectra(a) for a, _, _ in wins])  # (windows, K)
+    lat_profiles = np.stack([b for _, b, _ in wins])  # (windows, profiles, L)
+    noise_var = np.array([n ** 2 for _, _, n in wins]) * float((np.hanning(length) ** 2).sum())
+    lat = _power(lat_profiles).mean(1)
+    model = np.stack([_power(_interp(gaussian_filter1d(lat_profiles, s, axis=-1, mode="reflect"), f, rng)).mean(1)
+                      for s in SIGMAS])  # (sigmas, windows, K)
+    # White noise in the raw planes reaches the axial profiles through the z interpolation only (it is not
+    # blurred): its axial spectrum is the lateral noise floor times this transfer.
+    white = np.random.default_rng(seed + 2).standard_normal((256, length)).astype(np.float32)
+    noise_tf = _spectra(_interp(white, f, rng)) / _spectra(white)
+
+    def fit(idx: np.ndarray) -> tuple[float, tuple[int, int]]:
+        a, la, m = ax[idx].mean(0), lat[idx].mean(0), model[:, idx].mean(1)
+        floor = noise_var[idx].mean()  # white noise power per bin (wavelet estimate of the raw noise sd)
+        m = m + floor * noise_tf[None]
+        ok = (la > 10 * floor) & (a > DYNAMIC_RANGE * a[0])
+        k_hi = max(3, int(np.argmin(ok)) if not ok.all() else len(ok))  # the first bin that fails ends the band
+        band = slice(0, k_hi)
+        d = np.log(a[band])[None] - np.log(m[:, band])
+        cost = ((d - d.mean(1, keepdims=True)) ** 2).mean(1)
+        i = int(np.argmin(cost))
+        if 0 < i < len(SIGMAS) - 1:  # parabolic refinement between grid points
+            c0, c1, c2 = cost[i - 1:i + 2]
+            den = c0 - 2 * c1 + c2
+            step = 0.5 * (c0 - c2) / den if den > 0 else 0.0
+            return float(SIGMAS[i] + np.clip(step, -1, 1) * (SIGMAS[1] - SIGMAS[0])), (1, k_hi)
+        return float(SIGMAS[i]), (1, k_hi)
+
+    sigma, (k0, k1) = fit(np.arange(len(wins)))
+    boots = [fit(rng.integers(0, len(wins), len(wins)))[0] for _ in range(n_boot)]
+    lo, hi = np.percentile(boots, [16, 84])
+    est = AxialBlurEstimate(round(sigma, 3), round(float(lo), 3), round(float(hi), 3), round(f, 4),
+                            (round(k0 / length, 4), round(k1 / length, 4)), len(wins))
+    logger.info("%s", est)
+    return est
