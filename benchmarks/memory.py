@@ -77,7 +77,7 @@ def main() -> None:
              "| stack (z, y, x) | stack MiB | peak RSS MiB | seconds |", "|---|---|---|---|", *rows_a, "",
              "## restore (no cluster: the whole job in one process; region 32 x 128 x 128, halo 64)", "",
              "| stack (z, y, x) | output Mvoxel | peak RSS MiB | seconds |", "|---|---|---|---|", *rows_r, "",
-             "Before the chunked zero-shot metrics, `adapt` on the 32 x 160 x 160 stack peaked at 9.5 GB "
+             "Before the chunked zero-shot metrics, `adapt` on the 32 x 160 x 160 stack peaked at 9.3 GiB "
              "(VmHWM 9,715,412 kB; all 58 metric pairs through one double back-propagation).", ""]
     (RESULTS / "memory.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -10,7 +10,7 @@
 bf16 means autocast: weights, optimiser state and losses stay fp32 (master weights), convolutions and
 matrix products run in bf16, and the reductions that need range or accumulation (LayerNorm, the SCA box
 mean's integral image) run in fp32 inside the network. Networks run channels-last in every precision:
-on CPU the fp32 forward of the ``small`` preset is 1.9x faster channels-last (oneDNN's preferred layout)
+on CPU the fp32 forward of the ``small`` preset is 1.2-1.9x faster channels-last (oneDNN's preferred layout)
 and bf16 needs it to reach the AMX kernels.
 """
 
