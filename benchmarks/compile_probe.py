@@ -10,9 +10,10 @@ import time
 
 import torch
 
-from ssai3d_dask.models.nafnet import build
-from ssai3d_dask.models.precision import as_input, autocast, prepare
+from ssai3d_dask.models.precision import autocast
 from ssai3d_dask.restoration.kernels import apply_network
+
+from profile_forward import restore_setup  # benchmarks/ beside this script
 
 
 def bench(fn, x, device, n=10):
@@ -34,10 +35,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
     device = torch.device(args.device)
-    model = build(args.preset).eval()
-    model.set_pool_window(model.local_window())
-    prepare(model, device)
-    x = as_input(torch.rand(args.batch, 1, 256, 384, device=device))
+    model, x = restore_setup(args.preset, device, args.batch)
     compiled = torch.compile(lambda t: apply_network(model, t))
     with torch.no_grad(), autocast(args.precision, device):
         eager = bench(lambda t: apply_network(model, t), x, device)

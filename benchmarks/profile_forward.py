@@ -19,6 +19,15 @@ from ssai3d_dask.models.precision import as_input, autocast, prepare
 from ssai3d_dask.restoration.kernels import apply_network
 
 
+def restore_setup(preset: str, device: torch.device, batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A fresh preset with the inference pool window, channels-last on ``device``, and a batch of extended
+    restore slices (256 x 384)."""
+    model = build(preset).eval()
+    model.set_pool_window(model.local_window())
+    prepare(model, device)
+    return model, as_input(torch.rand(batch, 1, 256, 384, device=device))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="small")
@@ -28,10 +37,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20)
     args = ap.parse_args()
     device = torch.device(args.device)
-    model = build(args.preset).eval()
-    model.set_pool_window(model.local_window())
-    prepare(model, device)
-    x = as_input(torch.rand(args.batch, 1, 256, 384, device=device))
+    model, x = restore_setup(args.preset, device, args.batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.no_grad(), autocast(args.precision, device):
         for _ in range(2):

@@ -13,6 +13,7 @@ import zarr
 from hypothesis import given, settings, strategies as st
 
 from ssai3d_dask.models.folder import AdaptedModel
+from ssai3d_dask.models.precision import prepare
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.restoration.pipeline import restore
 from ssai3d_dask.settings import RestoreSettings
@@ -202,10 +203,6 @@ def _bf16_blockwise_vs_whole(tmp_path, mdir, device):
                                             skip_empty=False, precision="bf16", device=device), progress=False)
     got = open_volume(out).data.compute()
     adapted = AdaptedModel.load(mdir)
-    import torch
-
-    from ssai3d_dask.models.precision import prepare
-
     prepare(adapted.model, device)
     ref = restore_in_memory(sim.raw, 4.0, adapted.model, adapted.denoiser, adapted.norm, 48, precision="bf16",
                             device=device)
@@ -213,7 +210,7 @@ def _bf16_blockwise_vs_whole(tmp_path, mdir, device):
     scale = float(ref.max() - ref.min())
     attrs = zarr.open_group(str(out)).attrs["ssai3d"]
     assert attrs["precision"] == {"requested": "bf16", "used_this_run": ["bf16"], "compiled": False}
-    return np.abs(got - ref).max() / scale, np.abs(ref - f32).max() / scale, torch
+    return np.abs(got - ref).max() / scale, np.abs(ref - f32).max() / scale
 
 
 def test_bf16_result_does_not_depend_on_block_size(tmp_path, model_dir_factory):
@@ -223,7 +220,7 @@ def test_bf16_result_does_not_depend_on_block_size(tmp_path, model_dir_factory):
     Measured on an AVX2 CPU (emulated bf16): 2.4e-3 of the output range between tiles and the whole
     volume, against 6e-3 between bf16 and fp32. The stated tolerance, 1e-2 of the range, is 2.5 bf16 steps:
     a seam or a wrong halo in bf16 would show as differences of the size of the signal (> 0.1)."""
-    tiles_vs_whole, bf16_vs_fp32, _ = _bf16_blockwise_vs_whole(tmp_path, model_dir_factory(4.0), "cpu")
+    tiles_vs_whole, bf16_vs_fp32 = _bf16_blockwise_vs_whole(tmp_path, model_dir_factory(4.0), "cpu")
     print(f"bf16: tiles vs whole {tiles_vs_whole:.2e}, bf16 vs fp32 {bf16_vs_fp32:.2e} of the range")
     assert tiles_vs_whole <= 1e-2
     assert bf16_vs_fp32 <= 3e-2  # bf16 is an approximation of the fp32 result, not another result
@@ -231,38 +228,37 @@ def test_bf16_result_does_not_depend_on_block_size(tmp_path, model_dir_factory):
 
 @pytest.mark.gpu
 def test_bf16_on_cuda_does_not_depend_on_block_size(tmp_path, model_dir_factory):
-    tiles_vs_whole, bf16_vs_fp32, _ = _bf16_blockwise_vs_whole(tmp_path, model_dir_factory(4.0), "cuda")
+    tiles_vs_whole, bf16_vs_fp32 = _bf16_blockwise_vs_whole(tmp_path, model_dir_factory(4.0), "cuda")
     print(f"cuda bf16: tiles vs whole {tiles_vs_whole:.2e}, bf16 vs fp32 {bf16_vs_fp32:.2e} of the range")
     assert tiles_vs_whole <= 1e-2 and bf16_vs_fp32 <= 3e-2
 
 
-@pytest.mark.gpu
-def test_cuda_fp32_equals_cpu_fp32(tmp_path, model_dir_factory):
+def _restore_variants(tmp_path, model_dir_factory, variants: dict[str, dict]) -> list[np.ndarray]:
+    """The same small phantom restored once per named variant of the settings (one region, halo 48)."""
     sim = _phantom(shape=(16, 48, 40))
     vol = Volume.from_array(sim.raw, (0.4, 0.1, 0.1))
     mdir = model_dir_factory(4.0)
     outs = []
-    for device in ("cpu", "cuda"):
-        out = tmp_path / f"{device}.ome.zarr"
+    for name, kw in variants.items():
+        out = tmp_path / f"{name}.ome.zarr"
         restore(vol, mdir, out, RestoreSettings(chunks=(16, 16, 16), region=(16, 48, 48), halo=48, dtype="float32",
-                                                skip_empty=False, precision="fp32", device=device), progress=False)
+                                                skip_empty=False, **kw), progress=False)
         outs.append(open_volume(out).data.compute())
+    return outs
+
+
+@pytest.mark.gpu
+def test_cuda_fp32_equals_cpu_fp32(tmp_path, model_dir_factory):
+    cpu, cuda = _restore_variants(tmp_path, model_dir_factory, {d: {"precision": "fp32", "device": d}
+                                                                for d in ("cpu", "cuda")})
     # cuDNN convolutions use TF32 (10-bit mantissa) by default (torch.backends.cudnn.allow_tf32), hence a
     # tolerance of 1e-3 of the range rather than fp32 rounding.
-    assert np.abs(outs[0] - outs[1]).max() <= 1e-3 * float(outs[0].max() - outs[0].min())
+    assert np.abs(cpu - cuda).max() <= 1e-3 * float(cpu.max() - cpu.min())
 
 
 @pytest.mark.gpu
 def test_compiled_network_on_cuda_equals_eager(tmp_path, model_dir_factory):
-    sim = _phantom(shape=(16, 48, 40))
-    vol = Volume.from_array(sim.raw, (0.4, 0.1, 0.1))
-    mdir = model_dir_factory(4.0)
-    outs = []
-    for compile_mode in ("off", "on"):
-        out = tmp_path / f"{compile_mode}.ome.zarr"
-        restore(vol, mdir, out, RestoreSettings(chunks=(16, 16, 16), region=(16, 48, 48), halo=48, dtype="float32",
-                                                skip_empty=False, precision="bf16", device="cuda",
-                                                compile=compile_mode), progress=False)
-        outs.append(open_volume(out).data.compute())
+    eager, compiled = _restore_variants(tmp_path, model_dir_factory,
+                                        {m: {"precision": "bf16", "device": "cuda", "compile": m} for m in ("off", "on")})
     # Inductor fuses and reorders the bf16 arithmetic: the bf16 tolerance of the block-invariance test.
-    assert np.abs(outs[0] - outs[1]).max() <= 1e-2 * float(outs[0].max() - outs[0].min())
+    assert np.abs(eager - compiled).max() <= 1e-2 * float(eager.max() - eager.min())

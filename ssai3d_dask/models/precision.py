@@ -79,8 +79,14 @@ def autocast(precision: str, device: torch.device | str):
 
 
 def prepare(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
-    """``model`` on ``device`` in channels-last layout (in place; also returned)."""
-    return model.to(device=torch.device(device), memory_format=torch.channels_last)
+    """``model`` on ``device`` in channels-last layout (in place; also returned). Cheap when it already is,
+    so every user of a cached model (each restore region) can call it."""
+    device = torch.device(device)
+    w = next((m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    on_device = w is not None and w.device.type == device.type and device.index in (None, w.device.index)
+    if not on_device or not w.is_contiguous(memory_format=torch.channels_last):
+        model.to(device=device, memory_format=torch.channels_last)
+    return model
 
 
 def as_input(x: torch.Tensor) -> torch.Tensor:

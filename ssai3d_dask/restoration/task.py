@@ -56,32 +56,20 @@ def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, mod
     elif spec["method"] == "rl":
         restored = richardson_lucy(ext, psf, spec["rl_iterations"], spec["device"])[core]
     else:
-        restored = restore_block(ext, offset, region.shape, _ready(model, spec["device"]), spec["view"], spec["batch"],
+        if model is not None:
+            prepare(model, spec["device"])  # the cached model, moved to the device channels-last once
+        restored = restore_block(ext, offset, region.shape, model, spec["view"], spec["batch"],
                                  torch.device(spec["device"]),
                                  resolve_precision(spec.get("precision", "fp32"), spec["device"]),
-                                 _compile(spec))
+                                 spec.get("compile", "off") == "on")
     return to_output(restored, norm, np.dtype(spec["dtype"])), skipped
-
-
-def _compile(spec: dict) -> bool:
-    return spec.get("compile", "off") == "on"
-
-
-def _ready(model: torch.nn.Module | None, device: str) -> torch.nn.Module | None:
-    """The model on ``device`` in channels-last layout (moved once; a no-op afterwards)."""
-    if model is None:
-        return None
-    w = next((m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
-    if w is not None and (w.device != torch.device(device) or not w.is_contiguous(memory_format=torch.channels_last)):
-        prepare(model, device)
-    return model
 
 
 def _worker_model(spec: dict):
     if spec["model_dir"] is None:
         return None, None
     adapted = cached_folder(spec["model_dir"])
-    return _ready(adapted.model, spec["device"]), adapted.denoiser
+    return adapted.model, adapted.denoiser
 
 
 def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict) -> dict:
