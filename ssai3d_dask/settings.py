@@ -191,6 +191,53 @@ class CareSettings(Settings):
         return math.sqrt(sz ** 2 - sx ** 2)
 
 
+#: OT-CycleGAN network sizes: generator U-Net (base, depth) and discriminator (base, layers).
+CYCLEGAN_PRESETS = {"small": {"g": (16, 2), "f": (8, 2), "d": (32, 3)},   # 0.35M + 0.09M + 2 x 0.17M: CPU
+                    "paper": {"g": (32, 3), "f": (16, 3), "d": (64, 3)}}  # 5.8M + 1.5M + 2 x 0.66M: a GPU
+
+
+class CycleGANSettings(Settings):
+    """OT-CycleGAN (Park et al. 2022) trained on one stack, no PSF, no truth (``ssai3d train-cyclegan``)."""
+
+    preset: Literal["small", "paper"] = Field("small", description="Network sizes: small (0.8M parameters in all, "
+                                                                   "for a CPU) or paper (8.6M, for a GPU).")
+    volume_px: int = Field(32, ge=16, description="Edge of the training sub-volumes in isotropic voxels "
+                                                  "(multiple of 2**depth).", json_schema_extra={"flag": "--volume"})
+    n_volumes: int = Field(64, ge=4, description="Sub-volumes sampled from the stack (the training pool).",
+                           json_schema_extra={"flag": "--volumes"})
+    iterations: int = Field(1500, ge=1, description="Training steps (each: generators, then discriminators).")
+    batch_size: int = Field(2, ge=1, description="Sub-volumes per step.")
+    slices: int = Field(8, ge=1, description="Slices per sub-volume shown to each discriminator per step.")
+    mip: int = Field(1, ge=1, description="Discriminators see maximum projections over this many adjacent slices "
+                                          "(1 = plain slices; the paper evaluates on 15-slice MIPs).")
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate (beta1 0.5, cosine decay), as CycleGAN.")
+    cycle_weight: float = Field(10.0, ge=0, description="Weight of the cycle (transport-cost) L1 term against "
+                                                         "the least-squares adversarial terms.")
+    seed: int = Field(0, ge=0, description="Seeds sampling and training.")
+    device: Device = Field("auto", description="Where to train.")
+    precision: Precision = Field("auto", description=_PRECISION_HELP + " Weights and loss stay fp32.")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between resume checkpoints (MODEL_DIR/resume.pt).")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        m = 2 ** CYCLEGAN_PRESETS[self.preset]["g"][1]
+        if self.volume_px % m:
+            raise ValueError(f"--volume {self.volume_px} must be a multiple of {m} (the {self.preset} generator's "
+                             f"depth)")
+        if self.mip >= self.volume_px:
+            raise ValueError(f"--mip {self.mip} must be smaller than --volume {self.volume_px}")
+        return self
+
+    def check_volume(self, vol) -> None:
+        from ssai3d_dask.geometry import isotropic_geometry
+
+        _check_patch(self.volume_px, 2 ** CYCLEGAN_PRESETS[self.preset]["g"][1], vol)
+        zo = isotropic_geometry(vol.shape, vol.voxel_size_um).out_shape[0]
+        if zo < self.volume_px:
+            raise SettingsError(f"the stack is {zo} planes deep on the isotropic grid, less than --volume "
+                                f"{self.volume_px}; pass a smaller --volume")
+
+
 class PretrainSettings(Settings):
     """Offline pretraining of a base model (``ssai3d pretrain``)."""
 
@@ -214,9 +261,9 @@ class PretrainSettings(Settings):
 
 class NetworkMethod(Settings):
     """``ssai3d``: the adapted NAFNet (MODEL_DIR from ``ssai3d adapt``); ``care``: a CARE U-Net (from
-    ``ssai3d train-care``)."""
+    ``ssai3d train-care``); ``cyclegan``: an OT-CycleGAN generator (from ``ssai3d train-cyclegan``)."""
 
-    name: Literal["ssai3d", "care"] = "ssai3d"
+    name: Literal["ssai3d", "care", "cyclegan"] = "ssai3d"
 
 
 class RLMethod(Settings):
@@ -244,7 +291,9 @@ class InterpMethod(Settings):
 
 
 Method = Annotated[NetworkMethod | RLMethod | InterpMethod, Field(discriminator="name")]
-METHODS = ("ssai3d", "care", "rl", "interp")
+METHODS = ("ssai3d", "care", "cyclegan", "rl", "interp")
+#: Methods that restore with a network from a model folder.
+NETWORK_METHODS = ("ssai3d", "care", "cyclegan")
 _RL_FLAT = {"psf_sigma_um": "psf_sigma_um", "psf_file": "psf_file", "rl_iterations": "iterations"}
 
 
@@ -334,7 +383,7 @@ class RestoreSettings(Settings):
 
 #: Section name -> settings model.
 SECTIONS: dict[str, type[Settings]] = {"adapt": AdaptSettings, "restore": RestoreSettings, "care": CareSettings,
-                                       "pretrain": PretrainSettings}
+                                       "cyclegan": CycleGANSettings, "pretrain": PretrainSettings}
 
 
 def read_config(path: str | Path) -> dict[str, dict]:

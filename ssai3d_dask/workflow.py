@@ -46,7 +46,7 @@ def run(source: str | Path | Volume | Dataset, out: str | Path, model_dir: str |
     restore_settings = restore_settings or RestoreSettings()
     if restore_settings.method.name != "ssai3d":
         raise SettingsError(f"run adapts an SSAI-3D model; for --method {restore_settings.method.name} use "
-                            f"`ssai3d restore` (and `ssai3d train-care` for care)")
+                            f"`ssai3d restore` (after `ssai3d train-care` or `ssai3d train-cyclegan`)")
     if isinstance(source, Dataset):
         ds = source
     elif isinstance(source, Volume):

@@ -96,7 +96,7 @@ def volume_statistics(vol: Volume, seed: int = 0, n_chunks: int = 64,
     return Normalization(low, high, tuple(percentiles), thr, int(values.size))
 
 
-def _positions_in_chunks(rng: np.random.Generator, weights: np.ndarray, bounds: list[np.ndarray], m: int,
+def positions_in_chunks(rng: np.random.Generator, weights: np.ndarray, bounds: list[np.ndarray], m: int,
                          size: tuple[int, int, int], shape: tuple[int, int, int]) -> list[np.ndarray]:
     """``m`` patch origins (per axis), each overlapping a chunk drawn by ``weights``."""
     flat = weights.ravel()
@@ -155,7 +155,7 @@ def sample_lateral_patches(vol: Volume, n: int, patch_px: int, norm: Normalizati
             ys = rng.integers(0, y - patch_px + 1, m)
             xs = rng.integers(0, x - patch_px + 1, m)
         else:
-            zs, ys, xs = _positions_in_chunks(rng, weights, bounds, m, (mip_planes, patch_px, patch_px), (z, y, x))
+            zs, ys, xs = positions_in_chunks(rng, weights, bounds, m, (mip_planes, patch_px, patch_px), (z, y, x))
         lazy = [vol.data[zi:zi + mip_planes, yi:yi + patch_px, xi:xi + patch_px].max(axis=0)
                 for zi, yi, xi in zip(zs, ys, xs)]
         values = dask.compute(*lazy)

@@ -134,7 +134,7 @@ def collect(model: type[Settings], opts: list[Opt], kw: dict, section: dict | No
 
 config_option = click.option(
     "--config", "config_file", type=click.Path(path_type=Path), default=None,
-    help="Settings file (YAML, or TOML by its .toml suffix) with sections adapt/restore/care/pretrain; options "
+    help="Settings file (YAML, or TOML by its .toml suffix) with sections adapt/restore/care/cyclegan/pretrain; options "
          "given on the command line win. Write one with --print-config.")
 print_config_option = click.option(
     "--print-config", "print_cfg", is_flag=True, help="Print the effective settings as a settings file and exit (nothing is run).")

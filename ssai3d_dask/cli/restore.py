@@ -95,9 +95,11 @@ def _print_dry_run(ds, model_dir, out, settings, resume, workers, threads_per_wo
 @click.argument("path", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-              help="MODEL_DIR from `ssai3d adapt` (--method ssai3d) or `ssai3d train-care` (--method care).")
+              help="MODEL_DIR from `ssai3d adapt` (--method ssai3d), `ssai3d train-care` (--method care) or "
+                   "`ssai3d train-cyclegan` (--method cyclegan).")
 @click.option("--method", type=click.Choice(METHODS), default=None,
-              help="ssai3d: the adapted network; care: a CARE U-Net trained from scratch; rl: Richardson-Lucy "
+              help="ssai3d: the adapted network; care: a CARE U-Net trained from scratch; cyclegan: an "
+                   "OT-CycleGAN generator (3D, on overlapping sub-volumes); rl: Richardson-Lucy "
                    "with a known PSF; interp: linear z interpolation only. [default: ssai3d]")
 @settings_options(RLMethod, RL_OPTS)
 @stack(voxel_option, channels_option, times_option)

@@ -1,4 +1,5 @@
-"""Commands that train networks: ``adapt`` (SSAI-3D), ``train-care``, ``pretrain`` and ``train-surgeon``."""
+"""Commands that train networks: ``adapt`` (SSAI-3D), ``train-care``, ``train-cyclegan``, ``pretrain`` and
+``train-surgeon``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ssai3d_dask.cli.options import (Opt, channel_option, channels_option, colle
                                      print_config, print_config_option, settings_options, stack, time_option,
                                      times_option, voxel_option)
 from ssai3d_dask.errors import Ssai3dError
-from ssai3d_dask.settings import AdaptSettings, CareSettings, PretrainSettings
+from ssai3d_dask.settings import AdaptSettings, CareSettings, CycleGANSettings, PretrainSettings
 
 ADAPT_OPTS = [Opt("base"), Opt("n_patches"), Opt("patch_px"),
               Opt("finetune.iterations", "--iterations"), Opt("finetune.patience", "--patience"),
@@ -24,6 +25,9 @@ ADAPT_OPTS = [Opt("base"), Opt("n_patches"), Opt("patch_px"),
 CARE_OPTS = [Opt("psf_sigma_um", metavar="SZ SY SX"), Opt("n_patches"), Opt("patch_px"), Opt("iterations"),
              Opt("batch_size"), Opt("lr"), Opt("base"), Opt("depth"), Opt("seed"),
              Opt("device"), Opt("precision")]
+CYCLEGAN_OPTS = [Opt("preset"), Opt("volume_px"), Opt("n_volumes"), Opt("iterations"), Opt("batch_size"),
+                 Opt("slices"), Opt("mip"), Opt("lr"), Opt("cycle_weight"), Opt("seed"), Opt("device"),
+                 Opt("precision"), Opt("checkpoint_every")]
 PRETRAIN_OPTS = [Opt("preset"), Opt("iterations"), Opt("batch_size"), Opt("patch_px"), Opt("lr"),
                  Opt("seed"), Opt("device"), Opt("precision"), Opt("init")]
 adapt_options = settings_options(AdaptSettings, ADAPT_OPTS)
@@ -92,6 +96,35 @@ def train_care(path, out_dir, voxel_size, channel, time_, overwrite, config_file
     settings = collect(CareSettings, CARE_OPTS, kw, config_sections(config_file).get("care"))
     if print_cfg:
         return print_config({"care": settings})
+    vol = open_volume(path, voxel_size, channel, time_)
+    run_train(vol, out_dir, settings, overwrite=overwrite)
+    click.echo(str(out_dir))
+
+
+@main.command("train-cyclegan")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="MODEL_DIR to write.")
+@stack(voxel_option, channel_option, time_option)
+@settings_options(CycleGANSettings, CYCLEGAN_OPTS)
+@click.option("--overwrite", is_flag=True, help="Replace an existing MODEL_DIR (and any unfinished training in it).")
+@stack(config_option, print_config_option)
+@friendly_errors
+def train_cyclegan(path, out_dir, voxel_size, channel, time_, overwrite, config_file, print_cfg, **kw):
+    """Train the OT-CycleGAN baseline (Park et al. 2022) on PATH alone (no PSF, no truth); write MODEL_DIR.
+
+    Two 3D generators (G: anisotropic -> isotropic, F: back) and two 2D discriminators (axial slices of G's
+    output against lateral slices of PATH; axial slices of F's output against PATH's own) learn from random
+    sub-volumes of PATH, z interpolated to the lateral grid. A resume checkpoint is written every
+    --checkpoint-every steps: rerun the same command to continue an interrupted training. MODEL_DIR keeps G.
+
+    Restore with `ssai3d restore PATH OUT --method cyclegan --model MODEL_DIR`.
+    """
+    from ssai3d_dask.adaptation.cyclegan import train_cyclegan as run_train
+    from ssai3d_dask.io.volume import open_volume
+
+    settings = collect(CycleGANSettings, CYCLEGAN_OPTS, kw, config_sections(config_file).get("cyclegan"))
+    if print_cfg:
+        return print_config({"cyclegan": settings})
     vol = open_volume(path, voxel_size, channel, time_)
     run_train(vol, out_dir, settings, overwrite=overwrite)
     click.echo(str(out_dir))

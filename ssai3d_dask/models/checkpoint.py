@@ -5,7 +5,7 @@ Checkpoints are data, not code: every file is read with
 
 Our format is a dict, the same for every network the package trains::
 
-    {"format": "ssai3d-dask/model", "format_version": 2, "network": "nafnet" | "care-unet" | "surgeon",
+    {"format": "ssai3d-dask/model", "format_version": 2, "network": "nafnet" | "care-unet" | "cyclegan-generator" | "surgeon",
      "config": {...constructor arguments...}, "state_dict": {...}, "manifest": "<json>"}
 
 Version 1 files (NAFNet only, no ``network``) and the earlier per-network formats
@@ -34,7 +34,7 @@ from ssai3d_dask.errors import CheckpointError
 from ssai3d_dask.io.files import write_with
 from ssai3d_dask.models.nafnet import PRESETS, NAFNet, NAFNetConfig, build
 from ssai3d_dask.models.surgeon import Surgeon
-from ssai3d_dask.models.unet import CareUNet
+from ssai3d_dask.models.unet import CareUNet, UNet3D
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +199,7 @@ def load_model(
 NETWORKS: dict[str, tuple[type[torch.nn.Module], Any]] = {
     "nafnet": (NAFNet, lambda m: m.config.to_dict()),
     "care-unet": (CareUNet, lambda m: dict(m.config)),
+    "cyclegan-generator": (UNet3D, lambda m: dict(m.config)),
     "surgeon": (Surgeon, lambda m: {}),
 }
 

@@ -6,7 +6,9 @@ files such as ``validation.png``. Every file is written atomically, ``manifest.j
 with a manifest is complete. The manifest is versioned and names its ``kind``:
 
 - ``adapted``: an SSAI-3D NAFNet (``ssai3d adapt``), restored with ``--method ssai3d``;
-- ``care``: a CARE U-Net trained from scratch (``ssai3d train-care``), restored with ``--method care``.
+- ``care``: a CARE U-Net trained from scratch (``ssai3d train-care``), restored with ``--method care``;
+- ``cyclegan``: the generator G of an OT-CycleGAN (``ssai3d train-cyclegan``), restored with
+  ``--method cyclegan``.
 
 This module is the one place that knows the layout: writing, checking, loading and the per-process
 (per-worker) cache that lets every region of a restoration reuse one loaded model.
@@ -40,7 +42,10 @@ FOLDER_VERSION = 1
 KINDS = {
     "adapted": ("nafnet", "ssai3d", "ssai3d adapt"),
     "care": ("care-unet", "care", "ssai3d train-care"),
+    "cyclegan": ("cyclegan-generator", "cyclegan", "ssai3d train-cyclegan"),
 }
+#: kind -> how the error messages name it
+KIND_NAMES = {"adapted": "SSAI-3D", "care": "CARE", "cyclegan": "OT-CycleGAN"}
 
 
 @dataclass
@@ -70,8 +75,8 @@ def read_manifest(model_dir: str | Path) -> dict:
     """The folder's manifest (from ``manifest.json``, else from inside ``model.pt``), version-checked."""
     d = Path(model_dir)
     if not is_model_folder(d):
-        raise SettingsError(f"{d} is not a model folder (no {MODEL_FILE}); make one with `ssai3d adapt` "
-                            f"or `ssai3d train-care`")
+        raise SettingsError(f"{d} is not a model folder (no {MODEL_FILE}); make one with `ssai3d adapt`, "
+                            f"`ssai3d train-care` or `ssai3d train-cyclegan`")
     m = d / MANIFEST_FILE
     try:
         manifest = json.loads(m.read_text()) if m.exists() else load_network(d / MODEL_FILE)[1]
@@ -129,7 +134,8 @@ def check_folder(model_dir: str | Path | None, method: str) -> None:
         raise SettingsError(f"{model_dir} is not a model folder (no {MODEL_FILE}); make one with `{maker}`")
     kind = folder_kind(model_dir)
     if KINDS[kind][1] != method:
-        raise SettingsError(f"{model_dir} holds a {'CARE' if kind == 'care' else 'SSAI-3D'} model; "
+        raise SettingsError(f"{model_dir} holds a model of kind {kind} ({KIND_NAMES[kind]}), not one for --method "
+                            f"{method}; "
                             f"use --method {KINDS[kind][1]} with it")
 
 

@@ -79,19 +79,20 @@ def autocast(precision: str, device: torch.device | str):
 
 
 def prepare(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
-    """``model`` on ``device`` in channels-last layout (in place; also returned). Cheap when it already is,
-    so every user of a cached model (each restore region) can call it."""
+    """``model`` on ``device`` in channels-last layout (channels-last-3d for 3D networks; in place, also
+    returned). Cheap when it already is, so every user of a cached model (each restore region) can call it."""
     device = torch.device(device)
-    w = next((m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    w = next((m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))), None)
+    fmt = torch.channels_last_3d if w is not None and w.dim() == 5 else torch.channels_last
     on_device = w is not None and w.device.type == device.type and device.index in (None, w.device.index)
-    if not on_device or not w.is_contiguous(memory_format=torch.channels_last):
-        model.to(device=device, memory_format=torch.channels_last)
+    if not on_device or not w.is_contiguous(memory_format=fmt):
+        model.to(device=device, memory_format=fmt)
     return model
 
 
 def as_input(x: torch.Tensor) -> torch.Tensor:
-    """A (B, C, H, W) batch in the networks' layout (channels-last)."""
-    return x.contiguous(memory_format=torch.channels_last)
+    """A (B, C, H, W) or (B, C, D, H, W) batch in the networks' layout (channels-last)."""
+    return x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
 
 
 _COMPILED: dict[int, tuple] = {}

@@ -27,11 +27,14 @@ def symmetric_pad(x, pad: Sequence[tuple[int, int]]):
     return x
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad the last two axes at the far end to a multiple, by reflection (replicate if too small)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
+def pad_to_multiple(x: torch.Tensor, multiple: int, dims: int = 2) -> torch.Tensor:
+    """Pad the last ``dims`` axes (2 or 3) at the far end to a multiple, by reflection (replicate if too small)."""
+    sizes = x.shape[-dims:]
+    extra = [(-n) % multiple for n in sizes]
+    if not any(extra):
         return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
+    mode = "reflect" if all(p < n for p, n in zip(extra, sizes)) else "replicate"
+    pad: list[int] = []
+    for p in reversed(extra):  # F.pad lists the last axis first
+        pad += [0, p]
+    return F.pad(x, tuple(pad), mode=mode)

@@ -29,7 +29,7 @@ def _work(core: list[np.ndarray], halo: int, method: str, view: str) -> np.ndarr
     """Work units per region of the outer product of per-axis core lengths (see the module docstring)."""
     cz, cy, cx = (np.asarray(c, np.float64) for c in core)
     ez, ey, ex = cz[:, None, None] + 2 * halo, cy[None, :, None] + 2 * halo, cx[None, None, :] + 2 * halo
-    if method in ("rl", "interp"):
+    if method in ("rl", "interp", "cyclegan"):  # whole extended crops
         return ez * ey * ex
     xz = cy[None, :, None] * ez * ex
     yz = cx[None, None, :] * ez * ey

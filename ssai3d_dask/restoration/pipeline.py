@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ssai3d_dask import __version__
-from ssai3d_dask.settings import RestoreSettings
+from ssai3d_dask.settings import NETWORK_METHODS, RestoreSettings
 from ssai3d_dask.models.folder import cached_folder, check_folder
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.errors import SettingsError
@@ -56,7 +56,7 @@ class RestoreJob:
     keep: np.ndarray  # bool over plan.grid: regions that may hold anything
     pruned: dict[str, int]
     spec: dict
-    model: object | None = None  # AdaptedModel for ssai3d/care
+    model: object | None = None  # AdaptedModel for ssai3d/care/cyclegan
     psf: np.ndarray | None = None
     provenance_model: dict | None = None
     notes: list[str] = field(default_factory=list)
@@ -115,7 +115,10 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
     base model, as no adapted one exists yet).
     """
     settings = settings or RestoreSettings()
-    uses_model = settings.method.name in ("ssai3d", "care")
+    uses_model = settings.method.name in NETWORK_METHODS
+    if settings.method.name == "cyclegan" and settings.view != "mean":
+        raise SettingsError(f"--view {settings.view}: the OT-CycleGAN generator restores whole sub-volumes in 3D, "
+                            f"not XZ/YZ slices; leave --view at mean")
     if uses_model and adapted is None:
         check_folder(model_dir, settings.method.name)
         adapted = cached_folder(model_dir)
@@ -159,8 +162,8 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
     prov = None
     if settings.method.name == "ssai3d":
         prov = adapted.manifest.get("selection", {}) | {"base": adapted.manifest.get("base_model")}
-    elif settings.method.name == "care":
-        prov = {"kind": "care", "settings": adapted.manifest.get("settings")}
+    elif settings.method.name in ("care", "cyclegan"):
+        prov = {"kind": settings.method.name, "settings": adapted.manifest.get("settings")}
     return RestoreJob(settings, geom, plan, levels, norm, dtype, fill, source, keep, pruned, spec,
                       adapted if uses_model else None, psf, prov, notes, vol)
 
@@ -212,7 +215,7 @@ def slice_models(ds, model_dir, method: str) -> dict:
     """The model folder of every (t, c) slice: MODEL_DIR itself for one model, MODEL_DIR/c{c} (or
     MODEL_DIR/t{t}/c{c}) for a folder of per-channel models, as ``ssai3d run`` writes them."""
     keys = list(ds.volumes)
-    if method not in ("ssai3d", "care"):
+    if method not in NETWORK_METHODS:
         return dict.fromkeys(keys)
     if model_dir is None or (Path(model_dir) / "model.pt").exists() or not any(Path(model_dir).glob("**/model.pt")):
         check_folder(model_dir, method)  # one model folder (or none, with the reason)
@@ -261,8 +264,9 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
     vol : Volume or Dataset
         A dataset keeps its channel/time axes in the output; each slice runs through the same block plan.
     model_dir : path or None
-        An adapted model folder (``ssai3d adapt``, method ``ssai3d``) or a CARE model folder
-        (``ssai3d train-care``, method ``care``); for a multichannel dataset a folder of per-channel
+        An adapted model folder (``ssai3d adapt``, method ``ssai3d``), a CARE model folder
+        (``ssai3d train-care``, method ``care``) or an OT-CycleGAN one (``ssai3d train-cyclegan``, method
+        ``cyclegan``); for a multichannel dataset a folder of per-channel
         models (``MODEL_DIR/c0``, ``c1``, ...); None for ``rl`` and ``interp``.
     client : distributed.Client, optional
         Used when given (or when one is active); otherwise regions run one after another in this process.

@@ -23,6 +23,7 @@ from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.restoration.kernels import denoise_planes, extended_crop, restore_block, to_output
 from ssai3d_dask.restoration.plan import Plan, Region
 from ssai3d_dask.restoration.rl import richardson_lucy
+from ssai3d_dask.settings import NETWORK_METHODS
 
 _PSF: dict = {}
 _PSF_LOCK = threading.Lock()
@@ -80,7 +81,7 @@ def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict)
     t0 = time.perf_counter()
     if spec["torch_threads"] and torch.get_num_threads() != spec["torch_threads"]:
         torch.set_num_threads(spec["torch_threads"])
-    model, denoiser = _worker_model(spec) if spec["method"] in ("ssai3d", "care") else (None, None)
+    model, denoiser = _worker_model(spec) if spec["method"] in NETWORK_METHODS else (None, None)
     psf = _cached_psf(spec["psf_path"]) if spec["method"] == "rl" else None
     crop = source.read(plan.input_crop(region))
     data, skipped = compute_region(plan, region, crop, spec, model, denoiser, psf)
