@@ -66,6 +66,10 @@ class AxialBlurEstimate:
                 f"frequencies {self.band_cycles_per_px[0]:.3f}-{self.band_cycles_per_px[1]:.3f} cycles/px")
 
 
+#: The shortest profile the estimate uses (px on the isotropic grid).
+MIN_LENGTH = 32
+
+
 def _power(profiles: np.ndarray) -> np.ndarray:
     """Power spectra (bins 1..L/2) of (..., L) profiles, each mean-removed and Hann-windowed."""
     p = profiles - profiles.mean(axis=-1, keepdims=True)
@@ -118,7 +122,14 @@ def _windows(vol: Volume, norm: Normalization, n: int, length: int, rows: int, s
 
 def estimate_axial_blur(vol: Volume, norm: Normalization, seed: int = 0, n_windows: int = 96,
                         length: int = 64, rows: int = 8, n_boot: int = 64) -> AxialBlurEstimate:
-    """Estimate the stack's extra axial blur (see the module docstring). Reads ``n_windows`` small windows."""
+    """Estimate the stack's extra axial blur (see the module docstring). Reads ``n_windows`` small windows.
+
+    Profiles are ``length`` px long, shortened (to a multiple of 8, at least :data:`MIN_LENGTH`) for
+    stacks with fewer planes or narrower planes than that.
+    """
+    geom = isotropic_geometry(vol.shape, vol.voxel_size_um)
+    depth = int(math.floor((vol.shape[0] - 2) * geom.z_factor)) + 1  # isotropic planes a window can span
+    length = max(MIN_LENGTH, min(length, depth, vol.shape[2]) // 8 * 8)
     wins, f = _windows(vol, norm, n_windows, length, rows, seed)
     if len(wins) < 4:
         raise VolumeError(f"{vol.source}: only {len(wins)} of {n_windows} sampled windows hold structure; the "
