@@ -8,6 +8,10 @@ Every method runs through the package's block pipeline (``ssai3d_dask.restoratio
               with the one true PSF (and subsampled like z)
 - ssai3d-full SSAI-3D, every layer fine-tuned
 - ssai3d      SSAI-3D, surgeon-selected 10 % of layers (the default)
+- rl-est      Richardson-Lucy with the PSF *estimated* from the stack (``ssai3d info --psf``: the axial blur
+              beyond the lateral one; what a user without a measured PSF would do), 30 iterations
+- care-est    CARE trained with that estimated PSF
+- cyclegan    OT-CycleGAN (Park et al. 2022), trained on the stack alone (no PSF), G run on 3D sub-volumes
 
 Experiments (paper Figs. 2-4, OT-CycleGAN's undersampling setting), all on a truth grid of 0.1 um voxels:
 1. beads: restored axial FWHM (mean +- sd over beads) vs lateral and truth FWHM;
@@ -16,14 +20,18 @@ Experiments (paper Figs. 2-4, OT-CycleGAN's undersampling setting), all on a tru
    tested on stacks of axial sd 3..8 px;
 4. spheres vs cylinders: lateral MSE on the stack's own synthesized lateral pairs vs axial MSE against truth;
 5. tubes with a shift-variant rotated PSF, then with Poisson + Gaussian noise: SSIM;
-6. tubes, axial blur sd 4 then z undersampling x2 and x4: PSNR and MS-SSIM.
+6. tubes, axial blur sd 4 then z undersampling x2 and x4 (OT-CycleGAN's own setting): PSNR, MS-SSIM,
+   SSIM of 15-slice MIPs of the axial cross-sections, axial FWHM mismatch of tubes.
 
 Default sizes finish on 2 CPU cores in about 50 minutes (2955 s measured): truth 48 x 96 x 96 (beads 64 x 96 x 96), raw z
 every 4 voxels unless said otherwise, SSAI-3D 150 fine-tuning steps, CARE 300 steps (both batch 8, 128
 patches of 64 px). ``--size paper`` uses the paper's 300^3 cubes and 1000 / 3000 steps (a GPU job).
 
-Run: python benchmarks/fidelity.py [--size small|paper] [--only beads,strands,...]
-Writes benchmarks/results/fidelity.md (+ fidelity.json) and fidelity_<experiment>.png.
+``--methods`` runs a subset of the columns (the others show "-"); the blind and OT-CycleGAN columns were
+run that way into fidelity_blind.md (same phantoms and seeds, so their numbers sit beside fidelity.md's).
+
+Run: python benchmarks/fidelity.py [--size small|paper] [--only beads,strands,...] [--methods interp,rl,...]
+Writes benchmarks/results/fidelity.md (+ fidelity.json) and fidelity_<experiment>.png (named after --out).
 """
 
 from __future__ import annotations
@@ -44,10 +52,13 @@ from skimage.metrics import structural_similarity
 from ssai3d_dask.adaptation.adapt import adapt
 from ssai3d_dask.settings import AdaptSettings
 from ssai3d_dask.adaptation.care import train_care
+from ssai3d_dask.adaptation.cyclegan import train_cyclegan
+from ssai3d_dask.adaptation.psf_estimate import estimate_axial_blur
+from ssai3d_dask.settings import CycleGANSettings
 from ssai3d_dask.settings import CareSettings
 from ssai3d_dask.models.folder import cached_folder
 from ssai3d_dask.settings import FinetuneSettings
-from ssai3d_dask.evaluation.metrics import bead_fwhm, find_beads, ms_ssim, psnr, ssim
+from ssai3d_dask.evaluation.metrics import bead_fwhm, find_beads, ms_ssim, psnr, ssim, tube_fwhm_mismatch
 from ssai3d_dask.adaptation.pairs import PairSynthesizer
 from ssai3d_dask.restoration.pipeline import restore
 from ssai3d_dask.settings import RestoreSettings
@@ -58,16 +69,21 @@ from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
 from ssai3d_dask.io.volume import Volume, open_volume
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("interp", "rl", "care", "ssai3d-full", "ssai3d")
+ALL_METHODS = ("interp", "rl", "care", "ssai3d-full", "ssai3d", "rl-est", "care-est", "cyclegan")
+METHODS = ALL_METHODS  # the columns of this run (--methods)
+PANEL_PREFIX = "fidelity"  # the figures are named after --out
 LABELS = {"interp": "linear interp.", "rl": "Richardson-Lucy", "care": "CARE (scratch)",
-          "ssai3d-full": "SSAI-3D full FT", "ssai3d": "SSAI-3D sparse 10%"}
+          "ssai3d-full": "SSAI-3D full FT", "ssai3d": "SSAI-3D sparse 10%", "rl-est": "RL, estimated PSF",
+          "care-est": "CARE, estimated PSF", "cyclegan": "OT-CycleGAN"}
+#: The restore method each column runs.
+RESTORE_METHOD = {"ssai3d-full": "ssai3d", "rl-est": "rl", "care-est": "care"}
 SIZES = {
     "tiny": {"shape": (32, 64, 64), "beads_shape": (48, 64, 64), "n_beads": 6, "ft_steps": 3, "care_steps": 3,
-             "patches": 16, "patch_px": 32, "halo": 16},  # a smoke run of the script itself (minutes)
+             "patches": 16, "patch_px": 32, "halo": 16, "gan_steps": 3, "gan_volume": 16},  # a smoke run (minutes)
     "small": {"shape": (48, 96, 96), "beads_shape": (64, 96, 96), "n_beads": 16, "ft_steps": 150,
-              "care_steps": 300, "patches": 128, "patch_px": 64, "halo": 32},
+              "care_steps": 300, "patches": 128, "patch_px": 64, "halo": 32, "gan_steps": 300, "gan_volume": 32},
     "paper": {"shape": (300, 300, 300), "beads_shape": (300, 300, 300), "n_beads": 50, "ft_steps": 1000,
-              "care_steps": 3000, "patches": 512, "patch_px": 96, "halo": 64},
+              "care_steps": 3000, "patches": 512, "patch_px": 96, "halo": 64, "gan_steps": 20000, "gan_volume": 64},
 }
 L16 = 65535.0
 
@@ -78,6 +94,17 @@ class Runner:
     def __init__(self, cfg: dict, work: Path) -> None:
         self.cfg, self.work = cfg, work
         self.timings: dict[str, dict[str, float]] = {}
+        self.estimates: dict[str, float] = {}
+
+    def estimated_psf_um(self, vol: Volume, name: str) -> tuple[float, float, float]:
+        """The PSF a blind user would give RL and CARE: the estimated axial blur (beyond the lateral one)
+        as the z sd, and the smallest lateral sd (the lateral planes are taken as they are)."""
+        if name not in self.estimates:
+            t = time.perf_counter()
+            self.estimates[name] = estimate_axial_blur(vol, volume_statistics(vol, 0)).sigma_px
+            self.timings.setdefault(name, {})["psf estimate s"] = round(time.perf_counter() - t, 1)
+        dx, lat = vol.voxel_size_um[2], 0.3
+        return (math.hypot(self.estimates[name], lat) * dx, lat * dx, lat * dx)
 
     def volume(self, sim, name: str) -> Volume:
         z = sim.raw.shape[0]
@@ -85,11 +112,17 @@ class Runner:
 
     def train(self, vol: Volume, method: str, psf_sigma_um, name: str) -> Path | None:
         """Train (CARE) or adapt (SSAI-3D) on ``vol``; returns the model folder (None for rl/interp)."""
-        if method in ("interp", "rl"):
+        if method in ("interp", "rl", "rl-est"):
             return None
         out = self.work / f"{name}-{method}.model"
         t = time.perf_counter()
-        if method == "care":
+        if method == "care-est":
+            psf_sigma_um = self.estimated_psf_um(vol, name)
+            t = time.perf_counter()
+        if method == "cyclegan":
+            train_cyclegan(vol, out, CycleGANSettings(iterations=self.cfg["gan_steps"], volume_px=self.cfg["gan_volume"]),
+                           progress=False, overwrite=True)
+        elif method in ("care", "care-est"):
             train_care(vol, out, CareSettings(psf_sigma_um=tuple(psf_sigma_um), n_patches=self.cfg["patches"],
                                               patch_px=self.cfg["patch_px"], iterations=self.cfg["care_steps"],
                                               batch_size=8), progress=False, overwrite=True)
@@ -106,9 +139,12 @@ class Runner:
         out = self.work / f"{name}-{method}.ome.zarr"
         zo = int(round(vol.shape[0] * vol.anisotropy))
         region = (-(-zo // 16) * 16, *(-(-s // 48) * 48 for s in vol.shape[1:]))
-        s = RestoreSettings(method="ssai3d" if method.startswith("ssai3d") else method, chunks=(16, 48, 48),
-                            region=region, halo=self.cfg["halo"], dtype="float32", skip_empty=False,
-                            psf_sigma_um=tuple(psf_sigma_um) if method == "rl" else None)
+        if method == "rl-est":
+            psf_sigma_um = self.estimated_psf_um(vol, name)
+        name_r = RESTORE_METHOD.get(method, method)
+        s = RestoreSettings(method=name_r, chunks=(16, 48, 48), region=region,
+                            halo=None if name_r == "cyclegan" else self.cfg["halo"], dtype="float32", skip_empty=False,
+                            psf_sigma_um=tuple(psf_sigma_um) if name_r == "rl" else None)
         t = time.perf_counter()
         restore(vol, model_dir, out, s, overwrite=True, progress=False)
         self.timings.setdefault(name, {})[f"{method} restore s"] = round(time.perf_counter() - t, 1)
@@ -140,7 +176,8 @@ def box(v: np.ndarray, fmt: str) -> str:
     return f"{fmt.format(q[2])} [{fmt.format(q[1])}, {fmt.format(q[3])}] ({fmt.format(q[0])}-{fmt.format(q[4])})"
 
 
-def table(title: str, rows: dict[str, dict[str, str]], cols=METHODS, extra: str = "") -> list[str]:
+def table(title: str, rows: dict[str, dict[str, str]], cols=None, extra: str = "") -> list[str]:
+    cols = [c for c in (cols or ALL_METHODS) if c in METHODS]
     head = "| metric | " + " | ".join(LABELS.get(c, c) for c in cols) + " |"
     lines = [f"## {title}", "", head, "|---" * (len(cols) + 1) + "|"]
     for metric, vals in rows.items():
@@ -167,7 +204,7 @@ def panel(name: str, truth: np.ndarray, preds: dict[str, np.ndarray]) -> None:
                 axes[i, j].set_ylabel(view)
         axes[0, j].set_title(label, fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"fidelity_{name}.png", dpi=60)
+    fig.savefig(RESULTS / f"{PANEL_PREFIX}_{name}.png", dpi=60)
     plt.close(fig)
 
 
@@ -216,8 +253,8 @@ def exp_mismatch(r: Runner, cfg: dict, out: dict) -> list[str]:
             for sd in (3, 4, 5, 6, 7, 8)}
     train_psf = (0.5, 0.05, 0.05)
     vol5 = r.volume(sims[5], "mismatch-sd5")
-    models = {m: r.train(vol5, m, train_psf, "mismatch") for m in ("care", "ssai3d")}
-    cols = ("interp", "rl", "care", "ssai3d")
+    cols = [m for m in ("interp", "rl", "care", "ssai3d", "rl-est", "care-est", "cyclegan") if m in METHODS]
+    models = {m: r.train(vol5, m, train_psf, "mismatch") for m in cols}
     rows: dict[str, dict[str, str]] = {}
     out["mismatch"] = {}
     for sd, sim in sims.items():
@@ -231,7 +268,8 @@ def exp_mismatch(r: Runner, cfg: dict, out: dict) -> list[str]:
             out["mismatch"][sd][m] = v
         print(f"  mismatch sd {sd} done", flush=True)
     return table("3. PSF mismatch (Fig. 2i/j): strands; CARE trained for axial sd 5 px, RL given sd 5, "
-                 "SSAI-3D adapted once on the sd-5 stack with its bank (sd 3-7 px)", rows, cols)
+                 "SSAI-3D adapted once on the sd-5 stack with its bank (sd 3-7 px); CARE-est and OT-CycleGAN trained "
+                 "once on the sd-5 stack, RL-est given each test stack's own estimate", rows, cols)
 
 
 def lateral_mse(model_dir: Path, vol: Volume, fm: ForwardModel, cfg: dict) -> float:
@@ -261,8 +299,8 @@ def exp_similarity(r: Runner, cfg: dict, out: dict) -> list[str]:
         out["similarity"][kind] = {}
         for m, p in preds.items():
             ax = float(np.mean((np.clip(p, 0, 1) * L16 - sim.truth * L16) ** 2))
-            lat = lateral_mse(r.work / f"{kind}-{m}.model", vol, fm, cfg) if m in ("care", "ssai3d-full", "ssai3d") \
-                else None
+            lat = lateral_mse(r.work / f"{kind}-{m}.model", vol, fm, cfg) \
+                if m in ("care", "care-est", "ssai3d-full", "ssai3d") else None
             rows["axial MSE (x1e6, L=65535)"][m] = f"{ax / 1e6:.1f}"
             rows["lateral MSE (x1e6, L=65535)"][m] = "-" if lat is None else f"{lat / 1e6:.1f}"
             rows["PSNR (dB)"][m] = f"{psnr(np.clip(p, 0, 1), sim.truth, 1.0):.2f}"
@@ -301,10 +339,31 @@ def exp_undersampling(r: Runner, cfg: dict, out: dict) -> list[str]:
         preds = r.all_methods(sim, f"under-x{f}", true_psf_um(fm))
         rows[f"PSNR (dB), x{f}"] = {m: f"{psnr(np.clip(p, 0, 1), sim.truth, 1.0):.2f}" for m, p in preds.items()}
         rows[f"MS-SSIM, x{f}"] = {m: f"{ms_ssim(np.clip(p, 0, 1), sim.truth, 1.0):.4f}" for m, p in preds.items()}
-        out["undersampling"][f] = {m: psnr(np.clip(p, 0, 1), sim.truth, 1.0) for m, p in preds.items()}
+        mip = {m: mip_ssim(np.clip(p, 0, 1), sim.truth) for m, p in preds.items()}
+        rows[f"SSIM of 15-slice axial MIPs, median [IQR] (range), x{f}"] = {m: box(v, "{:.3f}") for m, v in mip.items()}
+        fw = {m: tube_fwhm_mismatch(np.clip(p, 0, 1), sim.truth) * 100 for m, p in preds.items()}  # 100 nm voxels
+        rows[f"axial FWHM mismatch of tubes (nm), median [IQR] (n), x{f}"] = {
+            m: (box(v, "{:.0f}").split(" (")[0] + f" ({len(v)})") if len(v) else "-" for m, v in fw.items()}
+        out["undersampling"][f] = {m: {"psnr": psnr(np.clip(p, 0, 1), sim.truth, 1.0), "mip_ssim": mip[m].tolist(),
+                                       "fwhm_mismatch_nm": fw[m].tolist()} for m, p in preds.items()}
         if f == 4:
             panel("undersampling_x4", sim.truth, preds)
-    return table("6. Axial blur sd 4 px, then z undersampling x2 / x4 (OT-CycleGAN setting), tubes", rows)
+    return table("6. Axial blur sd 4 px, then z undersampling x2 / x4 (OT-CycleGAN setting), tubes", rows,
+                 extra="MIPs: maximum projections over 15 adjacent XZ (and YZ) slices, non-overlapping, as the "
+                       "OT-CycleGAN paper's Fig. 1g; FWHM mismatch: |axial FWHM restored - truth| from Gaussian fits "
+                       "of z profiles through tube centre points of the truth (Fig. 1h).")
+
+
+def mip_ssim(pred: np.ndarray, truth: np.ndarray, depth: int = 15) -> np.ndarray:
+    """SSIM of maximum projections over ``depth`` adjacent axial slices (XZ along y, YZ along x)."""
+    out = []
+    for axis in (1, 2):
+        for i in range(0, truth.shape[axis] - depth + 1, depth):
+            sl = [slice(None)] * 3
+            sl[axis] = slice(i, i + depth)
+            t, p = truth[tuple(sl)].max(axis), pred[tuple(sl)].max(axis)
+            out.append(structural_similarity(t, p, data_range=1.0))
+    return np.asarray(out)
 
 
 EXPERIMENTS = {"beads": exp_beads, "strands": exp_strands, "mismatch": exp_mismatch, "similarity": exp_similarity,
@@ -315,18 +374,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--only", default=",".join(EXPERIMENTS), help="comma list of experiments")
+    ap.add_argument("--methods", default=",".join(ALL_METHODS), help="comma list of columns to run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "fidelity.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = SIZES[args.size]
+    global METHODS, PANEL_PREFIX
+    PANEL_PREFIX = args.out.stem
+    METHODS = tuple(m for m in ALL_METHODS if m in args.methods.split(","))
+    if set(args.methods.split(",")) - set(ALL_METHODS):
+        ap.error(f"--methods: unknown {set(args.methods.split(',')) - set(ALL_METHODS)}; known: {ALL_METHODS}")
     work = Path(tempfile.mkdtemp(prefix="ssai3d-fidelity-"))
     r = Runner(cfg, work)
     results: dict = {}
     t0 = time.perf_counter()
     lines = [f"# Fidelity against baselines ({args.size} sizes)", "",
              f"Machine: {platform.machine()}, {args.threads} CPU threads, torch {torch.__version__}. "
-             f"Command: `python benchmarks/fidelity.py --size {args.size}`.",
+             f"Command: `python benchmarks/fidelity.py --size {args.size} --methods {','.join(METHODS)}"
+             + (f" --only {args.only}`." if args.only != ",".join(EXPERIMENTS) else "`."),
              f"Settings: {json.dumps(cfg)}. Intensities: truth in [0, 1]; predictions clipped to [0, 1]; "
              "PSNR/SSIM with range 1, MSE at 16-bit scale (L = 65535).", ""]
     try:
@@ -338,6 +404,9 @@ def main() -> None:
             print(f"  {name}: {time.perf_counter() - t:.0f} s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if r.estimates:
+        lines += ["## Estimated axial blur (sd beyond the lateral blur, isotropic px)", "", "```",
+                  json.dumps({k: round(v, 2) for k, v in r.estimates.items()}, indent=1), "```", ""]
     lines += ["## Timings (s, this machine)", "", "```", json.dumps(r.timings, indent=1), "```", "",
               f"Total: {time.perf_counter() - t0:.0f} s."]
     args.out.write_text("\n".join(lines) + "\n")

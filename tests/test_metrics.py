@@ -64,3 +64,16 @@ def test_fourier_resolution_tracks_blur(rng):
 def test_shape_mismatch_message():
     with pytest.raises(ValueError, match="shapes differ"):
         M.mse(np.zeros((2, 3, 4)), np.zeros((2, 3, 5)))
+
+
+def test_tube_fwhm_mismatch_grows_with_axial_blur():
+    from scipy import ndimage
+
+    from ssai3d_dask.evaluation.metrics import tube_fwhm_mismatch
+    from ssai3d_dask.evaluation.simulate import simulate
+
+    t = simulate("tubes", (48, 64, 64), seed=2).truth
+    assert np.all(tube_fwhm_mismatch(t, t) < 1e-6)
+    m2 = tube_fwhm_mismatch(ndimage.gaussian_filter1d(t, 2.0, axis=0), t)
+    m4 = tube_fwhm_mismatch(ndimage.gaussian_filter1d(t, 4.0, axis=0), t)
+    assert len(m2) >= 10 and np.median(m2) > 1.0 and np.median(m4) > np.median(m2) + 1.0
