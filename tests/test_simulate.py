@@ -85,3 +85,15 @@ def test_bad_kind_and_shape():
         simulate("cubes")
     with pytest.raises(ValueError, match="shape"):
         simulate("beads", (4, 64, 64))
+
+
+def test_tissue_has_textured_nuclei_and_neurites_of_every_orientation():
+    from scipy import ndimage
+
+    t = simulate("tissue", (48, 96, 96), seed=2).truth
+    nuclei, neurites = (t > 0.1) & (t < 0.55), t > 0.6
+    assert 0.04 < nuclei.mean() < 0.3 and 0.002 < neurites.mean() < 0.1
+    assert np.std(t[nuclei]) > 0.04  # textured, not flat discs
+    labels, n = ndimage.label(neurites, structure=np.ones((3, 3, 3)))
+    z_extent = [s[0].stop - s[0].start for s in ndimage.find_objects(labels)]
+    assert n >= 3 and max(z_extent) >= 16  # some neurites run through z, unlike the flat strands

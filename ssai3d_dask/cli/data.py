@@ -46,7 +46,7 @@ def info(path, voxel_size, channel, time_, level, as_json, psf):
 
 
 @main.command()
-@click.argument("kind", type=click.Choice(["beads", "strands", "spheres", "cylinders", "tubes"]))
+@click.argument("kind", type=click.Choice(["beads", "strands", "spheres", "cylinders", "tubes", "tissue"]))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--shape", nargs=3, type=int, default=(64, 128, 128), show_default=True, metavar="Z Y X",
               help="Ground-truth shape in voxels on the isotropic grid.")
@@ -117,7 +117,8 @@ def evaluate(pred, truth, raw, data_range, beads, json_out):
 @click.option("--workers", type=int, default=None, help="LocalCluster workers.")
 @friendly_errors
 def demo(out_dir, shape, iterations, seed, workers):
-    """Simulate strands and beads at anisotropy 4 with noise, adapt the shipped model, restore, score, report."""
+    """Simulate a tissue-like stack (textured nuclei among neurites) at anisotropy 4 with noise, adapt the
+    shipped model to it, restore, score against the truth and write report.png (XY, XZ, YZ views)."""
     from ssai3d_dask.evaluation.demo import run_demo
 
     run_demo(out_dir, tuple(shape), iterations, seed, workers)
