@@ -27,6 +27,8 @@ Default sizes finish on 2 CPU cores in about 50 minutes (2955 s measured): truth
 every 4 voxels unless said otherwise, SSAI-3D 150 fine-tuning steps, CARE 300 steps (both batch 8, 128
 patches of 64 px). ``--size paper`` uses the paper's 300^3 cubes and 1000 / 3000 steps (a GPU job).
 
+The ``ssai3d-auto`` column is SSAI-3D sparse with ``--psf-bank auto`` (widths x0.6-1.4 of the axial blur
+estimated from the stack itself) instead of the paper's fixed sd 3-7 px.
 ``--methods`` runs a subset of the columns (the others show "-"); the blind and OT-CycleGAN columns were
 run that way into fidelity_blind.md (same phantoms and seeds, so their numbers sit beside fidelity.md's).
 
@@ -69,14 +71,15 @@ from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
 from ssai3d_dask.io.volume import Volume, open_volume
 
 RESULTS = Path(__file__).parent / "results"
-ALL_METHODS = ("interp", "rl", "care", "ssai3d-full", "ssai3d", "rl-est", "care-est", "cyclegan")
+ALL_METHODS = ("interp", "rl", "care", "ssai3d-full", "ssai3d", "ssai3d-auto", "rl-est", "care-est", "cyclegan")
 METHODS = ALL_METHODS  # the columns of this run (--methods)
 PANEL_PREFIX = "fidelity"  # the figures are named after --out
 LABELS = {"interp": "linear interp.", "rl": "Richardson-Lucy", "care": "CARE (scratch)",
-          "ssai3d-full": "SSAI-3D full FT", "ssai3d": "SSAI-3D sparse 10%", "rl-est": "RL, estimated PSF",
+          "ssai3d-full": "SSAI-3D full FT", "ssai3d": "SSAI-3D sparse 10%",
+          "ssai3d-auto": "SSAI-3D sparse, auto bank", "rl-est": "RL, estimated PSF",
           "care-est": "CARE, estimated PSF", "cyclegan": "OT-CycleGAN"}
 #: The restore method each column runs.
-RESTORE_METHOD = {"ssai3d-full": "ssai3d", "rl-est": "rl", "care-est": "care"}
+RESTORE_METHOD = {"ssai3d-full": "ssai3d", "ssai3d-auto": "ssai3d", "rl-est": "rl", "care-est": "care"}
 SIZES = {
     "tiny": {"shape": (32, 64, 64), "beads_shape": (48, 64, 64), "n_beads": 6, "ft_steps": 3, "care_steps": 3,
              "patches": 16, "patch_px": 32, "halo": 16, "gan_steps": 3, "gan_volume": 16},  # a smoke run (minutes)
@@ -129,6 +132,7 @@ class Runner:
         else:
             full = method == "ssai3d-full"
             adapt(vol, out, AdaptSettings(n_patches=self.cfg["patches"], patch_px=self.cfg["patch_px"],
+                                          psf_bank="auto" if method == "ssai3d-auto" else "paper",
                                           selection="all" if full else "surgeon", layers_fraction=1.0 if full else 0.1,
                                           finetune=FinetuneSettings(iterations=self.cfg["ft_steps"], batch_size=8)),
                   progress=False, overwrite=True)
@@ -253,7 +257,7 @@ def exp_mismatch(r: Runner, cfg: dict, out: dict) -> list[str]:
             for sd in (3, 4, 5, 6, 7, 8)}
     train_psf = (0.5, 0.05, 0.05)
     vol5 = r.volume(sims[5], "mismatch-sd5")
-    cols = [m for m in ("interp", "rl", "care", "ssai3d", "rl-est", "care-est", "cyclegan") if m in METHODS]
+    cols = [m for m in ("interp", "rl", "care", "ssai3d", "ssai3d-auto", "rl-est", "care-est", "cyclegan") if m in METHODS]
     models = {m: r.train(vol5, m, train_psf, "mismatch") for m in cols}
     rows: dict[str, dict[str, str]] = {}
     out["mismatch"] = {}
@@ -268,7 +272,7 @@ def exp_mismatch(r: Runner, cfg: dict, out: dict) -> list[str]:
             out["mismatch"][sd][m] = v
         print(f"  mismatch sd {sd} done", flush=True)
     return table("3. PSF mismatch (Fig. 2i/j): strands; CARE trained for axial sd 5 px, RL given sd 5, "
-                 "SSAI-3D adapted once on the sd-5 stack with its bank (sd 3-7 px); CARE-est and OT-CycleGAN trained "
+                 "SSAI-3D adapted once on the sd-5 stack with its bank (sd 3-7 px; auto: centred on that stack's estimate); CARE-est and OT-CycleGAN trained "
                  "once on the sd-5 stack, RL-est given each test stack's own estimate", rows, cols)
 
 
@@ -300,7 +304,7 @@ def exp_similarity(r: Runner, cfg: dict, out: dict) -> list[str]:
         for m, p in preds.items():
             ax = float(np.mean((np.clip(p, 0, 1) * L16 - sim.truth * L16) ** 2))
             lat = lateral_mse(r.work / f"{kind}-{m}.model", vol, fm, cfg) \
-                if m in ("care", "care-est", "ssai3d-full", "ssai3d") else None
+                if m in ("care", "care-est", "ssai3d-full", "ssai3d", "ssai3d-auto") else None
             rows["axial MSE (x1e6, L=65535)"][m] = f"{ax / 1e6:.1f}"
             rows["lateral MSE (x1e6, L=65535)"][m] = "-" if lat is None else f"{lat / 1e6:.1f}"
             rows["PSNR (dB)"][m] = f"{psnr(np.clip(p, 0, 1), sim.truth, 1.0):.2f}"

@@ -125,9 +125,10 @@ class AdaptSettings(Settings):
                                           "or an official NAFNet .pth).")
     n_patches: int = Field(256, ge=4, description="Lateral patches to sample from the stack.", json_schema_extra={"flag": "--patches"})
     patch_px: int = Field(96, ge=16, multiple_of=16, description="Patch size in px (multiple of 16).", json_schema_extra={"flag": "--patch"})
-    psf_bank: Literal["paper", "auto"] = Field("paper", description="PSF bank widths: 'paper' = --sigmas (default "
-                                               "3-7 px, the paper's), 'auto' = centred on the stack's own axial "
-                                               "blur estimated from the data (x0.6..x1.4; `ssai3d info --psf`).")
+    psf_bank: Literal["auto", "paper"] = Field(
+        "auto", description="PSF bank widths. 'auto': --sigmas, scaled up when the stack's own axial blur (estimated "
+                            "from the data, `ssai3d info --psf`) is wider than the bank's centre, so the bank is "
+                            "centred on it; never narrowed. 'paper': --sigmas exactly (default 3-7 px, the paper's).")
     sigmas_px: tuple[float, ...] = Field((3.0, 4.0, 5.0, 6.0, 7.0), min_length=1,
                                          description="PSF bank: axial Gaussian sd in px.", json_schema_extra={"flag": "--sigmas"})
     angles_deg: tuple[float, ...] = Field((-45.0, -22.5, 0.0, 22.5, 45.0), min_length=1,

@@ -179,7 +179,7 @@ def test_sparse_finetuning_changes_only_chosen_layers():
 
 @pytest.mark.slow
 def test_adapt_writes_model_dir(tmp_path):
-    sim = simulate("strands", (32, 96, 96), seed=0, model=ForwardModel(0.5, 3.0, z_factor=4))
+    sim = simulate("strands", (48, 96, 96), seed=0, model=ForwardModel(0.5, 3.0, z_factor=4))
     vol = Volume.from_array(sim.raw, sim.raw_voxel_size_um, chunks=(4, 48, 48))
     s = AdaptSettings(n_patches=24, patch_px=64, finetune=FinetuneSettings(iterations=5, batch_size=4))
     adapt(vol, tmp_path / "m", s, progress=False)
@@ -188,6 +188,9 @@ def test_adapt_writes_model_dir(tmp_path):
     assert len(man["selection"]["layers"]) == round(0.1 * len(man["layer_metrics"]))
     assert set(next(iter(man["layer_metrics"].values()))["raw"]) == set(METRIC_NAMES)
     assert (tmp_path / "m" / "validation.png").stat().st_size > 1000
+    # --psf-bank auto (default): the estimate (true extra blur 2.96 px) is inside the paper bank -> bank unchanged
+    assert man["psf_bank"]["source"] == "auto" and abs(man["psf_estimate"]["sigma_px"] - 2.96) < 0.15 * 2.96
+    assert man["psf_bank"]["sigmas_px"] == [3.0, 4.0, 5.0, 6.0, 7.0]
     loaded = AdaptedModel.load(tmp_path / "m")
     assert loaded.norm.high > loaded.norm.low
     with pytest.raises(Exception, match="already exists"):
@@ -313,3 +316,23 @@ def test_axial_blur_estimate_refuses_a_stack_too_thin():
     vol = Volume.from_array(np.random.default_rng(0).random((6, 64, 64), np.float32), (0.4, 0.1, 0.1))
     with pytest.raises(VolumeError, match="too small to estimate"):
         estimate_axial_blur(vol, volume_statistics(vol))
+
+
+def test_auto_bank_widens_to_the_estimate_and_never_narrows():
+    from ssai3d_dask.adaptation.psf_estimate import auto_bank_widths
+
+    paper = (3.0, 4.0, 5.0, 6.0, 7.0)
+    assert auto_bank_widths(paper, 2.0) == paper and auto_bank_widths(paper, 5.0) == paper
+    assert auto_bank_widths(paper, 12.0) == (7.2, 9.6, 12.0, 14.4, 16.8)  # centred on the estimate
+    assert auto_bank_widths((2.0, 4.0), 6.0) == (4.0, 8.0)  # user widths: centre = their median
+
+
+def test_auto_bank_falls_back_to_the_fixed_bank_when_the_stack_is_too_thin(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    vol = Volume.from_array(rng.random((6, 64, 64), np.float32), (0.4, 0.1, 0.1))
+    s = AdaptSettings(n_patches=8, patch_px=32, finetune=FinetuneSettings(iterations=1, batch_size=2))
+    with caplog.at_level("WARNING"):
+        adapted = adapt(vol, None, s, progress=False)
+    assert "too small to estimate" in caplog.text and "fixed PSF bank" in caplog.text
+    assert adapted.manifest["psf_bank"]["sigmas_px"] == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert "too small to estimate" in adapted.manifest["psf_estimate"]["error"]

@@ -33,6 +33,7 @@ from ssai3d_dask.adaptation.sampling import sample_lateral_patches, volume_stati
 from ssai3d_dask.adaptation.surgeon import (METRIC_NAMES, SURGEON_FILE, layer_names, normalize_metrics, score_layers,
                       select_layers, zero_shot_metrics)
 from ssai3d_dask.io.volume import Volume
+from ssai3d_dask.errors import VolumeError
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +80,18 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     model.set_pool_window(model.local_window())
     device = resolve_device(settings.finetune.device)
     z_factor = isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor
-    psf_estimate = None
+    psf_estimate, estimate_error, widths = None, None, tuple(settings.sigmas_px)
     if settings.psf_bank == "auto":
-        from ssai3d_dask.adaptation.psf_estimate import AUTO_SPREAD, estimate_axial_blur
+        from ssai3d_dask.adaptation.psf_estimate import auto_bank_widths, estimate_axial_blur
 
-        psf_estimate = estimate_axial_blur(vol, norm, settings.seed)
-        widths = tuple(round(max(0.5, psf_estimate.sigma_px * k), 3) for k in AUTO_SPREAD)
-        logger.info("PSF bank centred on the estimate: widths %s px", widths)
-    else:
-        widths = tuple(settings.sigmas_px)
+        try:
+            psf_estimate = estimate_axial_blur(vol, norm, settings.seed)
+        except VolumeError as e:  # too thin or too empty to measure: the fixed bank is still a sound default
+            estimate_error = str(e)
+            logger.warning("%s; using the fixed PSF bank %s px (--psf-bank paper)", e, widths)
+        else:
+            widths = auto_bank_widths(widths, psf_estimate.sigma_px)
+            logger.info("axial blur estimate %s; PSF bank widths %s px", psf_estimate, widths)
     bank = PSFBank(widths, tuple(settings.angles_deg))
     synth = PairSynthesizer(bank, z_factor, device)
     val = synth(torch.from_numpy(val_patches[:, None]), np.random.default_rng(settings.seed + 2))
@@ -130,7 +134,8 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
         "normalization": norm.to_dict(),
         "denoiser": denoiser.to_dict(),
         "psf_bank": bank.to_dict() | {"source": settings.psf_bank},
-        "psf_estimate": psf_estimate.to_dict() if psf_estimate is not None else None,
+        "psf_estimate": (psf_estimate.to_dict() if psf_estimate is not None
+                         else {"error": estimate_error} if estimate_error else None),
         "pool_window_px": model.pool_window,
         "selection": {"method": method, "surgeon": surgeon_src, "fraction": settings.layers_fraction,
                       "layers": layers if layers is not None else names},
