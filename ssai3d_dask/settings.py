@@ -101,12 +101,14 @@ def _check_patch(patch_px: int, multiple: int, vol) -> None:
 # --- adaptation -------------------------------------------------------------------------------------
 
 class FinetuneSettings(Settings):
-    """Sparse fine-tuning. Defaults follow the paper: Adam, lr 1e-3, weight decay 1e-4 (cosine decay added)."""
+    """Sparse fine-tuning. Defaults follow the paper: Adam, lr 1e-3, weight decay 1e-4 (cosine decay added); run to
+    convergence of the validation PSNR (patience 250 steps, at most 3000)."""
 
-    iterations: int = Field(300, ge=1, description="Fine-tuning steps (at most, with --patience or --max-minutes).")
-    patience: int | None = Field(None, ge=1, description="Stop when the validation PSNR has not improved by 0.01 dB "
-                                                         "for this many steps, and keep the best weights (default: "
-                                                         "off, all --iterations run).")
+    iterations: int = Field(3000, ge=1, description="Fine-tuning steps at most (a cap: --patience usually stops "
+                                                    "it first).")
+    patience: int | None = Field(250, ge=0, description="Stop when the validation PSNR has not improved by 0.01 dB "
+                                                        "for this many steps, and keep the best weights (0: off, all "
+                                                        "--iterations run).")
     max_minutes: float | None = Field(None, gt=0, description="Stop fine-tuning after this many minutes.")
     eval_every: int = Field(25, ge=1, description="Steps between validation evaluations (the curve in the "
                                                   "manifest and validation.png; the patience's clock).")

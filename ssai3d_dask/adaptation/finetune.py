@@ -110,9 +110,9 @@ class _Budget:
         self.curve.append((step, round(psnr, 4)))
         if psnr > self.best + self.MIN_DELTA_DB:
             self.best, self.best_step = psnr, step
-            if self.s.patience is not None:
+            if self.s.patience:
                 self.best_state = [p.detach().clone() for p in self.params]
-        elif self.s.patience is not None and step - self.best_step >= self.s.patience:
+        elif self.s.patience and step - self.best_step >= self.s.patience:
             self.stopped_by = "patience"
             return True
         return False
@@ -123,4 +123,4 @@ class _Budget:
                 for p, b in zip(self.params, self.best_state):
                     p.copy_(b)
         return {"steps": self.steps, "stopped_by": self.stopped_by, "val_curve": self.curve,
-                "best_step": self.best_step if self.s.patience is not None else None}
+                "best_step": self.best_step if self.s.patience else None}
