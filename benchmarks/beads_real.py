@@ -6,8 +6,9 @@ is the PSF, so a restoration that made the stack isotropic would give axial FWHM
 
 Methods, each through the package's pipeline on the isotropic grid (z resampled to 0.0225 um):
 - interp      linear z interpolation;
-- ssai3d      `ssai3d run` with default settings (the fixed paper bank, sd 3-7 px);
-- ssai3d-auto `ssai3d run --psf-bank auto` (bank centred on the stack's own axial blur estimate);
+- ssai3d      `ssai3d run --psf-bank paper` (the paper's fixed bank, sd 3-7 px);
+- ssai3d-auto `ssai3d run` with default settings (`--psf-bank auto`: the bank widened to centre on the
+              stack's own axial blur estimate when that is wider than sd 5 px);
 - rl          Richardson-Lucy, 30 iterations, with the PSF *measured* from these beads (their crops in the
               interpolated stack, background-subtracted, centred on their peaks and averaged). A measured
               PSF from the same beads is the most favourable case RL can get.

@@ -134,10 +134,19 @@ class Runner:
             adapt(vol, out, AdaptSettings(n_patches=self.cfg["patches"], patch_px=self.cfg["patch_px"],
                                           psf_bank="auto" if method == "ssai3d-auto" else "paper",
                                           selection="all" if full else "surgeon", layers_fraction=1.0 if full else 0.1,
-                                          finetune=FinetuneSettings(iterations=self.cfg["ft_steps"], batch_size=8)),
+                                          finetune=self.finetune_settings()),
                   progress=False, overwrite=True)
         self.timings.setdefault(name, {})[f"{method} train s"] = round(time.perf_counter() - t, 1)
+        if method.startswith("ssai3d"):
+            h = json.loads((out / "manifest.json").read_text())["history"]
+            self.timings[name][f"{method} steps"] = f"{h['steps']} ({h['stopped_by']})"
         return out
+
+    def finetune_settings(self) -> FinetuneSettings:
+        steps = self.cfg["ft_steps"]
+        if isinstance(steps, int):
+            return FinetuneSettings(iterations=steps, batch_size=8)
+        return FinetuneSettings(batch_size=8)  # the package's default budget (patience)
 
     def apply(self, vol: Volume, method: str, model_dir: Path | None, psf_sigma_um, name: str) -> np.ndarray:
         out = self.work / f"{name}-{method}.ome.zarr"
@@ -379,11 +388,16 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--only", default=",".join(EXPERIMENTS), help="comma list of experiments")
     ap.add_argument("--methods", default=",".join(ALL_METHODS), help="comma list of columns to run")
+    ap.add_argument("--ft-steps", type=int, default=None,
+                    help="SSAI-3D fine-tuning steps (default: the size's; 0: the package's default budget, "
+                         "patience on the validation PSNR)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "fidelity.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = SIZES[args.size]
+    cfg = dict(SIZES[args.size])
+    if args.ft_steps is not None:
+        cfg["ft_steps"] = args.ft_steps or "default budget"
     global METHODS, PANEL_PREFIX
     PANEL_PREFIX = args.out.stem
     METHODS = tuple(m for m in ALL_METHODS if m in args.methods.split(","))
@@ -396,6 +410,7 @@ def main() -> None:
     lines = [f"# Fidelity against baselines ({args.size} sizes)", "",
              f"Machine: {platform.machine()}, {args.threads} CPU threads, torch {torch.__version__}. "
              f"Command: `python benchmarks/fidelity.py --size {args.size} --methods {','.join(METHODS)}"
+             + (f" --ft-steps {args.ft_steps}" if args.ft_steps is not None else "")
              + (f" --only {args.only}`." if args.only != ",".join(EXPERIMENTS) else "`."),
              f"Settings: {json.dumps(cfg)}. Intensities: truth in [0, 1]; predictions clipped to [0, 1]; "
              "PSNR/SSIM with range 1, MSE at 16-bit scale (L = 65535).", ""]

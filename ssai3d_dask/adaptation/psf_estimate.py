@@ -54,7 +54,7 @@ def auto_bank_widths(sigmas_px: tuple[float, ...], estimate_px: float) -> tuple[
     the estimate (x0.6..x1.4) restored no better than the paper's 3-7 px even where the estimate was accurate
     (beads: 2.82 px for 2.85, axial FWHM 744 vs 729 nm; strands: XZ SSIM 0.414 vs 0.421;
     benchmarks/results/fidelity_bank.md). A stack blurred beyond the bank (the real confocal beads: sd 12 px
-    on their 0.0225 um grid) gets a bank centred on its estimate (axial/lateral bead FWHM 3.13 -> 2.76,
+    on their 0.0225 um grid) gets a bank centred on its estimate (axial/lateral bead FWHM 2.82 -> 2.51,
     benchmarks/results/beads_real.md).
     """
     centre = float(np.median(sigmas_px))

@@ -271,7 +271,7 @@ def adaptation_stand_in(ds, adapt_settings) -> tuple:
         steps.append(time.perf_counter() - t0)
     model.eval()
     step = min(steps[1:])
-    bounded = "at most " if ft.patience is not None or ft.max_minutes is not None else ""
+    bounded = "at most " if ft.patience or ft.max_minutes is not None else ""
     note = (f"adaptation   {bounded}{ft.iterations} fine-tuning steps x {step:.2f} s (measured, batch {ft.batch_size}, "
             f"{adapt_settings.patch_px} px) = ~{ft.iterations * step / 60:.0f} min, plus sampling, denoiser "
             f"calibration and zero-shot metrics; restore times above use the base model as a stand-in"
