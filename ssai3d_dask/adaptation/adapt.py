@@ -20,7 +20,7 @@ from ssai3d_dask import __version__
 from ssai3d_dask.models.checkpoint import load_model, load_network, shipped_path
 from ssai3d_dask.io.files import removed_on_failure
 from ssai3d_dask.models.folder import AdaptedModel, check_new_folder, write_folder
-from ssai3d_dask.ops.denoise import calibrate
+from ssai3d_dask.ops.denoise import calibrate, fit_noise_model
 from ssai3d_dask.adaptation.finetune import finetune
 from ssai3d_dask.settings import AdaptSettings, resolve_device
 from ssai3d_dask.geometry import isotropic_geometry
@@ -71,6 +71,9 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     t = time.perf_counter()
     denoiser = calibrate(ps.patches, settings.denoise)
     patches = denoiser(ps.patches)
+    noise = fit_noise_model(patches)
+    logger.info("noise sd at half range %.4f (%s to the training inputs)", noise.sd(0.5),
+                "added" if noise.used else "not added")
     timings["denoise_s"] = round(time.perf_counter() - t, 2)
     rng = np.random.default_rng(settings.seed + 1)
     val_patches, train_patches = split_validation(patches, rng)
@@ -93,7 +96,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
             widths = auto_bank_widths(widths, psf_estimate.sigma_px)
             logger.info("axial blur estimate %s; PSF bank widths %s px", psf_estimate, widths)
     bank = PSFBank(widths, tuple(settings.angles_deg))
-    synth = PairSynthesizer(bank, z_factor, device)
+    synth = PairSynthesizer(bank, z_factor, device, noise)
     val = synth(torch.from_numpy(val_patches[:, None]), np.random.default_rng(settings.seed + 2))
 
     t = time.perf_counter()
@@ -133,6 +136,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
         "z_factor": z_factor,
         "normalization": norm.to_dict(),
         "denoiser": denoiser.to_dict(),
+        "input_noise": noise.to_dict(),
         "psf_bank": bank.to_dict() | {"source": settings.psf_bank},
         "psf_estimate": (psf_estimate.to_dict() if psf_estimate is not None
                          else {"error": estimate_error} if estimate_error else None),
