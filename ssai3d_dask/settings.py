@@ -137,6 +137,10 @@ class AdaptSettings(Settings):
                                           description="PSF bank: orientations in degrees.", json_schema_extra={"flag": "--angles"})
     denoise: Literal["auto", "on", "off"] = Field("auto", description="Denoise lateral planes (and axial slices at "
                                                                       "inference); auto decides from the noise level.")
+    input_noise: Literal["auto", "off"] = Field(
+        "auto", description="Add the stack's own noise (a Poisson-Gaussian model fitted on the lateral planes, after "
+                            "denoising) to the blurred training inputs, as the raw stack carries it after the blur; "
+                            "auto: when the fitted noise is above the threshold of noise-free stacks; off: never.")
     layers_fraction: float = Field(0.1, gt=0, le=1, description="Fraction of layers to fine-tune (1 = all).")
     selection: Literal["surgeon", "snip", "random", "all"] = Field(
         "surgeon", description="How layers are chosen: the shipped surgeon, normalised snip alone, or random/all "

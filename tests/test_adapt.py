@@ -215,6 +215,18 @@ def test_sparse_finetuning_changes_only_chosen_layers():
     assert freeze_except(m, None) == sum(p.numel() for p in m.parameters())
 
 
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_adapt_adds_the_stacks_noise_to_training_inputs_unless_off(tmp_path, mode):
+    sim = simulate("tubes", (48, 96, 96), seed=16, model=ForwardModel(0.5, 4.0, z_factor=4, photons=100,
+                                                                      read_noise=0.01))
+    vol = Volume.from_array(sim.raw, sim.raw_voxel_size_um)
+    s = AdaptSettings(n_patches=24, patch_px=64, denoise="off", input_noise=mode, psf_bank="paper",
+                      finetune=FinetuneSettings(iterations=2, batch_size=2))
+    adapt(vol, tmp_path / "m", s, progress=False)
+    noise = json.loads((tmp_path / "m" / "manifest.json").read_text())["input_noise"]
+    assert noise["sd_at_half_range"] > 0.05 and noise["used"] is (mode == "auto")
+
+
 @pytest.mark.slow
 def test_adapt_writes_model_dir(tmp_path):
     sim = simulate("strands", (48, 96, 96), seed=0, model=ForwardModel(0.5, 3.0, z_factor=4))
@@ -229,6 +241,7 @@ def test_adapt_writes_model_dir(tmp_path):
     # --psf-bank auto (default): the estimate (true extra blur 2.96 px) is inside the paper bank -> bank unchanged
     assert man["psf_bank"]["source"] == "auto" and abs(man["psf_estimate"]["sigma_px"] - 2.96) < 0.15 * 2.96
     assert man["psf_bank"]["sigmas_px"] == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert man["input_noise"]["used"] is False  # noise-free: the training inputs stay as they were
     loaded = AdaptedModel.load(tmp_path / "m")
     assert loaded.norm.high > loaded.norm.low
     with pytest.raises(Exception, match="already exists"):

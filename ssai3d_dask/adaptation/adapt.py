@@ -7,6 +7,7 @@ fine-tuning -> MODEL_DIR (model.pt, manifest.json, validation.png).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -72,6 +73,8 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     denoiser = calibrate(ps.patches, settings.denoise)
     patches = denoiser(ps.patches)
     noise = fit_noise_model(patches)
+    if settings.input_noise == "off":
+        noise = dataclasses.replace(noise, used=False)
     logger.info("noise sd at half range %.4f (%s to the training inputs)", noise.sd(0.5),
                 "added" if noise.used else "not added")
     timings["denoise_s"] = round(time.perf_counter() - t, 2)

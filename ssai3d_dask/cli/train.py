@@ -20,7 +20,7 @@ ADAPT_OPTS = [Opt("base"), Opt("n_patches"), Opt("patch_px"),
               Opt("finetune.max_minutes", "--max-minutes"), Opt("finetune.eval_every", "--eval-every"),
               Opt("finetune.batch_size", "--batch-size"),
               Opt("finetune.lr", "--lr"), Opt("finetune.optimizer", "--optimizer"), Opt("layers_fraction"),
-              Opt("selection"), Opt("denoise"), Opt("psf_bank"), Opt("sigmas_px"), Opt("angles_deg"),
+              Opt("selection"), Opt("denoise"), Opt("input_noise"), Opt("psf_bank"), Opt("sigmas_px"), Opt("angles_deg"),
               Opt("seed"), Opt("finetune.device", "--device"), Opt("finetune.precision", "--precision")]
 CARE_OPTS = [Opt("psf_sigma_um", metavar="SZ SY SX"), Opt("n_patches"), Opt("patch_px"), Opt("iterations"),
              Opt("batch_size"), Opt("lr"), Opt("base"), Opt("depth"), Opt("seed"),
