@@ -42,7 +42,8 @@ SIGMAS = np.round(np.arange(0.25, 20.01, 0.25), 2)
 #: Frequencies whose axial power is below this fraction of the lowest bin's are left out of the fit: there
 #: the phantom renderer's or the camera's rounding, not the blur, sets the spectrum.
 DYNAMIC_RANGE = 1e-3
-#: Candidate spread of a bank around its centre (the paper's 3-7 px bank spans x0.6..x1.4 of 5 px).
+#: Spread of a bank centred on the estimate (the paper's 3-7 px bank spans x0.6..x1.4 of 5 px): the variant
+#: benchmarks/fidelity.py's ssai3d-auto column runs, kept so fidelity_bank.md can be reproduced.
 AUTO_SPREAD = (0.6, 0.8, 1.0, 1.2, 1.4)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from ssai3d_dask.errors import SettingsError
@@ -166,5 +166,4 @@ def fit_noise_model(patches: np.ndarray, bins: int = 12) -> NoiseModel:
         return NoiseModel()
     (gain, offset), _ = nnls(np.stack([np.array(xs), np.ones(len(xs))], 1), np.array(ys))
     model = NoiseModel(float(gain), float(offset))
-    used = model.sd(0.5) > INPUT_NOISE_THRESHOLD[0] or model.sd(0.0) > INPUT_NOISE_THRESHOLD[1]
-    return NoiseModel(model.gain, model.offset, used)
+    return replace(model, used=model.sd(0.5) > INPUT_NOISE_THRESHOLD[0] or model.sd(0.0) > INPUT_NOISE_THRESHOLD[1])
