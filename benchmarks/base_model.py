@@ -1,10 +1,12 @@
 """Base model figures: parameters, GMAC, CPU forward time, held-out deblurring gain, tile invariance.
 
 Run: python benchmarks/base_model.py  (writes benchmarks/results/base_model.md and base_model.png)
+     python benchmarks/base_model.py --model CANDIDATE.pt --no-write  (a candidate base, before shipping it)
 """
 
 from __future__ import annotations
 
+import argparse
 import platform
 import sys
 import time
@@ -50,16 +52,20 @@ def degradations(sharp: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="base", help="base model checkpoint ('base' = the shipped one)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave results/ as it is")
+    args = parser.parse_args()
     torch.set_num_threads(2)
     lines = [f"# Base model ({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})", ""]
     lines += ["| preset | parameters | GMAC per 256x256 | CPU forward 256x256 (s) |", "|---|---|---|---|"]
     for name in ("small", "gopro-width32", "paper"):
         m = build(name).eval()
         lines.append(f"| {name} | {count_parameters(m):,} | {count_macs(m) / 1e9:.2f} | {forward_seconds(m):.3f} |")
-    model, manifest = load_model("base")
+    model, manifest = load_model(args.model)
     rng = np.random.default_rng(123)
     sharp = random_crops(image_pool("heldout", 0, n_procedural=8), 32, 128, rng)
-    lines += ["", f"Shipped model: `{manifest.get('command')}`", "",
+    lines += ["", f"{'Shipped model' if args.model == 'base' else args.model}: `{manifest.get('command')}`", "",
               "Held-out images (skimage camera, coins, cell + held-out procedural), 32 crops of 128 px:", "",
               "| degradation | input PSNR (dB) | output PSNR (dB) | gain (dB) |", "|---|---|---|---|"]
     gains = []
@@ -89,9 +95,10 @@ def main() -> None:
                                                 for h in (32, 64, 96)]
         label = "global" if win is None else f"{win}" + (" (default)" if win == model.local_window() else "")
         lines.append(f"| {label} | {p:.2f} | " + " | ".join(diffs) + " |")
-    (RESULTS / "base_model.md").write_text("\n".join(lines) + "\n")
-    _png(panels, sharp[:3, 0].numpy())
     print("\n".join(lines))
+    if not args.no_write:
+        (RESULTS / "base_model.md").write_text("\n".join(lines) + "\n")
+        _png(panels, sharp[:3, 0].numpy())
 
 
 def _png(panels, sharp) -> None:
