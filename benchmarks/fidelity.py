@@ -101,15 +101,19 @@ class Runner:
         self.timings: dict[str, dict[str, float]] = {}
         self.estimates: dict[str, float] = {}
 
-    def estimated_psf_um(self, vol: Volume, name: str) -> tuple[float, float, float]:
-        """The PSF a blind user would give RL and CARE: the estimated axial blur (beyond the lateral one)
-        as the z sd, and the smallest lateral sd (the lateral planes are taken as they are)."""
+    def estimated_sigma_px(self, vol: Volume, name: str) -> float:
+        """The stack's axial blur beyond the lateral one (px on the isotropic grid), estimated once per stack."""
         if name not in self.estimates:
             t = time.perf_counter()
             self.estimates[name] = estimate_axial_blur(vol, volume_statistics(vol, 0)).sigma_px
             self.timings.setdefault(name, {})["psf estimate s"] = round(time.perf_counter() - t, 1)
+        return self.estimates[name]
+
+    def estimated_psf_um(self, vol: Volume, name: str) -> tuple[float, float, float]:
+        """The PSF a blind user would give RL and CARE: the estimated axial blur (beyond the lateral one)
+        as the z sd, and the smallest lateral sd (the lateral planes are taken as they are)."""
         dx, lat = vol.voxel_size_um[2], 0.3
-        return (math.hypot(self.estimates[name], lat) * dx, lat * dx, lat * dx)
+        return (math.hypot(self.estimated_sigma_px(vol, name), lat) * dx, lat * dx, lat * dx)
 
     def volume(self, sim, name: str) -> Volume:
         z = sim.raw.shape[0]
@@ -135,8 +139,8 @@ class Runner:
             full = method == "ssai3d-full"
             bank = {}
             if method == "ssai3d-auto":  # a bank centred on the stack's estimate, not the package's widen-only auto
-                self.estimated_psf_um(vol, name)
-                bank = {"sigmas_px": tuple(round(max(0.5, self.estimates[name] * k), 3) for k in AUTO_SPREAD)}
+                sd = self.estimated_sigma_px(vol, name)
+                bank = {"sigmas_px": tuple(round(max(0.5, sd * k), 3) for k in AUTO_SPREAD)}
                 t = time.perf_counter()
             adapt(vol, out, AdaptSettings(n_patches=self.cfg["patches"], patch_px=self.cfg["patch_px"],
                                           psf_bank="paper", **bank,
