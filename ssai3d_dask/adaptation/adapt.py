@@ -46,13 +46,19 @@ def _data_hash(vol: Volume, patches: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def _shipped_surgeon(model: NAFNet):
+def _shipped_surgeon(model: NAFNet, base_sha256: str | None = None):
     path = shipped_path(SURGEON_FILE)
     if not path.exists():
         return None, "no shipped surgeon"
     surgeon, manifest = load_network(path, expect="surgeon")
     if manifest.get("base_config") != model.config.to_dict():
         return None, "shipped surgeon was trained for another architecture"
+    if base_sha256 and manifest.get("base_sha256") and manifest["base_sha256"] != base_sha256:
+        # Same architecture, other weights (a retrained or user base): the metrics it reads still mean the
+        # same, so it is used, but its ranking was learned for other weights; `ssai3d train-surgeon --base`.
+        logger.warning("the shipped surgeon was trained for another base model (sha256 %s...); its layer "
+                       "ranking may be weaker for this one (retrain: ssai3d train-surgeon OUT --base ...)",
+                       manifest["base_sha256"][:12])
     return surgeon, str(path)
 
 
@@ -110,7 +116,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     raw_metrics = zero_shot_metrics(model.to(device), mb, ms, psnr_loss)
     norm_metrics = normalize_metrics(raw_metrics)
     if settings.selection == "surgeon":
-        surgeon, surgeon_src = _shipped_surgeon(model)
+        surgeon, surgeon_src = _shipped_surgeon(model, base_manifest.get("sha256"))
         scores, method = score_layers(norm_metrics, surgeon)
         if surgeon is None:
             logger.warning("%s: ranking layers by normalised snip (documented fallback)", surgeon_src)
