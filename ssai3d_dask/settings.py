@@ -264,6 +264,8 @@ class PretrainSettings(Settings):
                                                "fresh optimiser and schedule; use another --seed so it sees new crops.")
     checkpoint_every: int = Field(250, ge=1, description="Steps between resume checkpoints.")
     eval_every: int = Field(1000, ge=1, description="Steps between held-out evaluations.")
+    note: str | None = Field(None, description="Free text kept in the manifest and the JSON sidecar (how the run was "
+                                               "made: machine, lineage, wall time).")
 
 
 # --- restoration ------------------------------------------------------------------------------------

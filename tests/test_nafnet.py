@@ -1,11 +1,12 @@
 """NAFNet: official key names/shapes and parameter counts, checkpoint I/O and errors, tile invariance."""
 
+import json
 import pickle
 
 import pytest
 import torch
 
-from ssai3d_dask.models.checkpoint import load_model, save_network, shipped_path
+from ssai3d_dask.models.checkpoint import load_model, save_network, sha256_file, shipped_path
 from ssai3d_dask.errors import CheckpointError
 from ssai3d_dask.models.nafnet import PRESETS, build, count_parameters, gray_forward, receptive_radius_px
 
@@ -165,6 +166,9 @@ def test_shipped_base_model_loads():
     model, manifest = load_model("base")
     assert manifest["kind"] == "base" and manifest["preset"] == "small"
     assert shipped_path().stat().st_size < 25e6
+    # the sidecar describes exactly these weights (a base shipped without rewriting it would fail here)
+    sidecar = json.loads(shipped_path().with_suffix(".json").read_text())
+    assert sidecar["sha256"] == sha256_file(shipped_path()) == manifest["sha256"]
 
 
 def test_pretrain_warm_start_from_a_checkpoint(tmp_path):
@@ -173,11 +177,15 @@ def test_pretrain_warm_start_from_a_checkpoint(tmp_path):
 
     parent, parent_manifest = load_model("base")
     out = pretrain(tmp_path / "cont.pt", PretrainSettings(iterations=2, batch_size=2, patch_px=32, seed=1,
-                                                          init=str(shipped_path()), eval_every=2),
+                                                          init=str(shipped_path()), eval_every=2, note="a test run"),
                    progress=False)
     child, manifest = load_model(out)
     assert manifest["init_from"]["sha256"] == parent_manifest["sha256"]
-    assert "--init" in manifest["command"]
+    assert "--init" in manifest["command"] and manifest["note"] == "a test run"
+    # the JSON sidecar shipped beside weights: the same manifest and the checksum of these weights
+    sidecar = json.loads((tmp_path / "cont.json").read_text())
+    assert sidecar["sha256"] == sha256_file(out) and sidecar["history"] == manifest["history"]
+    assert sidecar["init_from"]["sha256"] == parent_manifest["sha256"]
     # two small steps from the parent: close to it, but trained
     p, c = parent.state_dict(), child.state_dict()
     assert any(not torch.equal(p[k], c[k]) for k in p)

@@ -24,9 +24,9 @@ from ssai3d_dask.adaptation.losses import psnr_loss
 from ssai3d_dask.adaptation.training import fit, make_optimizer
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.settings import PretrainSettings
-from ssai3d_dask.io.files import write_with
+from ssai3d_dask.io.files import write_json, write_with
 from ssai3d_dask.models.precision import resolve_precision
-from ssai3d_dask.models.checkpoint import load_model, load_state_strict, save_network
+from ssai3d_dask.models.checkpoint import load_model, load_network, load_state_strict, save_network, sha256_file
 from ssai3d_dask.models.nafnet import PRESETS, NAFNet, build, count_parameters, gray_forward
 from ssai3d_dask.adaptation.pretrain_data import degrade, image_pool, random_crops
 
@@ -57,7 +57,8 @@ def evaluate_psnr(model: NAFNet, degraded: torch.Tensor, sharp: torch.Tensor, ba
 
 
 def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True) -> Path:
-    """Train a base model and write it (fp16, with manifest) to ``out``.
+    """Train a base model and write it (fp16, with manifest) to ``out``, and the manifest with the
+    weights' sha256 to ``out`` with suffix ``.json`` (the sidecar shipped beside the weights).
 
     A resume file ``<out>.resume.pt`` holds model, optimizer, RNG state and
     the iteration; rerunning with the same ``out`` continues from it.
@@ -134,6 +135,22 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
     if parent is not None:
         manifest["init_from"] = {k: parent.get(k) for k in ("sha256", "command", "history", "settings", "init_from")
                                  if parent.get(k) is not None}
+    if settings.note:
+        manifest["note"] = settings.note
     save_network(model.cpu(), out, manifest, half=True)
+    write_sidecar(out)
     resume.unlink(missing_ok=True)
     return out
+
+
+def write_sidecar(weights: str | Path, note: str | None = None) -> Path:
+    """Write ``weights`` with suffix ``.json``: the checkpoint's manifest plus its sha256 (and ``note``,
+    replacing the manifest's, e.g. when shipping weights whose run was started without ``--note``).
+
+    The sidecar is what people and a release review read without loading torch; it is written
+    after the weights, so it never names weights that are not there.
+    """
+    weights = Path(weights)
+    _, manifest = load_network(weights, expect="nafnet")
+    manifest = manifest | ({"note": note} if note else {}) | {"sha256": sha256_file(weights)}
+    return write_json(weights.with_suffix(".json"), manifest, indent=2)

@@ -29,7 +29,7 @@ CYCLEGAN_OPTS = [Opt("preset"), Opt("volume_px"), Opt("n_volumes"), Opt("iterati
                  Opt("slices"), Opt("mip"), Opt("lr"), Opt("cycle_weight"), Opt("seed"), Opt("device"),
                  Opt("precision"), Opt("checkpoint_every")]
 PRETRAIN_OPTS = [Opt("preset"), Opt("iterations"), Opt("batch_size"), Opt("patch_px"), Opt("lr"),
-                 Opt("seed"), Opt("device"), Opt("precision"), Opt("init")]
+                 Opt("seed"), Opt("device"), Opt("precision"), Opt("init"), Opt("note")]
 adapt_options = settings_options(AdaptSettings, ADAPT_OPTS)
 
 
@@ -41,7 +41,9 @@ adapt_options = settings_options(AdaptSettings, ADAPT_OPTS)
 def pretrain(out, config_file, print_cfg, **kw):
     """Pretrain a base deblurring model offline (no downloads) and write it to OUT (.pt).
 
-    Rerunning with the same OUT resumes from OUT.resume.pt.
+    Beside it goes OUT with suffix .json: the manifest (settings, held-out PSNR curve, lineage of --init
+    runs) and the weights' sha256, the sidecar shipped with weights in ssai3d_dask/weights. Rerunning with
+    the same OUT resumes from OUT.resume.pt.
     """
     from ssai3d_dask.adaptation.pretrain import pretrain as run
 
