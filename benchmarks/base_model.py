@@ -28,7 +28,7 @@ from ssai3d_dask.restoration.kernels import BASE_REACH_PX
 
 RESULTS = Path(__file__).parent / "results"
 #: Tile halos (px) of the invariance table; BASE_REACH_PX is the one the pipeline's default halo uses.
-HALOS = (32, 64, BASE_REACH_PX, 96)
+HALOS = tuple(sorted({32, 64, 80, 96, 128, BASE_REACH_PX}))
 
 
 def forward_seconds(model, size=256, repeats=3) -> float:

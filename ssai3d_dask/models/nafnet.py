@@ -222,9 +222,10 @@ class NAFNet(nn.Module):
         """The SCA pooling window used for adaptation and inference: half the training patch size.
 
         NAFNet's TLC uses 1.5x the training patch. For the shipped model half the patch costs 0.2 dB
-        (held-out crops of 192 px, axial sd 4: 28.05 dB at 48 px, 28.22 dB at 144 px, 28.31 dB with
-        global pooling) and a far shorter reach: tiles with an 80 px halo differ from
-        whole-image inference by 1.0e-3 instead of 3.5e-2 (benchmarks/base_model.py), so halos stay small.
+        (held-out crops of 192 px, axial sd 4: 28.00 dB at 48 px, 28.16 dB at 144 px, 28.29 dB with
+        global pooling) and a far shorter reach: tiles with a 96 px halo differ from whole-image
+        inference by 2.5e-4 at 48 px instead of 2.5e-2 at 144 px (benchmarks/base_model.py), so halos
+        stay small.
         """
         return max(self.config.multiple, int(round(0.5 * self.config.train_size)))
 

@@ -92,7 +92,7 @@ def run_slices(model: NAFNet, slices: np.ndarray, batch: int | None, device: tor
 #: each with a margin of its receptive radius: about 0.5 GB of activations on CPU for the small preset.
 VOLUME_TILE = {"cpu": 64, "cuda": 128}
 #: Measured reach (px) of the shipped base model at its pooling window: tiles within ~1e-3 of whole slices.
-BASE_REACH_PX = 80
+BASE_REACH_PX = 96
 
 
 @torch.no_grad()
@@ -186,8 +186,8 @@ def default_halo(model: NAFNet | None, denoiser: Denoiser, multiple: int = 16) -
 
     The model's reach is measured, not its theoretical receptive field (which
     local pooling makes far larger than what matters): with the default pooling
-    window, 80 px keeps tiles within 1.0e-3 of whole-slice inference for the
-    shipped ``small`` model (64 px: 4.8e-3; benchmarks/base_model.py), plus the
+    window, 96 px keeps tiles within 2.5e-4 of whole-slice inference for the
+    shipped ``small`` model (80 px: 1.9e-3; benchmarks/base_model.py), plus the
     denoiser's radius, rounded up to ``multiple``.
     """
     if model is None:
