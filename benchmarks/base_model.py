@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -18,8 +17,7 @@ import torch
 from ssai3d_dask.models.checkpoint import load_model
 from ssai3d_dask.models.nafnet import build, count_macs, count_parameters, gray_forward
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.tiling import tiled_forward  # noqa: E402  (test helper: tiled inference of one image)
+from ssai3d_dask.models.reach import measure_reach, tiled_forward
 from ssai3d_dask.adaptation.losses import psnr_loss
 from ssai3d_dask.adaptation.pretrain_data import image_pool, random_crops
 from ssai3d_dask.adaptation.psf import axial_forward, conv2d_per_sample
@@ -99,6 +97,13 @@ def main() -> None:
                  [f"{(whole - tiled_forward(model, img, 128, h)).abs().max().item():.1e}" for h in HALOS])
         label = "global" if win is None else f"{win}" + (" (default)" if win == model.local_window() else "")
         lines.append(f"| {label} | {p:.2f} | " + " | ".join(diffs) + " |")
+    model.set_pool_window(model.local_window())
+    r = measure_reach(model)
+    recorded = (getattr(model, "reach", None) or {}).get("reach_px")
+    lines += ["", f"Measured reach (ssai3d_dask.models.reach, probe images, tolerance {r['tolerance']:.0e}) at the "
+                  f"default window {r['pool_window_px']} px: **{r['reach_px']} px** (tile error {r['tile_error']:.1e}); "
+                  f"recorded in the weights' manifest: {recorded if recorded is not None else 'none'} "
+                  f"(BASE_REACH_PX fallback {BASE_REACH_PX})."]
     print("\n".join(lines))
     if not args.no_write:
         (RESULTS / "base_model.md").write_text("\n".join(lines) + "\n")

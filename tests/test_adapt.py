@@ -9,7 +9,7 @@ import torch
 
 from ssai3d_dask.adaptation.adapt import adapt
 from ssai3d_dask.settings import AdaptSettings
-from ssai3d_dask.models.folder import AdaptedModel
+from ssai3d_dask.models.folder import AdaptedModel, load_folder
 from ssai3d_dask.ops.denoise import calibrate
 from ssai3d_dask.errors import SettingsError, VolumeError
 from ssai3d_dask.adaptation.finetune import finetune, freeze_except
@@ -237,6 +237,9 @@ def test_adapt_writes_model_dir(tmp_path):
     assert man["z_factor"] == pytest.approx(4.0)
     assert len(man["selection"]["layers"]) == round(0.1 * len(man["layer_metrics"]))
     assert set(next(iter(man["layer_metrics"].values()))["raw"]) == set(METRIC_NAMES)
+    # the reach of the adapted weights, measured at their pooling window, comes back with the folder
+    assert man["reach"]["pool_window_px"] == man["pool_window_px"] and man["reach"]["reach_px"] % 16 == 0
+    assert load_folder(tmp_path / "m").model.reach == man["reach"]
     assert (tmp_path / "m" / "validation.png").stat().st_size > 1000
     # --psf-bank auto (default): the estimate (true extra blur 2.96 px) is inside the paper bank -> bank unchanged
     assert man["psf_bank"]["source"] == "auto" and abs(man["psf_estimate"]["sigma_px"] - 2.96) < 0.15 * 2.96

@@ -160,6 +160,44 @@ def test_global_pooling_is_not_tile_invariant():
     assert global_diff > 1e-3 and global_diff > 100 * local_diff
 
 
+def test_measured_reach_is_the_smallest_halo_within_tolerance():
+    from ssai3d_dask.models.reach import REACH_TOLERANCE, measure_reach, probe_image
+
+    m = _nontrivial_small()
+    m.set_pool_window(m.local_window())
+    r = measure_reach(m, max_px=160)
+    assert r["reach_px"] % 16 == 0 and r["pool_window_px"] == m.local_window()
+    assert r["tile_error"] <= REACH_TOLERANCE
+    # one grid step less is not enough (the bisection returns the smallest halo, not just a sufficient one)
+    if r["reach_px"] > 16:
+        assert measure_reach(m, max_px=r["reach_px"] - 16)["tile_error"] > REACH_TOLERANCE
+    # an independent check with another tiling of the probe: within the promised 1e-3 at the measured reach
+    img = probe_image(384, 320)
+    with torch.no_grad():
+        assert (m(img) - tiled_forward(m, img, 128, r["reach_px"])).abs().max().item() < 2 * REACH_TOLERANCE
+    # with global pooling no halo suffices: the measurement says so instead of returning a small one
+    m.set_pool_window(None)
+    g = measure_reach(m, max_px=64)
+    assert g["reach_px"] == 64 and g["tile_error"] > REACH_TOLERANCE
+
+
+def test_default_halo_follows_the_reach_recorded_with_the_weights(tmp_path):
+    from ssai3d_dask.ops.denoise import Denoiser
+    from ssai3d_dask.restoration.kernels import BASE_REACH_PX, default_halo
+
+    m = build("small")
+    m.set_pool_window(m.local_window())
+    assert default_halo(m, Denoiser()) == BASE_REACH_PX  # nothing recorded: the shipped base's measurement
+    reach = {"reach_px": 160, "tolerance": 5e-4, "tile_error": 1e-4, "pool_window_px": m.local_window()}
+    save_network(m, tmp_path / "far.pt", {"kind": "base", "reach": reach})
+    far, _ = load_model(tmp_path / "far.pt")
+    assert far.reach == reach
+    far.set_pool_window(far.local_window())
+    assert default_halo(far, Denoiser()) == 160
+    far.set_pool_window(32)  # measured at another window: not this model's reach
+    assert default_halo(far, Denoiser()) == BASE_REACH_PX
+
+
 def test_shipped_base_model_loads():
     if not shipped_path().exists():
         pytest.skip("shipped base model not built yet")
@@ -169,6 +207,7 @@ def test_shipped_base_model_loads():
     # the sidecar describes exactly these weights (a base shipped without rewriting it would fail here)
     sidecar = json.loads(shipped_path().with_suffix(".json").read_text())
     assert sidecar["sha256"] == sha256_file(shipped_path()) == manifest["sha256"]
+    assert sidecar["reach"]["reach_px"] >= 48 and sidecar["reach"]["pool_window_px"] == model.local_window()
 
 
 def test_pretrain_warm_start_from_a_checkpoint(tmp_path):
@@ -186,6 +225,7 @@ def test_pretrain_warm_start_from_a_checkpoint(tmp_path):
     sidecar = json.loads((tmp_path / "cont.json").read_text())
     assert sidecar["sha256"] == sha256_file(out) and sidecar["history"] == manifest["history"]
     assert sidecar["init_from"]["sha256"] == parent_manifest["sha256"]
+    assert sidecar["reach"] == manifest["reach"] == child.reach and manifest["reach"]["reach_px"] % 16 == 0
     # two small steps from the parent: close to it, but trained
     p, c = parent.state_dict(), child.state_dict()
     assert any(not torch.equal(p[k], c[k]) for k in p)

@@ -26,6 +26,7 @@ from ssai3d_dask.adaptation.finetune import finetune
 from ssai3d_dask.settings import AdaptSettings, resolve_device
 from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.models.nafnet import NAFNet
+from ssai3d_dask.models.reach import measure_reach
 from ssai3d_dask.adaptation.pairs import PairSynthesizer
 from ssai3d_dask.adaptation.training import split_validation
 from ssai3d_dask.adaptation.losses import psnr_loss
@@ -136,6 +137,15 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
                        seed=settings.seed)
     timings["finetune_s"] = history["seconds"]
     model.cpu()
+    t = time.perf_counter()
+    model.reach = measure_reach(model)  # the halo these weights need for block invariance (default_halo)
+    timings["reach_s"] = round(time.perf_counter() - t, 2)
+    logger.info("measured reach %d px (tile error %.1e at window %s px)", model.reach["reach_px"],
+                model.reach["tile_error"], model.reach["pool_window_px"])
+    if model.reach["tile_error"] > model.reach["tolerance"]:
+        logger.warning("the adapted model reaches beyond %d px (tile error %.1e there): blocks may differ from "
+                       "whole-volume inference by that much; pass a larger --halo to `ssai3d run` to reduce it",
+                       model.reach["reach_px"], model.reach["tile_error"])
     manifest = {
         "kind": "adapted",
         "package_version": __version__,
@@ -150,6 +160,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
         "psf_estimate": (psf_estimate.to_dict() if psf_estimate is not None
                          else {"error": estimate_error} if estimate_error else None),
         "pool_window_px": model.pool_window,
+        "reach": model.reach,
         "selection": {"method": method, "surgeon": surgeon_src, "fraction": settings.layers_fraction,
                       "layers": layers if layers is not None else names},
         "layer_metrics": {n: {"score": float(s), "raw": dict(zip(METRIC_NAMES, map(float, r))),

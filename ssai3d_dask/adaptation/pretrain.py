@@ -28,6 +28,7 @@ from ssai3d_dask.io.files import write_json, write_with
 from ssai3d_dask.models.precision import resolve_precision
 from ssai3d_dask.models.checkpoint import load_model, load_network, load_state_strict, save_network, sha256_file
 from ssai3d_dask.models.nafnet import PRESETS, NAFNet, build, count_parameters, gray_forward
+from ssai3d_dask.models.reach import measure_reach
 from ssai3d_dask.adaptation.pretrain_data import degrade, image_pool, random_crops
 
 logger = logging.getLogger(__name__)
@@ -138,9 +139,28 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
     if settings.note:
         manifest["note"] = settings.note
     save_network(model.cpu(), out, manifest, half=True)
+    record_reach(out)
     write_sidecar(out)
     resume.unlink(missing_ok=True)
     return out
+
+
+def record_reach(weights: str | Path) -> dict:
+    """Measure the reach of the base ``weights`` (as stored, at the pooling window adaptation uses) and
+    write it into their manifest (``"reach"``), so that ``default_halo`` follows these weights. Returns it.
+
+    Weights pretrained before the reach was recorded get it with this; rewrite the sidecar after.
+    """
+    weights = Path(weights)
+    model, manifest = load_network(weights, expect="nafnet")
+    model.set_pool_window(model.local_window())
+    manifest["reach"] = measure_reach(model)
+    manifest.pop("sha256", None)
+    model.set_pool_window(None)
+    save_network(model, weights, manifest, half=True)
+    logger.info("reach of %s: %d px at window %s px (tile error %.1e)", weights, manifest["reach"]["reach_px"],
+                manifest["reach"]["pool_window_px"], manifest["reach"]["tile_error"])
+    return manifest["reach"]
 
 
 def write_sidecar(weights: str | Path, note: str | None = None) -> Path:

@@ -227,7 +227,10 @@ def _decode(obj: Mapping, path: Path, expect: str | None) -> tuple[torch.nn.Modu
     config = obj.get("config") or {}
     model = cls(NAFNetConfig(**config)) if cls is NAFNet else cls(**config)
     load_state_strict(model, obj["state_dict"], str(path))
-    return model.eval(), json.loads(obj.get("manifest") or "{}")
+    manifest = json.loads(obj.get("manifest") or "{}")
+    if isinstance(manifest.get("reach"), dict):  # measured for these weights (ssai3d_dask.models.reach)
+        model.reach = dict(manifest["reach"])
+    return model.eval(), manifest
 
 
 def load_network(path: str | Path, expect: str | None = None) -> tuple[torch.nn.Module, dict]:

@@ -27,6 +27,7 @@ import torch
 from ssai3d_dask.io.casting import cast_output
 from ssai3d_dask.ops.denoise import RADIUS_PX, Denoiser
 from ssai3d_dask.models.nafnet import NAFNet, gray_forward
+from ssai3d_dask.models.reach import recorded_reach
 from ssai3d_dask.models.precision import as_input, autocast, compiled_forward
 from ssai3d_dask.restoration.plan import Plan, Region
 from ssai3d_dask.ops.normalize import Normalization
@@ -92,6 +93,7 @@ def run_slices(model: NAFNet, slices: np.ndarray, batch: int | None, device: tor
 #: each with a margin of its receptive radius: about 0.5 GB of activations on CPU for the small preset.
 VOLUME_TILE = {"cpu": 64, "cuda": 128}
 #: Measured reach (px) of the shipped base model at its pooling window: tiles within ~1e-3 of whole slices.
+#: The fallback for weights whose manifest records no reach (official checkpoints, older folders).
 BASE_REACH_PX = 96
 
 
@@ -185,17 +187,18 @@ def default_halo(model: NAFNet | None, denoiser: Denoiser, multiple: int = 16) -
     """Halo (output voxels) for block invariance to about 1e-3 of the output range.
 
     The model's reach is measured, not its theoretical receptive field (which
-    local pooling makes far larger than what matters): with the default pooling
-    window, 96 px keeps tiles within 2.5e-4 of whole-slice inference for the
-    shipped ``small`` model (80 px: 1.9e-3; benchmarks/base_model.py), plus the
-    denoiser's radius, rounded up to ``multiple``.
+    local pooling makes far larger than what matters): the reach recorded with the
+    weights at the pooling window in use (:mod:`ssai3d_dask.models.reach`; ``ssai3d
+    pretrain`` and ``ssai3d adapt`` measure it), else :data:`BASE_REACH_PX`, measured
+    for the shipped base; plus the denoiser's radius, rounded up to ``multiple``.
     """
     if model is None:
         reach = 0
     elif hasattr(model, "reach_px"):  # CARE U-Net, OT-CycleGAN generator: the receptive-field radius
         reach = model.reach_px
     else:
-        reach = max(BASE_REACH_PX, model.config.train_size // 2)
+        measured = recorded_reach(model)
+        reach = max(BASE_REACH_PX if measured is None else measured, model.config.train_size // 2)
     reach += RADIUS_PX if denoiser.enabled else 0
     reach = max(reach, 1)
     return int(-(-reach // multiple) * multiple)
