@@ -262,6 +262,11 @@ class PretrainSettings(Settings):
     precision: Precision = Field("auto", description=_PRECISION_HELP + " Weights and loss stay fp32.")
     init: str | None = Field(None, description="Warm start from this checkpoint ('base' = the shipped model) with a "
                                                "fresh optimiser and schedule; use another --seed so it sees new crops.")
+    max_axial_sd: float = Field(16.0, ge=7.5, le=32.0,
+                                description="Widest axial Gaussian blur (sd, px) in the training degradations: 30% "
+                                            "of the axial-model samples are drawn above 7.5 px up to this. Stacks "
+                                            "with a z step 5x the pixel have axial blur near sd 12 px on the "
+                                            "isotropic grid; 7.5 reproduces the narrower range of earlier bases.")
     checkpoint_every: int = Field(250, ge=1, description="Steps between resume checkpoints.")
     eval_every: int = Field(1000, ge=1, description="Steps between held-out evaluations.")
     note: str | None = Field(None, description="Free text kept in the manifest and the JSON sidecar (how the run was "

@@ -38,7 +38,8 @@ HELDOUT_SEED = 0
 
 
 def heldout_set(seed: int = HELDOUT_SEED, n: int = 64, size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed held-out (degraded, sharp) pairs from the held-out images."""
+    """Fixed held-out (degraded, sharp) pairs from the held-out images (the narrow axial range of the
+    first bases, so that the in-training curves of every run compare)."""
     rng = np.random.default_rng(seed + 777)
     sharp = random_crops(image_pool("heldout", seed, n_procedural=8), n, size, rng)
     return degrade(sharp, rng).clamp(-0.5, 1.5), sharp
@@ -97,7 +98,7 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
 
     def batch(_: int) -> tuple[torch.Tensor, torch.Tensor]:
         sharp = random_crops(images, settings.batch_size, patch, rng)
-        degraded = degrade(sharp, rng)
+        degraded = degrade(sharp, rng, settings.max_axial_sd)
         return degraded.to(settings.device), sharp.to(settings.device)
 
     def after_step(done: int) -> None:

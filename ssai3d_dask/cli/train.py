@@ -29,7 +29,7 @@ CYCLEGAN_OPTS = [Opt("preset"), Opt("volume_px"), Opt("n_volumes"), Opt("iterati
                  Opt("slices"), Opt("mip"), Opt("lr"), Opt("cycle_weight"), Opt("seed"), Opt("device"),
                  Opt("precision"), Opt("checkpoint_every")]
 PRETRAIN_OPTS = [Opt("preset"), Opt("iterations"), Opt("batch_size"), Opt("patch_px"), Opt("lr"),
-                 Opt("seed"), Opt("device"), Opt("precision"), Opt("init"), Opt("note")]
+                 Opt("max_axial_sd"), Opt("seed"), Opt("device"), Opt("precision"), Opt("init"), Opt("note")]
 adapt_options = settings_options(AdaptSettings, ADAPT_OPTS)
 
 
