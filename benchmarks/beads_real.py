@@ -35,6 +35,8 @@ from ssai3d_dask.adaptation.psf_estimate import estimate_axial_blur
 from ssai3d_dask.adaptation.sampling import volume_statistics
 from ssai3d_dask.evaluation.metrics import bead_fwhm, find_beads
 from ssai3d_dask.io.volume import open_volume
+from ssai3d_dask.models.folder import load_folder
+from ssai3d_dask.restoration.kernels import default_halo
 from ssai3d_dask.restoration.pipeline import restore
 from ssai3d_dask.settings import AdaptSettings, RestoreSettings
 from ssai3d_dask.workflow import run
@@ -71,6 +73,12 @@ def measured_psf(interp: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return (psf / psf.sum()).astype(np.float32)
 
 
+def halo_of(model_dir: Path) -> int:
+    """The halo `ssai3d run` used for this model folder (its recorded reach plus the denoiser's radius)."""
+    adapted = load_folder(model_dir)
+    return default_halo(adapted.model, adapted.denoiser)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
@@ -81,7 +89,7 @@ def main() -> None:
     vol = open_volume(args.data)
     work = Path(tempfile.mkdtemp(prefix="ssai3d-beads-"))
     t0 = time.perf_counter()
-    times, preds = {}, {}
+    times, preds, budget = {}, {}, {}
     est = estimate_axial_blur(vol, volume_statistics(vol))
     try:
         common = dict(dtype="float32", skip_empty=False)
@@ -104,7 +112,12 @@ def main() -> None:
                 RestoreSettings(**common), progress=False)
             times[name] = time.perf_counter() - t
             preds[name] = np.asarray(open_volume(work / f"{name}.ome.zarr").data.compute(), np.float32)
-            print(f"{name} done in {times[name]:.0f} s", flush=True)
+            man = json.loads((work / f"{name}.model" / "manifest.json").read_text())
+            h, tm = man["history"], man["timings"]
+            adapt_s = sum(v for v in tm.values() if isinstance(v, (int, float)))
+            budget[name] = (f"{h['steps']} steps ({h['stopped_by']}), fine-tuning {h['seconds']:.0f} s, adapt in all "
+                            f"{adapt_s:.0f} s, restore {times[name] - adapt_s:.0f} s (halo {halo_of(work / f'{name}.model')} px)")
+            print(f"{name} done in {times[name]:.0f} s: {budget[name]}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows, res = [], {}
@@ -129,6 +142,7 @@ def main() -> None:
              "Per bead (um): ```" + json.dumps({k: {"z": [round(a, 3) for a in v["axial_um"]],
                                                   "x": [round(a, 3) for a in v["lateral_um"]]}
                                               for k, v in res.items()}) + "```", "",
+             "Where the SSAI-3D time went: " + "; ".join(f"{labels[k]}: {v}" for k, v in budget.items()) + ".", "",
              f"Total: {time.perf_counter() - t0:.0f} s."]
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps({"estimate": est.to_dict(), "results": res}, indent=1))

@@ -94,6 +94,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     device = resolve_device(settings.finetune.device)
     z_factor = isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor
     psf_estimate, estimate_error, widths = None, None, tuple(settings.sigmas_px)
+    t = time.perf_counter()
     if settings.psf_bank == "auto":
         from ssai3d_dask.adaptation.psf_estimate import auto_bank_widths, estimate_axial_blur
 
@@ -105,6 +106,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
         else:
             widths = auto_bank_widths(widths, psf_estimate.sigma_px)
             logger.info("axial blur estimate %s; PSF bank widths %s px", psf_estimate, widths)
+    timings["psf_estimate_s"] = round(time.perf_counter() - t, 2)
     bank = PSFBank(widths, tuple(settings.angles_deg))
     synth = PairSynthesizer(bank, z_factor, device, noise)
     val = synth(torch.from_numpy(val_patches[:, None]), np.random.default_rng(settings.seed + 2))
