@@ -131,7 +131,7 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
         "package_version": __version__,
         "command": f"ssai3d pretrain {out} --preset {settings.preset} --iterations {settings.iterations} "
                    f"--batch-size {settings.batch_size} --patch {patch} --lr {settings.lr} --seed {settings.seed} "
-                   f"--precision {precision}"
+                   f"--max-axial-sd {settings.max_axial_sd:g} --precision {precision}"
                    + (f" --init {settings.init}" if settings.init else ""),
     }
     if parent is not None:
