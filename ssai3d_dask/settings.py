@@ -144,10 +144,9 @@ class AdaptSettings(Settings):
     layers_fraction: float = Field(0.1, gt=0, le=1, description="Fraction of layers to fine-tune (1 = all).")
     selection: Literal["surgeon", "snip", "random", "all"] = Field(
         "snip", description="How layers are chosen: normalised snip (default: for the shipped base it ranks layers "
-                            "at least as well as the surgeon in leave-one-stack-out, Spearman 0.71 vs 0.67, see "
-                            "weights/surgeon-small.json; end to end, benchmarks/results/adaptation.md, the two split), the "
-                            "shipped surgeon (the paper's method), or "
-                            "random/all for ablations.")
+                            "at least as well as the surgeon, see the leave-one-stack-out record in "
+                            "weights/surgeon-small.json and benchmarks/results/adaptation.md), the shipped surgeon "
+                            "(the paper's method), or random/all for ablations.")
     metrics_fraction: float = Field(0.01, gt=0, le=1, description="Fraction of the pairs for zero-shot metrics.")
     seed: int = Field(0, ge=0, description="Seeds sampling, pairs and fine-tuning.")
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
