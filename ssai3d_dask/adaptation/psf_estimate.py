@@ -14,7 +14,11 @@ windows.
 
 Assumptions, and where it fails: the structure must be statistically isotropic (similar along z and x):
 stacks of layered tissue or of objects elongated along z bias it; an axial PSF that is not Gaussian is
-summarised by the Gaussian of the closest spectrum.
+summarised by the Gaussian of the closest spectrum. The noise floor matters in the highest bins of the band:
+on the real confocal bead stack (sparse beads, low-count Poisson noise) it reads 12.06 px where the beads'
+measured PSF gives ~9.4 px (+28%; dropping the noise-floor term reads 3.1 px, ending the band at 1% of the
+lowest bin's power 8.6 px). A bank centred on the true 9.4 px restored those beads worse than one centred on
+the estimate (axial/lateral FWHM 2.30 against 2.00), so the estimate is left as is there.
 """
 
 from __future__ import annotations
