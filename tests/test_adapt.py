@@ -20,7 +20,8 @@ from ssai3d_dask.adaptation.pairs import PairSynthesizer
 from ssai3d_dask.adaptation.losses import psnr_loss
 from ssai3d_dask.adaptation.psf import PSFBank, axial_forward
 from ssai3d_dask.ops.resample import linear_positions, resample_linear
-from ssai3d_dask.adaptation.sampling import PATCH_RANGE, sample_lateral_patches, volume_statistics
+from ssai3d_dask.ops.normalize import Normalization
+from ssai3d_dask.adaptation.sampling import PATCH_RANGE, keep_candidate, sample_lateral_patches, volume_statistics
 from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
 from ssai3d_dask.adaptation.losses import pairwise_ranking_loss
 from ssai3d_dask.adaptation.surgeon import layer_names, normalize_metrics, select_layers, zero_shot_metrics
@@ -92,6 +93,15 @@ def test_sampled_patches_keep_bright_sparse_peaks_but_bound_hot_pixels():
     assert ps.patches.max() <= PATCH_RANGE[1]
     hot = [p for p, (z, _, _) in zip(ps.patches, ps.origins) if z == 0]
     assert not hot or hot[0].max() == PATCH_RANGE[1]
+
+
+def test_keep_candidate_takes_foreground_and_a_floor_of_the_rest():
+    norm = Normalization(0.0, 1.0, (1.0, 99.9), 0.4, 100)
+    bright, dim = np.full((8, 8), 0.3, np.float32), np.full((8, 8), 0.1, np.float32)
+    assert keep_candidate(bright, norm, draw=0.99, foreground_floor=0.1)  # mean 0.3 > half the threshold 0.2
+    assert not keep_candidate(dim, norm, draw=0.5, foreground_floor=0.1)
+    assert keep_candidate(dim, norm, draw=0.05, foreground_floor=0.1)  # the floor keeps some background
+    assert not keep_candidate(dim, norm, draw=0.0, foreground_floor=0.0)
 
 
 def test_resample_linear_block_equals_whole():

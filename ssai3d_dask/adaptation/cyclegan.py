@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ssai3d_dask import __version__
-from ssai3d_dask.adaptation.sampling import positions_in_chunks, chunk_weights, volume_statistics
+from ssai3d_dask.adaptation.sampling import chunk_weights, keep_candidate, positions_in_chunks, volume_statistics
 from ssai3d_dask.adaptation.training import make_optimizer
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.geometry import isotropic_geometry
@@ -75,6 +75,12 @@ class SubVolumes:
     volumes: np.ndarray
     origins: np.ndarray
     candidates: int
+
+
+#: Normalised sub-volumes are clipped to this range. Narrower than the lateral sampler's
+#: :data:`~ssai3d_dask.adaptation.sampling.PATCH_RANGE` (which was widened for sparse bright beads): the
+#: OT-CycleGAN baseline has not been re-measured with the wider range, so it keeps the one its results used.
+SUBVOLUME_RANGE = (-0.5, 2.0)
 
 
 def sample_subvolumes(vol: Volume, n: int, size: int, norm: Normalization, seed: int = 0,
@@ -116,8 +122,8 @@ def sample_subvolumes(vol: Volume, n: int, size: int, norm: Normalization, seed:
         for z0, a, yi, xi, v, u in zip(zs, lo, ys, xs, values, accept):
             candidates += 1
             sub = resample_z_block(norm.apply(np.asarray(v, np.float32)), int(a), slice(int(z0), int(z0) + size), f)
-            sub = np.clip(sub, -0.5, 2.0)
-            if len(kept) < n and (sub.mean() > norm.foreground_threshold * 0.5 or u < foreground_floor):
+            sub = np.clip(sub, *SUBVOLUME_RANGE)
+            if len(kept) < n and keep_candidate(sub, norm, u, foreground_floor):
                 kept.append(sub.astype(np.float32))
                 origins.append((int(z0), int(yi), int(xi)))
     if len(kept) < n:

@@ -37,6 +37,16 @@ logger = logging.getLogger(__name__)
 PATCH_RANGE = (-0.5, 20.0)
 
 
+def keep_candidate(sample: np.ndarray, norm: Normalization, draw: float, foreground_floor: float) -> bool:
+    """Whether a sampled patch or sub-volume (normalised) is kept for training.
+
+    Kept when its mean normalised intensity exceeds half the foreground (Otsu) threshold, or else when the
+    uniform ``draw`` falls below ``foreground_floor`` (so sparse or dim stacks still yield samples). One rule
+    for the lateral patches of SSAI-3D and the sub-volumes of OT-CycleGAN.
+    """
+    return bool(sample.mean() > norm.foreground_threshold * 0.5 or draw < foreground_floor)
+
+
 def chunk_weights(vol: Volume) -> np.ndarray | None:
     """Sampling weight of each dask chunk of ``vol`` (shape ``vol.data.numblocks``), or None for uniform.
 
@@ -129,9 +139,9 @@ def sample_lateral_patches(vol: Volume, n: int, patch_px: int, norm: Normalizati
                            foreground_floor: float = 0.1, mip_planes: int = 1) -> PatchSet:
     """Random XY patches at random z, foreground-aware, read lazily.
 
-    Candidates are drawn uniformly; a candidate is kept when its mean
-    normalised intensity exceeds the foreground threshold, or else with
-    probability ``foreground_floor`` (so sparse or dim samples stay possible).
+    Candidates are drawn tissue-aware (:func:`chunk_weights`) and kept by
+    :func:`keep_candidate`: mean normalised intensity above half the
+    foreground threshold, or else with probability ``foreground_floor``.
     Rounds of candidates are computed together, so the reads run in parallel
     on the active scheduler. ``mip_planes > 1`` makes each patch a maximum
     projection over that many adjacent planes (extra signal for sparse labels).
@@ -176,7 +186,7 @@ def sample_lateral_patches(vol: Volume, n: int, patch_px: int, norm: Normalizati
                                     np.searchsorted(bounds[2], xi + patch_px - 1, "right")):
                         touched.add((cz, cy, cx))
             pn = np.clip(norm.apply(np.asarray(v, np.float32)), *PATCH_RANGE)
-            if len(kept) < n and (pn.mean() > norm.foreground_threshold * 0.5 or u < foreground_floor):
+            if len(kept) < n and keep_candidate(pn, norm, u, foreground_floor):
                 kept.append(pn.astype(np.float32))
                 origins.append((int(zi), int(yi), int(xi)))
     if len(kept) < n:
