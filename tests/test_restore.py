@@ -262,3 +262,20 @@ def test_compiled_network_on_cuda_equals_eager(tmp_path, model_dir_factory):
                                         {m: {"precision": "bf16", "device": "cuda", "compile": m} for m in ("off", "on")})
     # Inductor fuses and reorders the bf16 arithmetic: the bf16 tolerance of the block-invariance test.
     assert np.abs(eager - compiled).max() <= 1e-2 * float(eager.max() - eager.min())
+
+
+def test_closing_the_cli_client_stops_the_local_cluster_it_started():
+    """`ssai3d restore` in-process (notebooks, CliRunner) must not leave worker processes behind: Client.close
+    alone leaves the LocalCluster running, and leaked clusters piled up in the test process."""
+    import psutil
+    from ssai3d_dask.cli.restore import _client
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    with _client(None, 2, 1, None, "interp") as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        started = {p.pid for p in me.children(recursive=True)} - before
+        assert started  # processes=True: the workers are child processes
+    gone = psutil.wait_procs([psutil.Process(pid) for pid in started if psutil.pid_exists(pid)], timeout=10)[1]
+    alive = [p for p in gone if p.is_running() and "resource_tracker" not in " ".join(p.cmdline())]
+    assert not alive, f"worker processes left running: {[p.pid for p in alive]}"

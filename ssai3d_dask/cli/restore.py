@@ -60,7 +60,7 @@ def restore_settings(kw: dict, section: dict | None) -> RestoreSettings:
 
 @contextmanager
 def _client(scheduler, workers, threads_per_worker, memory_limit, method: str):
-    from ssai3d_dask.restoration.cluster import default_workers, make_client
+    from ssai3d_dask.restoration.cluster import close_client, default_workers, make_client
 
     if workers is None and not scheduler:
         workers = default_workers(method)
@@ -68,7 +68,7 @@ def _client(scheduler, workers, threads_per_worker, memory_limit, method: str):
     try:
         yield client
     finally:
-        client.close()
+        close_client(client)
 
 
 def _print_dry_run(ds, model_dir, out, settings, resume, workers, threads_per_worker, adapted=None, extra=()):

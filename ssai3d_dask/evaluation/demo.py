@@ -11,7 +11,7 @@ import numpy as np
 
 from ssai3d_dask.adaptation.adapt import adapt
 from ssai3d_dask.settings import AdaptSettings
-from ssai3d_dask.restoration.cluster import make_client
+from ssai3d_dask.restoration.cluster import close_client, make_client
 from ssai3d_dask.evaluation.evaluate import onto_truth_grid
 from ssai3d_dask.settings import FinetuneSettings
 from ssai3d_dask.evaluation.metrics import compare, fourier_resolution
@@ -90,7 +90,7 @@ def run_demo(out_dir: Path, shape=(64, 192, 192), iterations: int = 150, seed: i
         restore(vol, out_dir / "model", out_dir / "restored.ome.zarr",
                 RestoreSettings(chunks=(64, 96, 96), region=(64, 192, 192), halo=32), overwrite=True, client=client)
     finally:
-        client.close()
+        close_client(client)
     restored = open_volume(out_dir / "restored.ome.zarr").data.compute().astype(np.float32)
     t = open_volume(out_dir / "truth.ome.zarr")
     interp = np.asarray(onto_truth_grid(vol, t), np.float32)

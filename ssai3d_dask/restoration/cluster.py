@@ -84,3 +84,16 @@ def make_client(scheduler: str | None = None, workers: int | None = None, thread
     logger.info("LocalCluster: %d workers x %d threads%s; dashboard %s", workers, threads_per_worker or 1,
                 f", {n_gpu} GPUs" if n_gpu else "", client.dashboard_link)
     return client
+
+
+def close_client(client) -> None:
+    """Close a client from :func:`make_client`, and the LocalCluster it started, if any.
+
+    ``Client.close`` leaves a cluster it was handed running (its nannies and worker processes); a CLI process
+    exits anyway, but in-process callers (notebooks, tests) would collect idle clusters. A client connected to
+    a ``--scheduler`` has no ``cluster`` and only disconnects: the user's cluster keeps running.
+    """
+    cluster = client.cluster
+    client.close()
+    if cluster is not None:
+        cluster.close()
