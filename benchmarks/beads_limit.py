@@ -21,7 +21,7 @@ raw stack without restoration (trigonometric interpolation, to check the model a
 ratio); then sharper, noisier linear inverses at the measured noise (the Wiener noise term down-weighted). A non-linear method (a network, RL with positivity) can go below the bound only by adding content the
 samples do not carry: a prior that the object is a point.
 
-Run: python benchmarks/beads_limit.py  (seconds). Writes benchmarks/results/beads_limit.md.
+Run: python benchmarks/beads_limit.py  (about 2 minutes on 2 CPU cores). Writes benchmarks/results/beads_limit.md.
 """
 
 from __future__ import annotations
