@@ -51,6 +51,7 @@ def inputs(tmp_path_factory):
                      metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
     data = (d / "full.tif").read_bytes()
     (d / "trunc.tif").write_bytes(data[: len(data) // 2])
+    (d / "nopages.tif").write_bytes(data[:8])  # the 8-byte header only: offset to the first page past the end
     (d / "mixed").mkdir()
     for i in range(4):
         tifffile.imwrite(d / "mixed" / f"p{i}.tif", np.zeros((32, 32) if i != 2 else (16, 32), np.uint16))
@@ -81,6 +82,7 @@ CASES = [
     (["info", "{in}/nodatasets.ome.zarr"], "lists no datasets"),
     (["info", "{in}/missing.ome.zarr"], "does not exist in the store"),
     (["info", "{in}/trunc.tif"], "looks truncated"),
+    (["info", "{in}/nopages.tif"], "holds no images"),
     (["info", "{in}/bool.zarr", "--voxel-size", "1", "1", "1"], "not intensities"),
     (["info", "{in}/complex.zarr", "--voxel-size", "1", "1", "1"], "not intensities"),
     (["info", "{in}/single.zarr", "--voxel-size", "2", "1", "1"], "at least 2 planes"),

@@ -24,6 +24,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     logging.getLogger("ssai3d_dask").setLevel(level)
     for noisy in ("distributed", "numcodecs", "PIL", "matplotlib", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.INFO)
+    # tifffile warns about the file structure (a missing page, odd metadata) before our own reader either
+    # copes or stops with an error naming the fix; its words add noise there, so -v shows them
+    logging.getLogger("tifffile").setLevel(logging.ERROR if verbose < 1 else logging.WARNING)
 
 
 class UserError(click.ClickException):

@@ -309,6 +309,9 @@ def _open_tiff(p: Path, voxel_override, channel, time) -> Volume:
         if announced is not None and announced > len(tif.pages):
             raise VolumeError(f"{p} looks truncated: its metadata announces {announced} images, the file holds "
                               f"{len(tif.pages)}; copy or export it again")
+        if not tif.series:
+            raise VolumeError(f"{p} holds no images (a TIFF header without pages: an aborted save?); "
+                              f"export the stack again")
         series = tif.series[0]
         axes = series.axes.lower().replace("q", "z").replace("i", "z")
         if axes.count("z") > 1:
