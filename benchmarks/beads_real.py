@@ -42,6 +42,7 @@ from ssai3d_dask.settings import AdaptSettings, RestoreSettings
 from ssai3d_dask.workflow import run
 
 ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("interp", "rl", "ssai3d", "ssai3d-auto")
 DATA = ROOT.parent / "shared" / "data" / "confocal_beads_mpicbg" / "Bead_Image1_crop.tif"
 RESULTS = ROOT / "benchmarks" / "results"
 HALF = (28, 10, 10)  # PSF crop half-size (z, y, x) on the isotropic grid: ~3 sd of the axial profile
@@ -84,7 +85,13 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "beads_real.md")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="comma list of rows to run (interp always runs: it locates the beads); "
+                         f"default {','.join(METHODS)}")
     args = ap.parse_args()
+    methods = set(args.methods.split(","))
+    if methods - set(METHODS):
+        ap.error(f"--methods: unknown {sorted(methods - set(METHODS))}; known: {','.join(METHODS)}")
     torch.set_num_threads(args.threads)
     vol = open_volume(args.data)
     work = Path(tempfile.mkdtemp(prefix="ssai3d-beads-"))
@@ -101,12 +108,15 @@ def main() -> None:
         pos = find_beads(preds["interp"], min_distance_px=12, threshold_rel=0.3, border_px=12)
         psf = measured_psf(preds["interp"], pos)
         np.save(work / "psf.npy", psf)
-        t = time.perf_counter()
-        restore(vol, None, work / "rl.ome.zarr", RestoreSettings(method="rl", psf_file=str(work / "psf.npy"), **common),
-                progress=False)
-        times["rl"] = time.perf_counter() - t
-        preds["rl"] = np.asarray(open_volume(work / "rl.ome.zarr").data.compute(), np.float32)
+        if "rl" in methods:
+            t = time.perf_counter()
+            restore(vol, None, work / "rl.ome.zarr", RestoreSettings(method="rl", psf_file=str(work / "psf.npy"),
+                                                                    **common), progress=False)
+            times["rl"] = time.perf_counter() - t
+            preds["rl"] = np.asarray(open_volume(work / "rl.ome.zarr").data.compute(), np.float32)
         for name, bank in (("ssai3d", "paper"), ("ssai3d-auto", "auto")):
+            if name not in methods:
+                continue
             t = time.perf_counter()
             run(vol, work / f"{name}.ome.zarr", work / f"{name}.model", AdaptSettings(psf_bank=bank),
                 RestoreSettings(**common), progress=False)
@@ -128,9 +138,10 @@ def main() -> None:
         res[name] = {"axial_um": fw["z"], "lateral_um": fw["x"], "median_axial_um": z, "median_lateral_um": x,
                      "ratio": z / x, "seconds": round(times[name], 1)}
         rows.append(f"| {labels.get(name, name)} | {z:.3f} | {x:.3f} | {z / x:.2f} | {times[name]:.0f} |")
+    command = "python benchmarks/beads_real.py" + (f" --methods {args.methods}" if methods != set(METHODS) else "")
     lines = ["# Real confocal beads: axial vs lateral FWHM", "",
              f"Machine: {platform.machine()}, {args.threads} CPU threads, torch {torch.__version__}. "
-             f"Command: `python benchmarks/beads_real.py`. Data: {args.data.name} {tuple(vol.shape)}, voxel "
+             f"Command: `{command}`. Data: {args.data.name} {tuple(vol.shape)}, voxel "
              f"{vol.voxel_size_um} um; {len(pos)} beads; output voxel {vox} um.",
              f"Estimated axial blur beyond the lateral (`ssai3d info --psf`): {est}.",
              "SSAI-3D: `ssai3d run` with the shipped base and the default adaptation budget (patience on the "

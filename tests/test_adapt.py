@@ -367,14 +367,19 @@ def test_fine_tuning_stops_at_max_minutes():
     assert h["stopped_by"] == "max_minutes" and h["steps"] == 1
 
 
-@pytest.mark.parametrize("sigma_axial,z_factor,noise", [(5.0, 3, True), (3.0, 1, False), (8.0, 3, False)])
-def test_axial_blur_estimate_on_phantoms(sigma_axial, z_factor, noise):
+@pytest.mark.parametrize("kind,sigma_axial,z_factor,photons", [
+    ("tubes", 5.0, 3, 200), ("tubes", 3.0, 1, None), ("tubes", 8.0, 3, None),
+    # Poisson-limited tissue: the per-window wavelet noise floor read 0.5-0.65 of the mean noise sd here and the
+    # estimate failed (1.02 px for 2.96 at 100 photons, 9.70 for 5.98 at 30; benchmarks/results/psf_estimate.md)
+    ("tissue", 3.0, 3, 100), ("tissue", 6.0, 3, 30)])
+def test_axial_blur_estimate_on_phantoms(kind, sigma_axial, z_factor, photons):
     """The stack's extra axial blur, estimated from the stack alone, within 15% of the truth
     (sqrt(axial^2 - lateral^2) on the lateral grid). The note of the PSF-bank issue has the full table."""
     from ssai3d_dask.adaptation.psf_estimate import estimate_axial_blur
 
-    fm = ForwardModel(0.5, sigma_axial, z_factor=z_factor, **({"photons": 200, "read_noise": 0.01} if noise else {}))
-    sim = simulate("tubes", (96, 128, 128), seed=1, model=fm)
+    fm = ForwardModel(0.5, sigma_axial, z_factor=z_factor,
+                      **({"photons": photons, "read_noise": 0.01} if photons else {}))
+    sim = simulate(kind, (96, 128, 128), seed=1, model=fm)
     vol = Volume.from_array(sim.raw, sim.raw_voxel_size_um)
     est = estimate_axial_blur(vol, volume_statistics(vol))
     true = (sigma_axial ** 2 - 0.5 ** 2) ** 0.5
@@ -405,9 +410,9 @@ def test_auto_bank_widens_to_the_estimate_and_never_narrows():
     from ssai3d_dask.adaptation.psf_estimate import auto_bank_widths
 
     paper = (3.0, 4.0, 5.0, 6.0, 7.0)
-    assert auto_bank_widths(paper, 2.0) == paper and auto_bank_widths(paper, 5.0) == paper
-    assert auto_bank_widths(paper, 12.0) == (7.2, 9.6, 12.0, 14.4, 16.8)  # centred on the estimate
-    assert auto_bank_widths((2.0, 4.0), 6.0) == (4.0, 8.0)  # user widths: centre = their median
+    assert auto_bank_widths(paper, 2.0) == paper and auto_bank_widths(paper, 4.0) == paper
+    assert auto_bank_widths(paper, 12.0) == (9.0, 12.0, 15.0, 18.0, 21.0)  # centred 1.25x past the estimate
+    assert auto_bank_widths((2.0, 4.0), 6.0) == (5.0, 10.0)  # user widths: centre = their median
 
 
 def test_auto_bank_falls_back_to_the_fixed_bank_when_the_stack_is_too_thin(tmp_path, caplog):

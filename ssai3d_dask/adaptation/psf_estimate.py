@@ -8,17 +8,17 @@ This module finds that sd: it reads small random windows lazily (a few MiB whate
 those with signal, takes Hann-windowed profiles of length ``L`` along z (resampled) and along x (raw
 planes), and for every candidate sd degrades the lateral profiles with the axial forward model of the
 training pairs (:func:`ssai3d_dask.adaptation.psf.axial_forward`) and compares log spectra over the
-frequencies where the lateral spectrum stands above its noise floor (a free offset absorbs intensity
-differences between the two sets). The uncertainty is the 16-84% range over bootstrap resamples of the
-windows.
+frequencies where the lateral spectrum stands well above the noise floor and the axial spectrum above its own
+(a free offset absorbs intensity differences between the two sets). The noise floor comes from one
+Poisson-Gaussian fit over all windows (:func:`_noise_power`). The uncertainty is the 16-84% range over
+bootstrap resamples of the windows.
 
 Assumptions, and where it fails: the structure must be statistically isotropic (similar along z and x):
 stacks of layered tissue or of objects elongated along z bias it; an axial PSF that is not Gaussian is
-summarised by the Gaussian of the closest spectrum. The noise floor matters in the highest bins of the band:
-on the real confocal bead stack (sparse beads, low-count Poisson noise) it reads 12.06 px where the beads'
-measured PSF gives ~9.4 px (+28%; dropping the noise-floor term reads 3.1 px, ending the band at 1% of the
-lowest bin's power 8.6 px). A bank centred on the true 9.4 px restored those beads worse than one centred on
-the estimate (axial/lateral FWHM 2.30 against 2.00), so the estimate is left as is there.
+summarised by the Gaussian of the closest spectrum. Profiles are 64 px long, so a wide blur leaves one or two
+informative frequencies: with noise it reads low (tissue and tube phantoms at sd 10-14 px and 30-100 photons:
+-11% to -40%); noise-free and at sd 3-6 px it is within ~10% (the table in benchmarks/results/psf_estimate.md).
+On the real confocal bead stack it reads 9.75 px where the beads' measured PSF gives ~9.4 px.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ssai3d_dask.adaptation.psf import axial_forward
 from ssai3d_dask.errors import VolumeError
 from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.io.volume import Volume
+from ssai3d_dask.ops.denoise import fit_noise_model
 from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.ops.resample import resample_z_block
 
@@ -51,19 +52,25 @@ DYNAMIC_RANGE = 1e-3
 AUTO_SPREAD = (0.6, 0.8, 1.0, 1.2, 1.4)
 
 
-def auto_bank_widths(sigmas_px: tuple[float, ...], estimate_px: float) -> tuple[float, ...]:
-    """``--psf-bank auto``: the bank ``sigmas_px`` scaled by ``max(1, estimate / median width)``.
+#: The auto bank's centre sits this far past the estimate. A network adapted on a bank inverts only part of
+#: the blur it was trained on, and a bank a little wider than the stack's blur restored better each time it was
+#: measured: the real confocal beads (extra axial sd ~9.4 px from their measured PSF) gave axial/lateral FWHM
+#: 2.30 with a bank centred on 9.4 px and 2.00 centred on 12.06 px (1.28x); on the phantoms of
+#: benchmarks/fidelity.py the paper's bank (centre 5 px, 1.26x the true 3.97 px) restored beads and strands
+#: better than a bank centred on an accurate estimate (fidelity_bank.md).
+BANK_LEAN = 1.25
 
-    The bank only ever widens. On the phantoms of benchmarks/fidelity.py the estimate reads low under noise
-    (2.06 px for a true 3.97) and under a shift-variant PSF (2.78 for a nominal 3.97), and a bank centred on
-    the estimate (x0.6..x1.4) restored no better than the paper's 3-7 px even where the estimate was accurate
-    (beads: 2.82 px for 2.85, axial FWHM 744 vs 729 nm; strands: XZ SSIM 0.414 vs 0.421;
-    benchmarks/results/fidelity_bank.md). A stack blurred beyond the bank (the real confocal beads: sd 12 px
-    on their 0.0225 um grid) gets a bank centred on its estimate (axial/lateral bead FWHM 2.82 -> 2.51,
-    benchmarks/results/beads_real.md).
+
+def auto_bank_widths(sigmas_px: tuple[float, ...], estimate_px: float) -> tuple[float, ...]:
+    """``--psf-bank auto``: the bank ``sigmas_px`` scaled by ``max(1, BANK_LEAN * estimate / median width)``.
+
+    The bank only ever widens: narrower banks than the paper's 3-7 px did not restore better on the phantoms
+    (fidelity_bank.md), so a stack blurred less than ~4 px keeps the paper's bank. A stack blurred beyond it
+    (the real confocal beads: sd ~9.4 px on their 0.0225 um grid) gets a bank centred :data:`BANK_LEAN` times
+    past its estimate (benchmarks/results/beads_real.md).
     """
     centre = float(np.median(sigmas_px))
-    scale = max(1.0, estimate_px / centre)
+    scale = max(1.0, BANK_LEAN * estimate_px / centre)
     return tuple(round(s * scale, 3) for s in sigmas_px)
 
 
@@ -87,6 +94,14 @@ class AxialBlurEstimate:
                 f"frequencies {self.band_cycles_per_px[0]:.3f}-{self.band_cycles_per_px[1]:.3f} cycles/px")
 
 
+#: Lateral context (px) read on each side of a window where the plane is wide enough: the candidate blurs see
+#: the real neighbourhood instead of a reflected edge (at sd 14 px on 64-px profiles the reflection biased the
+#: estimate low: -6.4% against -3.9% with 32 px of context).
+CONTEXT_PX = 32
+#: The band also ends where the axial spectrum stands less than this factor above its own noise floor: bins
+#: of pure noise only test the floor, not the blur, and pulled wide blurs low (tubes, sd 10 px, 100 photons:
+#: -30% with them, -15% without).
+AXIAL_SNR = 1.5
 #: The shortest profile the estimate uses (px on the isotropic grid).
 MIN_LENGTH = 32
 
@@ -126,19 +141,40 @@ def _windows(vol: Volume, norm: Normalization, n: int, length: int, rows: int, s
         raise VolumeError(f"{vol.source}: too small to estimate the axial blur ({z} planes, {x} px wide; needs "
                           f"{z_in} planes and {length} px) -- give the PSF bank's widths instead")
     rng = np.random.default_rng(seed)
+    pad = min(CONTEXT_PX, (x - length) // 2)
+    width = length + 2 * pad
     starts = [(int(rng.integers(0, z - z_in + 1)), int(rng.integers(0, y - rows + 1)),
-               int(rng.integers(0, x - length + 1))) for _ in range(n)]
-    crops = dask.compute(*[vol.data[a:a + z_in, b:b + rows, c:c + length] for a, b, c in starts])
+               int(rng.integers(0, x - width + 1))) for _ in range(n)]
+    crops = dask.compute(*[vol.data[a:a + z_in, b:b + rows, c:c + width] for a, b, c in starts])
     out = []
     for (z0, _, _), crop in zip(starts, crops):
         crop = norm.apply(np.asarray(crop, np.float32))
         if crop.max() < 0.2 or crop.std() < 0.02:  # background: no structure to measure
             continue
         o0 = int(math.ceil(z0 * f - 1e-9))
-        axial = resample_z_block(crop, z0, slice(o0, o0 + length), f)  # (L, rows, L)
-        noise = float(estimate_sigma(crop, channel_axis=None)) if min(crop.shape[:2]) >= 4 else 0.0
-        out.append((axial.reshape(length, -1).T, crop.reshape(-1, length), noise))
-    return out, f
+        axial = resample_z_block(crop, z0, slice(o0, o0 + length), f)  # (L, rows, width)
+        out.append((axial.reshape(length, -1).T, crop.reshape(-1, width), crop))
+    return out, f, pad
+
+
+def _noise_power(wins: list, length: int) -> np.ndarray:
+    """White-noise power per spectral bin of each window's Hann-windowed profiles.
+
+    The noise of a camera is Poisson-Gaussian, so its variance follows the signal: one variance = gain * level
+    + offset line (:func:`ssai3d_dask.ops.denoise.fit_noise_model`) is fitted on all windows' planes together,
+    and each window's mean variance is read off it at the window's mean level (exact for a linear model). A
+    per-window wavelet (MAD) estimate, used before, reads the noise of the darkest pixels, which is 0.5-0.65 of
+    the mean sd under Poisson noise: the band then ran into noise-dominated bins and the estimate failed
+    (tissue phantom sd 3 px, 30 photons: 0.60 px). Noise-free windows (no fit) fall back to the wavelet estimate.
+    """
+    crops = [c for _, _, c in wins]
+    nm = fit_noise_model(np.concatenate(crops))
+    if nm.gain > 0 or nm.offset > 0:
+        var = np.array([max(nm.gain * float(c.mean()) + nm.offset, 0.0) for c in crops])
+    else:
+        var = np.array([float(estimate_sigma(c, channel_axis=None)) ** 2 if min(c.shape[:2]) >= 4 else 0.0
+                        for c in crops])
+    return var * float((np.hanning(length) ** 2).sum())
 
 
 def estimate_axial_blur(vol: Volume, norm: Normalization, seed: int = 0, n_windows: int = 96,
@@ -151,17 +187,18 @@ def estimate_axial_blur(vol: Volume, norm: Normalization, seed: int = 0, n_windo
     geom = isotropic_geometry(vol.shape, vol.voxel_size_um)
     depth = int(math.floor((vol.shape[0] - 2) * geom.z_factor)) + 1  # isotropic planes a window can span
     length = max(MIN_LENGTH, min(length, depth, vol.shape[2]) // 8 * 8)
-    wins, f = _windows(vol, norm, n_windows, length, rows, seed)
+    wins, f, pad = _windows(vol, norm, n_windows, length, rows, seed)
     if len(wins) < 4:
         raise VolumeError(f"{vol.source}: only {len(wins)} of {n_windows} sampled windows hold structure; the "
                           f"axial blur cannot be estimated -- give the PSF bank's widths instead")
     rng = np.random.default_rng(seed + 1)
     ax = np.stack([_spectra(a) for a, _, _ in wins])  # (windows, K)
-    lat_profiles = np.stack([b for _, b, _ in wins])  # (windows, profiles, L)
-    noise_var = np.array([n ** 2 for _, _, n in wins]) * float((np.hanning(length) ** 2).sum())
-    lat = _power(lat_profiles).mean(1)
-    model = np.stack([_power(_interp(gaussian_filter1d(lat_profiles, s, axis=-1, mode="reflect"), f, rng)).mean(1)
-                      for s in SIGMAS])  # (sigmas, windows, K)
+    lat_profiles = np.stack([b for _, b, _ in wins])  # (windows, profiles, width)
+    noise_var = _noise_power(wins, length)
+    core = slice(pad, pad + length)
+    lat = _power(lat_profiles[..., core]).mean(1)
+    model = np.stack([_power(_interp(gaussian_filter1d(lat_profiles, s, axis=-1, mode="reflect")[..., core], f,
+                                     rng)).mean(1) for s in SIGMAS])  # (sigmas, windows, K)
     # White noise in the raw planes reaches the axial profiles through the z interpolation only (it is not
     # blurred): its axial spectrum is the lateral noise floor times this transfer.
     white = np.random.default_rng(seed + 2).standard_normal((256, length)).astype(np.float32)
@@ -169,9 +206,9 @@ def estimate_axial_blur(vol: Volume, norm: Normalization, seed: int = 0, n_windo
 
     def fit(idx: np.ndarray) -> tuple[float, tuple[int, int]]:
         a, la, m = ax[idx].mean(0), lat[idx].mean(0), model[:, idx].mean(1)
-        floor = noise_var[idx].mean()  # white noise power per bin (wavelet estimate of the raw noise sd)
+        floor = noise_var[idx].mean()  # white noise power per bin
         m = m + floor * noise_tf[None]
-        ok = (la > 10 * floor) & (a > DYNAMIC_RANGE * a[0])
+        ok = (la > 10 * floor) & (a > DYNAMIC_RANGE * a[0]) & (a > AXIAL_SNR * floor * noise_tf)
         k_hi = max(3, int(np.argmin(ok)) if not ok.all() else len(ok))  # the first bin that fails ends the band
         band = slice(0, k_hi)
         d = np.log(a[band])[None] - np.log(m[:, band])
