@@ -9,7 +9,7 @@ bead stack of ../shared/data when present (no truth there; its beads' measured P
 Printed: a table of true sd, estimate, 16-84% bootstrap range and error; the median |error|, the worst, and the
 share within 15%, over all phantoms and over each noise level.
 
-Run: python benchmarks/psf_estimate.py  (about 12 minutes on 2 CPU cores). Writes
+Run: python benchmarks/psf_estimate.py  (1288 s on 2 CPU cores, measured beside another job). Writes
 benchmarks/results/psf_estimate.md and .json.
 """
 
@@ -67,7 +67,8 @@ def main() -> None:
                        f"| {100 * np.mean(e <= 0.15):.0f}% |")
     beads = None
     if BEADS.exists():
-        beads = estimate_axial_blur(open_volume(BEADS), volume_statistics(open_volume(BEADS)))
+        real = open_volume(BEADS)
+        beads = estimate_axial_blur(real, volume_statistics(real))
     lines = ["# Axial-blur estimate against known blurs", "",
              f"Machine: {platform.machine()}, {args.threads} CPU threads, torch {torch.__version__}. Command: "
              f"`python benchmarks/psf_estimate.py`. Phantoms 96 x 128 x 128 (seed {args.seed}), lateral sd 0.5 px; "

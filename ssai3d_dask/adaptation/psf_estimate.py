@@ -17,7 +17,8 @@ Assumptions, and where it fails: the structure must be statistically isotropic (
 stacks of layered tissue or of objects elongated along z bias it; an axial PSF that is not Gaussian is
 summarised by the Gaussian of the closest spectrum. Profiles are 64 px long, so a wide blur leaves one or two
 informative frequencies: with noise it reads low (tissue and tube phantoms at sd 10-14 px and 30-100 photons:
--11% to -40%); noise-free and at sd 3-6 px it is within ~10% (the table in benchmarks/results/psf_estimate.md).
+-11% to -45%). Noise-free it is within 15% at sd 3-14 px, and with noise at sd 3-6 px in 13 of 16 phantoms
+(the table in benchmarks/results/psf_estimate.md).
 On the real confocal bead stack it reads 9.75 px where the beads' measured PSF gives ~9.4 px.
 """
 
@@ -153,7 +154,7 @@ def _windows(vol: Volume, norm: Normalization, n: int, length: int, rows: int, s
             continue
         o0 = int(math.ceil(z0 * f - 1e-9))
         axial = resample_z_block(crop, z0, slice(o0, o0 + length), f)  # (L, rows, width)
-        out.append((axial.reshape(length, -1).T, crop.reshape(-1, width), crop))
+        out.append((axial.reshape(length, -1).T, crop))
     return out, f, pad
 
 
@@ -167,7 +168,7 @@ def _noise_power(wins: list, length: int) -> np.ndarray:
     the mean sd under Poisson noise: the band then ran into noise-dominated bins and the estimate failed
     (tissue phantom sd 3 px, 30 photons: 0.60 px). Noise-free windows (no fit) fall back to the wavelet estimate.
     """
-    crops = [c for _, _, c in wins]
+    crops = [c for _, c in wins]
     nm = fit_noise_model(np.concatenate(crops))
     if nm.gain > 0 or nm.offset > 0:
         var = np.array([max(nm.gain * float(c.mean()) + nm.offset, 0.0) for c in crops])
@@ -192,8 +193,8 @@ def estimate_axial_blur(vol: Volume, norm: Normalization, seed: int = 0, n_windo
         raise VolumeError(f"{vol.source}: only {len(wins)} of {n_windows} sampled windows hold structure; the "
                           f"axial blur cannot be estimated -- give the PSF bank's widths instead")
     rng = np.random.default_rng(seed + 1)
-    ax = np.stack([_spectra(a) for a, _, _ in wins])  # (windows, K)
-    lat_profiles = np.stack([b for _, b, _ in wins])  # (windows, profiles, width)
+    ax = np.stack([_spectra(a) for a, _ in wins])  # (windows, K)
+    lat_profiles = np.stack([c.reshape(-1, c.shape[-1]) for _, c in wins])  # (windows, profiles, width)
     noise_var = _noise_power(wins, length)
     core = slice(pad, pad + length)
     lat = _power(lat_profiles[..., core]).mean(1)
