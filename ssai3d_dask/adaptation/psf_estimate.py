@@ -15,11 +15,14 @@ bootstrap resamples of the windows.
 
 Assumptions, and where it fails: the structure must be statistically isotropic (similar along z and x):
 stacks of layered tissue or of objects elongated along z bias it; an axial PSF that is not Gaussian is
-summarised by the Gaussian of the closest spectrum. Profiles are 64 px long, so a wide blur leaves one or two
-informative frequencies: with noise it reads low (tissue and tube phantoms at sd 10-14 px and 30-100 photons:
--11% to -45%). Noise-free it is within 15% at sd 3-14 px, and with noise at sd 3-6 px in 13 of 16 phantoms
-(the table in benchmarks/results/psf_estimate.md).
-On the real confocal bead stack it reads 9.75 px where the beads' measured PSF gives ~9.4 px.
+summarised by the Gaussian of the closest spectrum. Profiles are up to 128 px long (:func:`profile_length`):
+on stacks that allow it (136 x 192 x 192 phantoms, benchmarks/results/psf_estimate_large.md) it is within 15% on
+47 of 48 tissue and tube phantoms at sd 3-14 px, noise-free and at 100 and 30 photons (worst -16%, tubes sd 14
+px at 30 photons; median error 6.8%). Stacks at most 128 px wide keep 64-px profiles, where a wide blur leaves
+one or two informative frequencies: noise-free it is within 15% at sd 3-14 px, with noise at sd 3-6 px in 13 of
+16 phantoms, and wide blur under noise reads low (sd 10-14 px at 30-100 photons: -11% to -45%;
+benchmarks/results/psf_estimate.md). On the real confocal bead stack (150 px wide: 80-px profiles) it reads
+10.4 px where the beads' measured PSF gives ~9.4-9.9 px.
 """
 
 from __future__ import annotations
@@ -105,6 +108,9 @@ CONTEXT_PX = 32
 AXIAL_SNR = 1.5
 #: The shortest profile the estimate uses (px on the isotropic grid).
 MIN_LENGTH = 32
+#: The longest (where the stack is deep and wide enough). A blur of sd 10-14 px leaves one or two frequencies
+#: above the noise on 64-px profiles; 128-px profiles double them (psf_estimate_large.md).
+MAX_LENGTH = 128
 
 
 def _power(profiles: np.ndarray) -> np.ndarray:
@@ -178,16 +184,25 @@ def _noise_power(wins: list, length: int) -> np.ndarray:
     return var * float((np.hanning(length) ** 2).sum())
 
 
+def profile_length(shape: tuple[int, int, int], z_factor: float, length: int = MAX_LENGTH) -> int:
+    """The profile length the estimate uses on a stack of raw ``shape``: ``length`` px, shortened (to a
+    multiple of 8, at least :data:`MIN_LENGTH`) to what the stack's depth on the isotropic grid allows and,
+    beyond 64 px, to what leaves :data:`CONTEXT_PX` of lateral context on each side."""
+    depth = int(math.floor((shape[0] - 2) * z_factor)) + 1  # isotropic planes a window can span
+    return max(MIN_LENGTH, min(length, depth, max(64, shape[2] - 2 * CONTEXT_PX), shape[2]) // 8 * 8)
+
+
 def estimate_axial_blur(vol: Volume, norm: Normalization, seed: int = 0, n_windows: int = 96,
-                        length: int = 64, rows: int = 8, n_boot: int = 64) -> AxialBlurEstimate:
+                        length: int = MAX_LENGTH, rows: int | None = None, n_boot: int = 64) -> AxialBlurEstimate:
     """Estimate the stack's extra axial blur (see the module docstring). Reads ``n_windows`` small windows.
 
-    Profiles are ``length`` px long, shortened (to a multiple of 8, at least :data:`MIN_LENGTH`) for
-    stacks with fewer planes or narrower planes than that.
+    Profiles are ``length`` px long where the stack allows (:func:`profile_length`); each window spans
+    ``rows`` rows (default ``512 / length``, at most 8: 8 up to 64 px, 4 at 128 px, so a longer window reads
+    about as many voxels).
     """
     geom = isotropic_geometry(vol.shape, vol.voxel_size_um)
-    depth = int(math.floor((vol.shape[0] - 2) * geom.z_factor)) + 1  # isotropic planes a window can span
-    length = max(MIN_LENGTH, min(length, depth, vol.shape[2]) // 8 * 8)
+    length = profile_length(vol.shape, geom.z_factor, length)
+    rows = rows or max(2, min(8, round(512 / length)))
     wins, f, pad = _windows(vol, norm, n_windows, length, rows, seed)
     if len(wins) < 4:
         raise VolumeError(f"{vol.source}: only {len(wins)} of {n_windows} sampled windows hold structure; the "
