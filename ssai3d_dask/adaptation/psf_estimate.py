@@ -61,7 +61,9 @@ AUTO_SPREAD = (0.6, 0.8, 1.0, 1.2, 1.4)
 #: measured: the real confocal beads (extra axial sd ~9.4 px from their measured PSF) gave axial/lateral FWHM
 #: 2.30 with a bank centred on 9.4 px and 2.00 centred on 12.06 px (1.28x); on the phantoms of
 #: benchmarks/fidelity.py the paper's bank (centre 5 px, 1.26x the true 3.97 px) restored beads and strands
-#: better than a bank centred on an accurate estimate (fidelity_bank.md).
+#: better than a bank centred on an accurate estimate (fidelity_bank.md). Where it made no difference: strands
+#: blurred by sd 8 px, adapted on that stack, gave 11.73-11.75 dB with banks centred on the estimate (6.9 px),
+#: 1.25x past it and on the truth (fidelity_each.md).
 BANK_LEAN = 1.25
 
 
