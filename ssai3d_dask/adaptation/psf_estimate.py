@@ -5,9 +5,8 @@ wider than the lateral one) and, when ``dz > dx``, through z sampling and the li
 puts z on the lateral grid. So the power spectrum of axial profiles (z resampled exactly as inference
 resamples it) should match that of lateral profiles after the same degradation, for the right Gaussian sd.
 This module finds that sd: it reads 96 small random windows lazily (at most ~40 MiB as float32, whatever
-the volume), keeps
-those with signal, takes Hann-windowed profiles of length ``L`` along z (resampled) and along x (raw
-planes), and for every candidate sd degrades the lateral profiles with the axial forward model of the
+the volume), keeps those with signal, takes Hann-windowed profiles of length ``L`` along z (resampled) and
+along x (raw planes), and for every candidate sd degrades the lateral profiles with the axial forward model of the
 training pairs (:func:`ssai3d_dask.adaptation.psf.axial_forward`) and compares log spectra over the
 frequencies where the lateral spectrum stands well above the noise floor and the axial spectrum above its own
 (a free offset absorbs intensity differences between the two sets). The noise floor comes from one
