@@ -110,6 +110,10 @@ CONTEXT_PX = 32
 AXIAL_SNR = 1.5
 #: The shortest profile the estimate uses (px on the isotropic grid).
 MIN_LENGTH = 32
+#: The length stacks up to 128 px wide keep (the only length before profiles could grow), and the one a window
+#: of :data:`BASE_ROWS` rows is sized for.
+BASE_LENGTH = 64
+BASE_ROWS = 8
 #: The longest (where the stack is deep and wide enough). A blur of sd 10-14 px leaves one or two frequencies
 #: above the noise on 64-px profiles; 128-px profiles double them (psf_estimate_large.md).
 MAX_LENGTH = 128
@@ -189,9 +193,9 @@ def _noise_power(wins: list, length: int) -> np.ndarray:
 def profile_length(shape: tuple[int, int, int], z_factor: float, length: int = MAX_LENGTH) -> int:
     """The profile length the estimate uses on a stack of raw ``shape``: ``length`` px, shortened (to a
     multiple of 8, at least :data:`MIN_LENGTH`) to what the stack's depth on the isotropic grid allows and,
-    beyond 64 px, to what leaves :data:`CONTEXT_PX` of lateral context on each side."""
+    beyond :data:`BASE_LENGTH`, to what leaves :data:`CONTEXT_PX` of lateral context on each side."""
     depth = int(math.floor((shape[0] - 2) * z_factor)) + 1  # isotropic planes a window can span
-    return max(MIN_LENGTH, min(length, depth, max(64, shape[2] - 2 * CONTEXT_PX), shape[2]) // 8 * 8)
+    return max(MIN_LENGTH, min(length, depth, max(BASE_LENGTH, shape[2] - 2 * CONTEXT_PX), shape[2]) // 8 * 8)
 
 
 def estimate_axial_blur(vol: Volume, norm: Normalization, seed: int = 0, n_windows: int = 96,
@@ -199,12 +203,12 @@ def estimate_axial_blur(vol: Volume, norm: Normalization, seed: int = 0, n_windo
     """Estimate the stack's extra axial blur (see the module docstring). Reads ``n_windows`` small windows.
 
     Profiles are ``length`` px long where the stack allows (:func:`profile_length`); each window spans
-    ``rows`` rows (default ``512 / length``, at most 8: 8 up to 64 px, 4 at 128 px, so a longer window reads
-    about as many voxels).
+    ``rows`` rows (default :data:`BASE_ROWS` up to :data:`BASE_LENGTH` px, fewer in proportion beyond: 4 at
+    128 px, so a longer window reads about as many voxels).
     """
     geom = isotropic_geometry(vol.shape, vol.voxel_size_um)
     length = profile_length(vol.shape, geom.z_factor, length)
-    rows = rows or max(2, min(8, round(512 / length)))
+    rows = rows or max(2, min(BASE_ROWS, round(BASE_ROWS * BASE_LENGTH / length)))
     wins, f, pad = _windows(vol, norm, n_windows, length, rows, seed)
     if len(wins) < 4:
         raise VolumeError(f"{vol.source}: only {len(wins)} of {n_windows} sampled windows hold structure; the "
