@@ -28,6 +28,7 @@ import torch
 from ssai3d_dask.adaptation.psf_estimate import MAX_LENGTH, estimate_axial_blur, profile_length
 from ssai3d_dask.adaptation.sampling import volume_statistics
 from ssai3d_dask.evaluation.simulate import PHANTOMS, ForwardModel, forward
+from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.io.volume import Volume, open_volume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def main() -> None:
         model = ForwardModel(0.5, sd, z_factor=zf, **NOISE[noise])
         vol = Volume.from_array(forward(truth, model, rng), (float(f"{0.1 * zf:.12g}"), 0.1, 0.1))  # as simulate()
         est = estimate_axial_blur(vol, volume_statistics(vol), length=args.length)
-        lengths[zf] = profile_length(vol.shape, float(zf), args.length)
+        lengths[zf] = profile_length(vol.shape, isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor, args.length)
         true = (sd ** 2 - 0.5 ** 2) ** 0.5
         err = (est.sigma_px - true) / true
         records.append({"kind": kind, "z_factor": zf, "axial_sd_px": sd, "noise": noise, "true_px": round(true, 3),
