@@ -157,6 +157,22 @@ def test_2d_data_rejected(tmp_path):
         open_volume(tmp_path / "flat.tif", voxel_size_um=(1, 1, 1))
 
 
+def test_few_planes_stored_as_rgb_get_a_fix(tmp_path):
+    # tifffile's imwrite stores a (3 or 4, y, x) array as RGB(A) with separate planes (axes 'SYX'): no option
+    # selects a sample, so the error names how to save the planes as a grey stack instead
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tifffile.imwrite(tmp_path / "four.tif", np.zeros((4, 32, 32), np.uint16))
+    with tifffile.TiffFile(tmp_path / "four.tif") as tif:
+        axes = tif.series[0].axes
+    if axes != "SYX":
+        pytest.skip("this tifffile stores (4, y, x) as grey pages")
+    with pytest.raises(VolumeError, match="photometric='minisblack'") as err:
+        open_volume(tmp_path / "four.tif", voxel_size_um=(1, 1, 1))
+    assert "axis 's' N" not in str(err.value)
+
+
 @pytest.mark.parametrize("bad,msg", [((0, 1, 1), "positive"), ((-1, 1, 1), "positive"),
                                      ((float("nan"), 1, 1), "NaN or Inf"), ((1, float("inf"), 1), "NaN or Inf"),
                                      ((1, 1), "3 values")])
