@@ -21,6 +21,7 @@ settings in the same form.
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,6 +29,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ssai3d_dask.errors import SettingsError, VolumeError
+
+logger = logging.getLogger(__name__)
 
 #: Version of the settings file layout.
 CONFIG_VERSION = 1
@@ -86,10 +89,28 @@ class Settings(BaseModel):
         return self.model_dump(mode="json")
 
 
+def _fit_patch(settings: "Settings", multiple: int, vol) -> "Settings":
+    """``settings`` with its default patch size shrunk to the largest multiple of ``multiple`` that fits the
+    stack's lateral size, when the patch was not chosen (command line or settings file); else unchanged.
+
+    A 64 x 64 stack then runs with the defaults; a patch the user chose stays theirs, and one that does not
+    fit is refused by ``check_volume``.
+    """
+    fit = min(vol.shape[1:]) // multiple * multiple
+    if "patch_px" in settings.model_fields_set or settings.patch_px <= fit or fit < 16:
+        return settings
+    logger.info("patch %d px -> %d px: the default does not fit the lateral size %s", settings.patch_px, fit,
+                tuple(vol.shape[1:]))
+    return settings.model_copy(update={"patch_px": fit})
+
+
 def _check_patch(patch_px: int, multiple: int, vol) -> None:
     from ssai3d_dask.geometry import check_anisotropy
 
     check_anisotropy(vol.voxel_size_um, vol.source)
+    if min(vol.shape[1:]) < max(16, multiple):
+        raise VolumeError(f"{vol.source}: lateral size {tuple(vol.shape[1:])} is below the smallest training patch "
+                          f"({max(16, multiple)} px); the stack must be at least that wide in y and x")
     if patch_px > min(vol.shape[1:]):
         raise SettingsError(f"patch size {patch_px} px exceeds the lateral size {tuple(vol.shape[1:])}; "
                             f"pass a smaller --patch (multiple of {multiple})")
@@ -126,7 +147,8 @@ class AdaptSettings(Settings):
     base: str = Field("base", description="Base model: 'base' (shipped), a preset, or a checkpoint path (ours "
                                           "or an official NAFNet .pth).")
     n_patches: int = Field(256, ge=4, description="Lateral patches to sample from the stack.", json_schema_extra={"flag": "--patches"})
-    patch_px: int = Field(96, ge=16, multiple_of=16, description="Patch size in px (multiple of 16).", json_schema_extra={"flag": "--patch"})
+    patch_px: int = Field(96, ge=16, multiple_of=16, description="Patch size in px (multiple of 16; unless "
+                                                                   "given, shrunk to fit a narrower stack).", json_schema_extra={"flag": "--patch"})
     psf_bank: Literal["auto", "paper"] = Field(
         "auto", description="PSF bank widths. 'auto': --sigmas, scaled up when the stack's own axial blur (estimated "
                             "from the data, `ssai3d info --psf`) is wider than the bank's centre, so the bank is "
@@ -157,6 +179,10 @@ class AdaptSettings(Settings):
             raise ValueError(f"PSF bank widths (--sigmas) must be positive, got {list(self.sigmas_px)}")
         return self
 
+    def fitted(self, vol) -> "AdaptSettings":
+        """These settings with the default patch size shrunk to fit a small stack (see ``_fit_patch``)."""
+        return _fit_patch(self, 16, vol)
+
     def check_volume(self, vol) -> None:
         _check_patch(self.patch_px, 16, vol)
 
@@ -167,7 +193,8 @@ class CareSettings(Settings):
     psf_sigma_um: tuple[float, float, float] = Field(description="The known optical PSF: Gaussian sd (z, y, x) in "
                                                                  "micrometres (required).")
     n_patches: int = Field(256, ge=4, description="Lateral patches to sample.", json_schema_extra={"flag": "--patches"})
-    patch_px: int = Field(64, ge=16, description="Patch size in px (multiple of 2**depth).", json_schema_extra={"flag": "--patch"})
+    patch_px: int = Field(64, ge=16, description="Patch size in px (multiple of 2**depth; unless given, shrunk "
+                                                  "to fit a narrower stack).", json_schema_extra={"flag": "--patch"})
     iterations: int = Field(1000, ge=1, description="Training steps.")
     batch_size: int = Field(16, ge=1, description="Pairs per step.")
     lr: float = Field(4e-4, gt=0, description="Adam learning rate (CSBDeep's default).")
@@ -184,6 +211,10 @@ class CareSettings(Settings):
         if self.patch_px % (2 ** self.depth):
             raise ValueError(f"--patch {self.patch_px} must be a multiple of {2 ** self.depth} (U-Net depth)")
         return self
+
+    def fitted(self, vol) -> "CareSettings":
+        """These settings with the default patch size shrunk to fit a small stack (see ``_fit_patch``)."""
+        return _fit_patch(self, 2 ** self.depth, vol)
 
     def check_volume(self, vol) -> None:
         _check_patch(self.patch_px, 2 ** self.depth, vol)

@@ -290,6 +290,20 @@ def test_bad_settings_raise_before_work():
         adapt(vol, None, AdaptSettings(patch_px=32, layers_fraction=0))
 
 
+def test_default_patch_fits_a_small_stack():
+    """The default 96-px patch shrinks to the largest multiple of 16 that fits; a chosen patch is kept (and
+    refused when too big); a stack narrower than the smallest patch is refused with its size named."""
+    vol = Volume.from_array(np.zeros((8, 64, 72), np.float32), (2, 1, 1))
+    assert AdaptSettings().fitted(vol).patch_px == 64
+    assert AdaptSettings(patch_px=32).fitted(vol).patch_px == 32
+    assert AdaptSettings().fitted(Volume.from_array(np.zeros((8, 200, 200), np.float32), (2, 1, 1))).patch_px == 96
+    with pytest.raises(SettingsError, match="exceeds the lateral size"):
+        AdaptSettings(patch_px=80).fitted(vol).check_volume(vol)
+    narrow = Volume.from_array(np.zeros((8, 64, 12), np.float32), (2, 1, 1))
+    with pytest.raises(VolumeError, match=r"lateral size \(64, 12\) is below the smallest training patch"):
+        adapt(narrow, None, AdaptSettings())
+
+
 def test_denoiser_calibration_on_mostly_empty_patches_is_finite():
     """Sparse volumes give constant (all-background) patches: the noise estimate must not become NaN
     (a NaN h once turned non-local means on, with NaN strength, for every plane)."""

@@ -66,7 +66,7 @@ def _shipped_surgeon(model: NAFNet, base_sha256: str | None = None):
 def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | None = None,
           progress: bool = True, overwrite: bool = False) -> AdaptedModel:
     """Adapt the base model to ``vol``; write MODEL_DIR when ``out_dir`` is given."""
-    settings = settings or AdaptSettings()
+    settings = (settings or AdaptSettings()).fitted(vol)
     settings.check_volume(vol)
     check_new_folder(out_dir, overwrite)
     timings: dict[str, float] = {}
@@ -247,7 +247,7 @@ def adapt_dataset(ds, out_dir: str | Path, settings: AdaptSettings | None = None
     Returns ``{subfolder: AdaptedModel}``; with one channel and one model the subfolder is ``""``
     (MODEL_DIR itself, as for a single stack).
     """
-    settings = settings or AdaptSettings()
+    settings = (settings or AdaptSettings()).fitted(ds.first)  # every slice has the same (z, y, x) shape
     for _, _, _, vol in ds.slices():
         settings.check_volume(vol)  # every slice, before any work
     out = Path(out_dir)

@@ -46,6 +46,7 @@ def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings,
     """
     from ssai3d_dask.ops.denoise import Denoiser
 
+    settings = settings.fitted(vol)
     settings.check_volume(vol)
     check_new_folder(out_dir, overwrite)
     sigma = settings.blur_sigma_px(vol)

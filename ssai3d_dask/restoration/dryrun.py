@@ -246,6 +246,7 @@ def adaptation_stand_in(ds, adapt_settings) -> tuple:
     from ssai3d_dask.settings import resolve_device
 
     vol = ds.first
+    adapt_settings = adapt_settings.fitted(vol)
     adapt_settings.check_volume(vol)
     model, _ = load_model(adapt_settings.base)
     model.set_pool_window(model.local_window())
