@@ -7,7 +7,8 @@ Every method runs through the package's block pipeline (``ssai3d_dask.restoratio
 - care        CARE-style U-Net (1.96M parameters) trained from scratch on the stack's lateral planes blurred
               with the one true PSF (and subsampled like z)
 - ssai3d-full SSAI-3D, every layer fine-tuned
-- ssai3d      SSAI-3D, surgeon-selected 10 % of layers (the default)
+- ssai3d      SSAI-3D with the package's defaults (10 % of layers chosen by normalised snip, ``--psf-bank
+              auto``); the patches and fine-tuning steps are the size's (below)
 - rl-est      Richardson-Lucy with the PSF *estimated* from the stack (``ssai3d info --psf``: the axial blur
               beyond the lateral one; what a user without a measured PSF would do), 30 iterations
 - care-est    CARE trained with that estimated PSF
@@ -149,10 +150,12 @@ class Runner:
                 sd = self.estimated_sigma_px(vol, name)
                 bank = {"sigmas_px": tuple(round(max(0.5, sd * k), 3) for k in AUTO_SPREAD)}
                 t = time.perf_counter()
-            adapt(vol, out, AdaptSettings(n_patches=self.cfg["patches"], patch_px=self.cfg["patch_px"],
-                                          psf_bank="auto" if method == "ssai3d-each" else "paper", **bank,
-                                          selection="all" if full else "surgeon", layers_fraction=1.0 if full else 0.1,
-                                          finetune=self.finetune_settings()),
+            # the package's defaults (layer selection, --psf-bank auto) but for the benchmark's patches and steps
+            choice = {"selection": "all", "layers_fraction": 1.0} if full else {}
+            if bank:
+                choice["psf_bank"] = "paper"
+            adapt(vol, out, AdaptSettings(n_patches=self.cfg["patches"], patch_px=self.cfg["patch_px"], **bank,
+                                          **choice, finetune=self.finetune_settings()),
                   progress=False, overwrite=True)
         self.timings.setdefault(name, {})[f"{method} train s"] = round(time.perf_counter() - t, 1)
         if method.startswith("ssai3d"):
