@@ -306,7 +306,7 @@ def exp_mismatch(r: Runner, cfg: dict, out: dict) -> list[str]:
             out["mismatch"][sd][m] = v
         print(f"  mismatch sd {sd} done", flush=True)
     return table("3. PSF mismatch (Fig. 2i/j): strands; CARE trained for axial sd 5 px, RL given sd 5, "
-                 "SSAI-3D adapted once on the sd-5 stack with its bank (sd 3-7 px; auto: centred on that stack's estimate); CARE-est and OT-CycleGAN trained "
+                 "SSAI-3D adapted once on the sd-5 stack with its bank (--psf-bank auto: the paper's sd 3-7 px, widened when 1.25x the stack's estimate passes 5 px); CARE-est and OT-CycleGAN trained "
                  "once on the sd-5 stack, RL-est given each test stack's own estimate, SSAI-3D per stack adapted on each "
                  "test stack with default settings", rows, cols)
 

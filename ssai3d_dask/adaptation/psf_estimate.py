@@ -71,7 +71,9 @@ def auto_bank_widths(sigmas_px: tuple[float, ...], estimate_px: float) -> tuple[
     """``--psf-bank auto``: the bank ``sigmas_px`` scaled by ``max(1, BANK_LEAN * estimate / median width)``.
 
     The bank only ever widens: narrower banks than the paper's 3-7 px did not restore better on the phantoms
-    (fidelity_bank.md), so a stack blurred less than ~4 px keeps the paper's bank. A stack blurred beyond it
+    (fidelity_bank.md), nor on tubes blurred only 1.4-2.4 px along z (bank_small_blur.md: the paper bank ahead
+    of one centred on the estimate by 0.34-0.90 dB, noisy or not), so a stack blurred less than ~4 px keeps the
+    paper's bank. A stack blurred beyond it
     (the real confocal beads: sd ~9.4 px on their 0.0225 um grid) gets a bank centred :data:`BANK_LEAN` times
     past its estimate (benchmarks/results/beads_real.md).
     """
