@@ -89,21 +89,6 @@ class Settings(BaseModel):
         return self.model_dump(mode="json")
 
 
-def _fit_patch(settings: "Settings", multiple: int, vol) -> "Settings":
-    """``settings`` with its default patch size shrunk to the largest multiple of ``multiple`` that fits the
-    stack's lateral size, when the patch was not chosen (command line or settings file); else unchanged.
-
-    A 64 x 64 stack then runs with the defaults; a patch the user chose stays theirs, and one that does not
-    fit is refused by ``check_volume``.
-    """
-    fit = min(vol.shape[1:]) // multiple * multiple
-    if "patch_px" in settings.model_fields_set or settings.patch_px <= fit or fit < 16:
-        return settings
-    logger.info("patch %d px -> %d px: the default does not fit the lateral size %s", settings.patch_px, fit,
-                tuple(vol.shape[1:]))
-    return settings.model_copy(update={"patch_px": fit})
-
-
 def _check_patch(patch_px: int, multiple: int, vol) -> None:
     from ssai3d_dask.geometry import check_anisotropy
 
@@ -117,6 +102,32 @@ def _check_patch(patch_px: int, multiple: int, vol) -> None:
     if vol.anisotropy < 0.95:
         raise VolumeError(f"z step ({vol.voxel_size_um[0]} um) is finer than x ({vol.voxel_size_um[2]} um); "
                           f"check --voxel-size (z, y, x order)")
+
+
+class _PatchSettings(Settings):
+    """Settings that train on lateral patches of ``patch_px`` px, a multiple of :meth:`patch_multiple`."""
+
+    def patch_multiple(self) -> int:
+        raise NotImplementedError
+
+    def fitted(self, vol) -> "_PatchSettings":
+        """These settings with the default patch size shrunk to the largest multiple of :meth:`patch_multiple`
+        that fits the stack's lateral size, when the patch was not chosen (command line or settings file); else
+        unchanged.
+
+        A 64 x 64 stack then runs with the defaults; a patch the user chose stays theirs, and one that does not
+        fit is refused by :meth:`check_volume`.
+        """
+        multiple = self.patch_multiple()
+        fit = min(vol.shape[1:]) // multiple * multiple
+        if "patch_px" in self.model_fields_set or self.patch_px <= fit or fit < 16:
+            return self
+        logger.info("patch %d px -> %d px: the default does not fit the lateral size %s", self.patch_px, fit,
+                    tuple(vol.shape[1:]))
+        return self.model_copy(update={"patch_px": fit})
+
+    def check_volume(self, vol) -> None:
+        _check_patch(self.patch_px, self.patch_multiple(), vol)
 
 
 # --- adaptation -------------------------------------------------------------------------------------
@@ -141,7 +152,7 @@ class FinetuneSettings(Settings):
     precision: Precision = Field("auto", description=_PRECISION_HELP + " Weights and loss stay fp32.")
 
 
-class AdaptSettings(Settings):
+class AdaptSettings(_PatchSettings):
     """Everything that decides an adaptation (``ssai3d adapt``, the first half of ``ssai3d run``)."""
 
     base: str = Field("base", description="Base model: 'base' (shipped), a preset, or a checkpoint path (ours "
@@ -179,15 +190,11 @@ class AdaptSettings(Settings):
             raise ValueError(f"PSF bank widths (--sigmas) must be positive, got {list(self.sigmas_px)}")
         return self
 
-    def fitted(self, vol) -> "AdaptSettings":
-        """These settings with the default patch size shrunk to fit a small stack (see ``_fit_patch``)."""
-        return _fit_patch(self, 16, vol)
-
-    def check_volume(self, vol) -> None:
-        _check_patch(self.patch_px, 16, vol)
+    def patch_multiple(self) -> int:
+        return 16
 
 
-class CareSettings(Settings):
+class CareSettings(_PatchSettings):
     """A CARE U-Net trained from scratch on one stack with one known PSF (``ssai3d train-care``)."""
 
     psf_sigma_um: tuple[float, float, float] = Field(description="The known optical PSF: Gaussian sd (z, y, x) in "
@@ -212,12 +219,8 @@ class CareSettings(Settings):
             raise ValueError(f"--patch {self.patch_px} must be a multiple of {2 ** self.depth} (U-Net depth)")
         return self
 
-    def fitted(self, vol) -> "CareSettings":
-        """These settings with the default patch size shrunk to fit a small stack (see ``_fit_patch``)."""
-        return _fit_patch(self, 2 ** self.depth, vol)
-
-    def check_volume(self, vol) -> None:
-        _check_patch(self.patch_px, 2 ** self.depth, vol)
+    def patch_multiple(self) -> int:
+        return 2 ** self.depth  # the U-Net's pooling
 
     def blur_sigma_px(self, vol) -> float:
         """Axial blur to add to a lateral patch, in lateral pixels."""

@@ -170,21 +170,21 @@ def _select(arr: da.Array, axes: str, channel: int | None, time: int | None,
         if ax in SPATIAL:
             index.append(slice(None))
             continue
+        if ax not in "ct" and n > 1:  # e.g. TIFF samples: no option selects them
+            hint = ""
+            if ax == "s" and n <= 4:  # tifffile stores a (3 or 4, y, x) array as RGB(A) with separate planes
+                hint = (f" (if these are {n} z planes, not colour samples, write them with "
+                        f"tifffile.imwrite(path, data, photometric='minisblack'))")
+            raise VolumeError(
+                f"{source} has {n} entries along axis {ax!r} (samples per pixel, e.g. RGB), which ssai3d "
+                f"cannot select; save one grey channel as a (z, y, x) stack{hint}"
+            )
         want = {"c": channel, "t": time}.get(ax)
-        flag = {"c": "--channel", "t": "--time"}.get(ax, f"axis {ax!r}")
+        flag = {"c": "--channel", "t": "--time"}.get(ax)
         if want is None:
             if n == 1:
                 index.append(0)
                 continue
-            if ax not in "ct":  # e.g. TIFF samples: no option selects them
-                hint = ""
-                if ax == "s" and n <= 4:  # tifffile stores a (3 or 4, y, x) array as RGB(A) with separate planes
-                    hint = (f" (if these are {n} z planes, not colour samples, write them with "
-                            f"tifffile.imwrite(path, data, photometric='minisblack'))")
-                raise VolumeError(
-                    f"{source} has {n} entries along axis {ax!r} (samples per pixel, e.g. RGB), which ssai3d "
-                    f"cannot select; save one grey channel as a (z, y, x) stack{hint}"
-                )
             raise VolumeError(
                 f"{source} has {n} entries along axis {ax!r}; choose one with {flag} N (0..{n - 1})"
             )
