@@ -38,7 +38,7 @@ package's ``--psf-bank auto`` only ever widens the bank (on these phantoms: the 
 run that way into fidelity_blind.md (same phantoms and seeds, so their numbers sit beside fidelity.md's).
 
 Run: python benchmarks/fidelity.py [--size small|paper] [--only beads,strands,...] [--methods interp,rl,...]
-Writes benchmarks/results/fidelity.md (+ fidelity.json) and fidelity_<experiment>.png (named after --out).
+Writes benchmarks/results/fidelity.md (+ fidelity.json) and fidelity_<experiment>.png (beside --out, named after it).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ ALL_METHODS = ("interp", "rl", "care", "ssai3d-full", "ssai3d", "ssai3d-auto", "
 #: Columns only the PSF-mismatch experiment has (elsewhere every learned column adapts on its test stack).
 MISMATCH_ONLY = ("ssai3d-each",)
 METHODS = ALL_METHODS  # the columns of this run (--methods)
-PANEL_PREFIX = "fidelity"  # the figures are named after --out
+PANEL_PREFIX = RESULTS / "fidelity"  # the figures go beside --out, named after it
 LABELS = {"interp": "linear interp.", "rl": "Richardson-Lucy", "care": "CARE (scratch)",
           "ssai3d-full": "SSAI-3D full FT", "ssai3d": "SSAI-3D sparse 10%",
           "ssai3d-auto": "SSAI-3D sparse, auto bank", "rl-est": "RL, estimated PSF",
@@ -137,12 +137,16 @@ class Runner:
             psf_sigma_um = self.estimated_psf_um(vol, name)
             t = time.perf_counter()
         if method == "cyclegan":
-            train_cyclegan(vol, out, CycleGANSettings(iterations=self.cfg["gan_steps"], volume_px=self.cfg["gan_volume"]),
+            train_cyclegan(vol, out, CycleGANSettings(iterations=self.cfg["gan_steps"], volume_px=self.cfg["gan_volume"],
+                                                      seed=self.cfg["train_seed"]),
                            progress=False, overwrite=True)
         elif method in ("care", "care-est"):
+            # care_steps "default": CARE's own budget (1000 steps of 16 pairs), as a user runs train-care
+            budget = ({} if self.cfg["care_steps"] == "default"
+                      else {"iterations": self.cfg["care_steps"], "batch_size": 8})
             train_care(vol, out, CareSettings(psf_sigma_um=tuple(psf_sigma_um), n_patches=self.cfg["patches"],
-                                              patch_px=self.cfg["patch_px"], iterations=self.cfg["care_steps"],
-                                              batch_size=8), progress=False, overwrite=True)
+                                              patch_px=self.cfg["patch_px"], seed=self.cfg["train_seed"], **budget),
+                       progress=False, overwrite=True)
         else:
             full = method == "ssai3d-full"
             bank = {}
@@ -155,7 +159,7 @@ class Runner:
             if bank:
                 choice["psf_bank"] = "paper"
             adapt(vol, out, AdaptSettings(n_patches=self.cfg["patches"], patch_px=self.cfg["patch_px"], **bank,
-                                          **choice, finetune=self.finetune_settings()),
+                                          **choice, finetune=self.finetune_settings(), seed=self.cfg["train_seed"]),
                   progress=False, overwrite=True)
         self.timings.setdefault(name, {})[f"{method} train s"] = round(time.perf_counter() - t, 1)
         if method.startswith("ssai3d"):
@@ -238,7 +242,7 @@ def panel(name: str, truth: np.ndarray, preds: dict[str, np.ndarray]) -> None:
                 axes[i, j].set_ylabel(view)
         axes[0, j].set_title(label, fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{PANEL_PREFIX}_{name}.png", dpi=60)
+    fig.savefig(f"{PANEL_PREFIX}_{name}.png", dpi=60)
     plt.close(fig)
 
 
@@ -417,15 +421,23 @@ def main() -> None:
     ap.add_argument("--ft-steps", type=int, default=None,
                     help="SSAI-3D fine-tuning steps (default: the size's; 0: the package's default budget, "
                          "patience on the validation PSNR)")
+    ap.add_argument("--care-steps", type=int, default=None,
+                    help="CARE training steps (default: the size's, 300 of 8 pairs at small; 0: CARE's own default, "
+                         "1000 steps of 16 pairs)")
+    ap.add_argument("--train-seed", type=int, default=0,
+                    help="seed of every learned method's sampling and training (the phantoms keep theirs): run "
+                         "1, 2, ... to see how far a figure moves between trainings")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "fidelity.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = dict(SIZES[args.size])
+    cfg = dict(SIZES[args.size], train_seed=args.train_seed)
     if args.ft_steps is not None:
         cfg["ft_steps"] = args.ft_steps or "default budget"
+    if args.care_steps is not None:
+        cfg["care_steps"] = args.care_steps or "default"
     global METHODS, PANEL_PREFIX
-    PANEL_PREFIX = args.out.stem
+    PANEL_PREFIX = args.out.parent / args.out.stem
     METHODS = tuple(m for m in ALL_METHODS if m in args.methods.split(","))
     if set(args.methods.split(",")) - set(ALL_METHODS):
         ap.error(f"--methods: unknown {set(args.methods.split(',')) - set(ALL_METHODS)}; known: {ALL_METHODS}")
@@ -437,6 +449,8 @@ def main() -> None:
              f"Machine: {platform.machine()}, {args.threads} CPU threads, torch {torch.__version__}. "
              f"Command: `python benchmarks/fidelity.py --size {args.size} --methods {','.join(METHODS)}"
              + (f" --ft-steps {args.ft_steps}" if args.ft_steps is not None else "")
+             + (f" --care-steps {args.care_steps}" if args.care_steps is not None else "")
+             + (f" --train-seed {args.train_seed}" if args.train_seed else "")
              + (f" --only {args.only}`." if args.only != ",".join(EXPERIMENTS) else "`."),
              f"Settings: {json.dumps(cfg)}. Intensities: truth in [0, 1]; predictions clipped to [0, 1]; "
              "PSNR/SSIM with range 1, MSE at 16-bit scale (L = 65535).", ""]
