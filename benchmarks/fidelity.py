@@ -38,7 +38,8 @@ package's ``--psf-bank auto`` only ever widens the bank (on these phantoms: the 
 run that way into fidelity_blind.md (same phantoms and seeds, so their numbers sit beside fidelity.md's).
 
 Run: python benchmarks/fidelity.py [--size small|paper] [--only beads,strands,...] [--methods interp,rl,...]
-Writes benchmarks/results/fidelity.md (+ fidelity.json) and fidelity_<experiment>.png (beside --out, named after it).
+Writes benchmarks/results/fidelity.md (+ fidelity.json) and fidelity_<experiment>.png (beside --out, named
+after it).
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ class Runner:
             psf_sigma_um = self.estimated_psf_um(vol, name)
             t = time.perf_counter()
         if method == "cyclegan":
-            train_cyclegan(vol, out, CycleGANSettings(iterations=self.cfg["gan_steps"], volume_px=self.cfg["gan_volume"],
-                                                      seed=self.cfg["train_seed"]),
+            train_cyclegan(vol, out, CycleGANSettings(iterations=self.cfg["gan_steps"],
+                                                      volume_px=self.cfg["gan_volume"], seed=self.cfg["train_seed"]),
                            progress=False, overwrite=True)
         elif method in ("care", "care-est"):
             # care_steps "default": CARE's own budget (1000 steps of 16 pairs), as a user runs train-care
@@ -310,7 +311,8 @@ def exp_mismatch(r: Runner, cfg: dict, out: dict) -> list[str]:
             out["mismatch"][sd][m] = v
         print(f"  mismatch sd {sd} done", flush=True)
     return table("3. PSF mismatch (Fig. 2i/j): strands; CARE trained for axial sd 5 px, RL given sd 5, "
-                 "SSAI-3D adapted once on the sd-5 stack with its bank (--psf-bank auto: the paper's sd 3-7 px, widened when 1.25x the stack's estimate passes 5 px); CARE-est and OT-CycleGAN trained "
+                 "SSAI-3D adapted once on the sd-5 stack with its bank (--psf-bank auto: the paper's sd 3-7 px, "
+                 "widened when 1.25x the stack's estimate passes 5 px); CARE-est and OT-CycleGAN trained "
                  "once on the sd-5 stack, RL-est given each test stack's own estimate, SSAI-3D per stack adapted on each "
                  "test stack with default settings", rows, cols)
 

@@ -10,7 +10,8 @@ Run: python benchmarks/fidelity_seeds.py [--seeds 0,1,2] [--only tubes,undersamp
         [--methods interp,care,ssai3d] [--work DIR]
 Each seed's run is written to DIR/seed<N>.md (+ .json, panels) and reused when it is already there (a
 stopped run resumes at the next seed); DIR/seed<N>-*.md files (columns run on their own, e.g. CARE with
-another budget) are merged into that seed's, later files replacing a column of the same label. Writes benchmarks/results/fidelity_seeds.md (+ .json).
+another budget) are merged into that seed's, later files replacing a column of the same label. The output
+lists each merged file with the command that made it. Writes benchmarks/results/fidelity_seeds.md (+ .json).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def parse_tables(md: str) -> dict[str, dict[str, dict[str, float]]]:
             title, head = line[3:].strip(), None
         elif line.startswith("| metric |"):
             head = [c.strip() for c in line.strip("|").split("|")][1:]
-        elif head and title and line.startswith("| ") and not line.startswith("|---"):
+        elif head and title and line.startswith("| "):  # a body row ("|---" rules do not match)
             cells = [c.strip() for c in line.strip("|").split("|")]
             for label, cell in zip(head, cells[1:]):
                 try:
@@ -84,8 +85,9 @@ def main() -> None:
         if not files:
             t = time.perf_counter()
             print(f"seed {seed}: running fidelity.py ...", flush=True)
-            subprocess.run([sys.executable, str(HERE / "fidelity.py"), "--size", "small", "--ft-steps", "0", "--care-steps", "0",
-                            "--only", args.only, "--methods", args.methods, "--train-seed", str(seed),
+            subprocess.run([sys.executable, str(HERE / "fidelity.py"), "--size", "small", "--ft-steps", "0",
+                            "--care-steps", "0", "--only", args.only, "--methods", args.methods,
+                            "--train-seed", str(seed),
                             "--out", str(args.work / f"seed{seed}.md")], check=True)
             print(f"seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
             files = seed_files(args.work, seed)
@@ -95,7 +97,8 @@ def main() -> None:
             for title, rows in parse_tables(text).items():
                 for metric, cells in rows.items():
                     runs[seed].setdefault(title, {}).setdefault(metric, {}).update(cells)
-            cmd = next((ln.split("Command: ", 1)[1].strip(" .") for ln in text.splitlines() if "Command: " in ln), "?")
+            cmd = next((ln.split("Command: ", 1)[1].strip(" .") for ln in text.splitlines() if "Command: " in ln),
+                       "?")
             sources[seed].append(f"{f.name}: {cmd}")
         if not runs[seed]:
             sys.exit(f"{args.work}: no tables for seed {seed}: delete its files to rerun it")
@@ -103,10 +106,12 @@ def main() -> None:
     label = {m: LABELS.get(m, m) for m in methods}
     lines = ["# Fidelity across training seeds", "",
              f"Command: `python benchmarks/fidelity_seeds.py --seeds {args.seeds} --only {args.only} "
-             f"--methods {args.methods}`: `fidelity.py --size small --ft-steps 0 --care-steps 0 --train-seed N` per seed "
-             "(each method's own default budget; same phantoms; the learned methods' sampling, pairs and training seeded by N). Cells: mean +- sd "
-             f"(seed {' / '.join(map(str, seeds))}).", "", "Runs merged per seed (a later file's column replaces an "
-             "earlier one's of the same label):", "",
+             f"--methods {args.methods} --method {args.method} --versus {args.versus}`. Same phantoms in every run; the learned methods' sampling, pairs and "
+             "training seeded by N. A seed with no run yet is run as `fidelity.py --size small --ft-steps 0 "
+             "--care-steps 0 --train-seed N` (each method's own default budget). Cells: mean +- sd "
+             f"(seed {' / '.join(map(str, seeds))}).", "",
+             "Runs merged per seed, each with the command that made it (a later file's column replaces an earlier "
+             "one's of the same label):", "",
              *[f"- seed {s}: " + "; ".join(sources[s]) for s in seeds], ""]
     record: dict = {"seeds": seeds, "sections": {}}
     for title in [t for t in runs[seeds[0]] if all(t in runs[s] for s in seeds)]:
