@@ -6,13 +6,19 @@ Every method runs through the package's block pipeline (``ssai3d_dask.restoratio
 - rl          Richardson-Lucy with the true (nominal) PSF, 30 iterations
 - care        CARE-style U-Net (1.96M parameters) trained from scratch on the stack's lateral planes blurred
               with the one true PSF (and subsampled like z)
-- ssai3d-full SSAI-3D, every layer fine-tuned
-- ssai3d      SSAI-3D with the package's defaults (10 % of layers chosen by normalised snip, ``--psf-bank
-              auto``); the patches and fine-tuning steps are the size's (below)
+- ssai3d-full SSAI-3D, every layer fine-tuned, with the 25-PSF bank (``--psf-bank wide``, the former default)
+- ssai3d      SSAI-3D with the package's defaults (every layer fine-tuned, ``--psf-bank auto``: one PSF, the axial
+              blur estimated from the stack, along z; until fidelity_calibrated.md: snip's 10 % of layers and the
+              paper's 25-PSF bank, widened only); the patches and fine-tuning steps are the size's (below)
 - rl-est      Richardson-Lucy with the PSF *estimated* from the stack (``ssai3d info --psf``: the axial blur
               beyond the lateral one; what a user without a measured PSF would do), 30 iterations
 - care-est    CARE trained with that estimated PSF
 - cyclegan    OT-CycleGAN (Park et al. 2022), trained on the stack alone (no PSF), G run on 3D sub-volumes
+- ssai3d-1psf SSAI-3D sparse with a one-PSF bank: the stack's estimated axial blur at angle 0 only (what CARE-est
+              is given), to tell the cost of the 25-PSF bank's breadth from the cost of the network
+- ssai3d-full-1psf  the same one-PSF bank with every layer fine-tuned
+- ssai3d-z    SSAI-3D sparse, bank of five widths centred on the estimate (x0.6-1.4) along z only (angle 0)
+- ssai3d-tilt SSAI-3D sparse, bank of the estimate's one width at the paper's five orientations
 - ssai3d-each (PSF mismatch only) SSAI-3D with default settings adapted on *each* test stack, as a user runs
               ``ssai3d run`` on every stack; the other learned columns adapt once on the sd-5 stack there
 
@@ -32,8 +38,10 @@ patches of 64 px). ``--size paper`` uses the paper's 300^3 cubes and 1000 / 3000
 
 The ``ssai3d-auto`` column is SSAI-3D sparse with a bank centred on the axial blur estimated from the stack
 itself (widths x0.6-1.4 of the estimate, :data:`~ssai3d_dask.adaptation.psf_estimate.AUTO_SPREAD`) instead of
-the paper's fixed sd 3-7 px: the variant fidelity_bank.md compared, which lost to the paper bank, so the
-package's ``--psf-bank auto`` only ever widens the bank (on these phantoms: the paper bank itself).
+the paper's fixed sd 3-7 px: the variant fidelity_bank.md compared, which lost to the paper bank (the package's
+``--psf-bank wide`` only ever widens it). The one-PSF, widths-only and orientations-only columns
+(fidelity_bank_network.md) showed the spread of widths, not the bank's centre, to be what cost: the package's
+``--psf-bank auto`` is now the estimate alone, along z.
 ``--methods`` runs a subset of the columns (the others show "-"); the blind and OT-CycleGAN columns were
 run that way into fidelity_blind.md (same phantoms and seeds, so their numbers sit beside fidelity.md's).
 
@@ -77,20 +85,22 @@ from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
 from ssai3d_dask.io.volume import Volume, open_volume
 
 RESULTS = Path(__file__).parent / "results"
-ALL_METHODS = ("interp", "rl", "care", "ssai3d-full", "ssai3d", "ssai3d-auto", "rl-est", "care-est", "cyclegan",
-               "ssai3d-each")
+ALL_METHODS = ("interp", "rl", "care", "ssai3d-full", "ssai3d", "ssai3d-auto", "ssai3d-1psf", "ssai3d-full-1psf",
+               "ssai3d-z", "ssai3d-tilt", "rl-est", "care-est", "cyclegan", "ssai3d-each")
 #: Columns only the PSF-mismatch experiment has (elsewhere every learned column adapts on its test stack).
 MISMATCH_ONLY = ("ssai3d-each",)
 METHODS = ALL_METHODS  # the columns of this run (--methods)
 PANEL_PREFIX = RESULTS / "fidelity"  # the figures go beside --out, named after it
 LABELS = {"interp": "linear interp.", "rl": "Richardson-Lucy", "care": "CARE (scratch)",
-          "ssai3d-full": "SSAI-3D full FT", "ssai3d": "SSAI-3D sparse 10%",
-          "ssai3d-auto": "SSAI-3D sparse, auto bank", "rl-est": "RL, estimated PSF",
+          "ssai3d-full": "SSAI-3D full FT, 25-PSF bank", "ssai3d": "SSAI-3D (defaults)",
+          "ssai3d-auto": "SSAI-3D sparse, auto bank", "ssai3d-1psf": "SSAI-3D sparse, one PSF (estimate)",
+          "ssai3d-full-1psf": "SSAI-3D full FT, one PSF (estimate)",
+          "ssai3d-z": "SSAI-3D sparse, 5 widths (estimate) along z",
+          "ssai3d-tilt": "SSAI-3D sparse, 1 width x 5 angles", "rl-est": "RL, estimated PSF",
           "care-est": "CARE, estimated PSF", "cyclegan": "OT-CycleGAN",
           "ssai3d-each": "SSAI-3D, adapted per stack"}
 #: The restore method each column runs.
-RESTORE_METHOD = {"ssai3d-full": "ssai3d", "ssai3d-auto": "ssai3d", "rl-est": "rl", "care-est": "care",
-                  "ssai3d-each": "ssai3d"}
+RESTORE_METHOD = {"rl-est": "rl", "care-est": "care"} | {m: "ssai3d" for m in ALL_METHODS if m.startswith("ssai3d-")}
 SIZES = {
     "tiny": {"shape": (32, 64, 64), "beads_shape": (48, 64, 64), "n_beads": 6, "ft_steps": 3, "care_steps": 3,
              "patches": 16, "patch_px": 32, "halo": 16, "gan_steps": 3, "gan_volume": 16},  # a smoke run (minutes)
@@ -149,16 +159,30 @@ class Runner:
                                               patch_px=self.cfg["patch_px"], seed=self.cfg["train_seed"], **budget),
                        progress=False, overwrite=True)
         else:
-            full = method == "ssai3d-full"
+            full = method in ("ssai3d-full", "ssai3d-full-1psf")
             bank = {}
             if method == "ssai3d-auto":  # a bank centred on the stack's estimate, not the package's widen-only auto
                 sd = self.estimated_sigma_px(vol, name)
                 bank = {"sigmas_px": tuple(round(max(0.5, sd * k), 3) for k in AUTO_SPREAD)}
                 t = time.perf_counter()
+            elif method.endswith("-1psf"):  # CARE-est's one PSF: the estimate, along z only
+                bank = {"sigmas_px": (round(self.estimated_sigma_px(vol, name), 3),), "angles_deg": (0.0,)}
+                t = time.perf_counter()
+            elif method == "ssai3d-z":  # the widths spread around the estimate, along z only
+                sd = self.estimated_sigma_px(vol, name)
+                bank = {"sigmas_px": tuple(round(max(0.5, sd * k), 3) for k in AUTO_SPREAD), "angles_deg": (0.0,)}
+                t = time.perf_counter()
+            elif method == "ssai3d-tilt":  # the estimate's one width at the paper's orientations
+                bank = {"sigmas_px": (round(self.estimated_sigma_px(vol, name), 3),)}
+                t = time.perf_counter()
             # the package's defaults (layer selection, --psf-bank auto) but for the benchmark's patches and steps
-            choice = {"selection": "all", "layers_fraction": 1.0} if full else {}
+            # the "sparse" variants keep the former default: normalised snip's 10 % of layers
+            choice = ({"selection": "all", "layers_fraction": 1.0} if full
+                      else {} if method in ("ssai3d", "ssai3d-each") else {"selection": "snip", "layers_fraction": 0.1})
             if bank:
                 choice["psf_bank"] = "paper"
+            elif method == "ssai3d-full":  # the former default bank (the paper's, widened only)
+                choice["psf_bank"] = "wide"
             adapt(vol, out, AdaptSettings(n_patches=self.cfg["patches"], patch_px=self.cfg["patch_px"], **bank,
                                           **choice, finetune=self.finetune_settings(), seed=self.cfg["train_seed"]),
                   progress=False, overwrite=True)
@@ -292,7 +316,8 @@ def exp_mismatch(r: Runner, cfg: dict, out: dict) -> list[str]:
             for sd in (3, 4, 5, 6, 7, 8)}
     train_psf = (0.5, 0.05, 0.05)
     vol5 = r.volume(sims[5], "mismatch-sd5")
-    cols = [m for m in ("interp", "rl", "care", "ssai3d", "ssai3d-auto", "rl-est", "care-est", "cyclegan",
+    cols = [m for m in ("interp", "rl", "care", "ssai3d", "ssai3d-auto", "ssai3d-1psf", "ssai3d-full-1psf", "ssai3d-z",
+                        "ssai3d-tilt", "rl-est", "care-est", "cyclegan",
                         "ssai3d-each") if m in METHODS]
     models = {m: r.train(vol5, m, train_psf, "mismatch") for m in cols if m not in MISMATCH_ONLY}
     rows: dict[str, dict[str, str]] = {}
@@ -311,8 +336,8 @@ def exp_mismatch(r: Runner, cfg: dict, out: dict) -> list[str]:
             out["mismatch"][sd][m] = v
         print(f"  mismatch sd {sd} done", flush=True)
     return table("3. PSF mismatch (Fig. 2i/j): strands; CARE trained for axial sd 5 px, RL given sd 5, "
-                 "SSAI-3D adapted once on the sd-5 stack with its bank (--psf-bank auto: the paper's sd 3-7 px, "
-                 "widened when 1.25x the stack's estimate passes 5 px); CARE-est and OT-CycleGAN trained "
+                 "SSAI-3D adapted once on the sd-5 stack with its defaults (--psf-bank auto: that stack's estimate, "
+                 "along z); CARE-est and OT-CycleGAN trained "
                  "once on the sd-5 stack, RL-est given each test stack's own estimate, SSAI-3D per stack adapted on each "
                  "test stack with default settings", rows, cols)
 
@@ -345,7 +370,7 @@ def exp_similarity(r: Runner, cfg: dict, out: dict) -> list[str]:
         for m, p in preds.items():
             ax = float(np.mean((np.clip(p, 0, 1) * L16 - sim.truth * L16) ** 2))
             lat = lateral_mse(r.work / f"{kind}-{m}.model", vol, fm, cfg) \
-                if m in ("care", "care-est", "ssai3d-full", "ssai3d", "ssai3d-auto") else None
+                if m == "care" or m == "care-est" or m.startswith("ssai3d") else None
             rows["axial MSE (x1e6, L=65535)"][m] = f"{ax / 1e6:.1f}"
             rows["lateral MSE (x1e6, L=65535)"][m] = "-" if lat is None else f"{lat / 1e6:.1f}"
             rows["PSNR (dB)"][m] = f"{psnr(np.clip(p, 0, 1), sim.truth, 1.0):.2f}"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -133,15 +133,23 @@ class _PatchSettings(Settings):
 # --- adaptation -------------------------------------------------------------------------------------
 
 class FinetuneSettings(Settings):
-    """Sparse fine-tuning. Defaults follow the paper: Adam, lr 1e-3, weight decay 1e-4 (cosine decay added); run to
-    convergence of the validation PSNR (patience 250 steps, at most 3000)."""
+    """Fine-tuning. Defaults follow the paper: Adam, lr 1e-3, weight decay 1e-4; run to convergence of the
+    validation PSNR (patience 250 steps, at most 3000). The rate stays at its peak until the curve stalls (or the
+    step or time budget nears its end), then decays to 1/100 over --cooldown steps (a cosine), and the best weights
+    of the whole curve are kept. With the patience off, the rate follows one cosine over --iterations."""
 
     iterations: int = Field(3000, ge=1, description="Fine-tuning steps at most (a cap: --patience usually stops "
                                                     "it first).")
-    patience: int | None = Field(250, ge=0, description="Stop when the validation PSNR has not improved by 0.01 dB "
-                                                        "for this many steps, and keep the best weights (0: off, all "
-                                                        "--iterations run).")
-    max_minutes: float | None = Field(None, gt=0, description="Stop fine-tuning after this many minutes.")
+    patience: int | None = Field(250, ge=0, description="When the validation PSNR has not improved by 0.01 dB for "
+                                                        "this many steps, decay the rate (--cooldown) and stop; the "
+                                                        "best weights are kept (0: off, all --iterations run on one "
+                                                        "cosine).")
+    cooldown: int = Field(250, ge=0, description="Steps of learning-rate decay (cosine to 1/100) after the validation "
+                                                 "PSNR stalls for --patience steps, or before --iterations or "
+                                                 "--max-minutes run out; training stops at its end (0: stop at the "
+                                                 "stall).")
+    max_minutes: float | None = Field(None, gt=0, description="Stop fine-tuning after this many minutes (the "
+                                                              "cooldown is fitted inside them).")
     eval_every: int = Field(25, ge=1, description="Steps between validation evaluations (the curve in the "
                                                   "manifest and validation.png; the patience's clock).")
     batch_size: int = Field(8, ge=1, description="Pairs per step.")
@@ -160,33 +168,45 @@ class AdaptSettings(_PatchSettings):
     n_patches: int = Field(256, ge=4, description="Lateral patches to sample from the stack.", json_schema_extra={"flag": "--patches"})
     patch_px: int = Field(96, ge=16, multiple_of=16, description="Patch size in px (multiple of 16; unless "
                                                                    "given, shrunk to fit a narrower stack).", json_schema_extra={"flag": "--patch"})
-    psf_bank: Literal["auto", "paper"] = Field(
-        "auto", description="PSF bank widths. 'auto': --sigmas, scaled up when the stack's own axial blur (estimated "
-                            "from the data, `ssai3d info --psf`) is wider than the bank's centre, so the bank is "
-                            "centred on it; never narrowed. 'paper': --sigmas exactly (default 3-7 px, the paper's).")
-    sigmas_px: tuple[float, ...] = Field((3.0, 4.0, 5.0, 6.0, 7.0), min_length=1,
-                                         description="PSF bank: axial Gaussian sd in px.", json_schema_extra={"flag": "--sigmas"})
-    angles_deg: tuple[float, ...] = Field((-45.0, -22.5, 0.0, 22.5, 45.0), min_length=1,
-                                          description="PSF bank: orientations in degrees.", json_schema_extra={"flag": "--angles"})
+    psf_bank: Literal["auto", "wide", "paper"] = Field(
+        "auto", description="Training blur. 'auto': the stack's own axial blur, estimated from the data (`ssai3d info "
+                            "--psf`), as one PSF along z (angle 0); --sigmas or --angles replace its width or "
+                            "orientation. 'wide': the paper's 25-PSF bank (--sigmas x --angles), widened when 1.25x the "
+                            "estimate passes its centre (for a PSF that tilts or changes across the field). 'paper': "
+                            "--sigmas x --angles exactly. Both fall back to 'paper' when the stack is too small to "
+                            "estimate.")
+    sigmas_px: tuple[float, ...] | None = Field(None, min_length=1,
+                                                description="PSF bank: axial Gaussian sd in px [default: the estimate "
+                                                            "(auto); 3,4,5,6,7 (wide, paper)].",
+                                                json_schema_extra={"flag": "--sigmas"})
+    angles_deg: tuple[float, ...] | None = Field(None, min_length=1,
+                                                 description="PSF bank: orientations in degrees [default: 0 (auto); "
+                                                             "-45,-22.5,0,22.5,45 (wide, paper)].",
+                                                 json_schema_extra={"flag": "--angles"})
     denoise: Literal["auto", "on", "off"] = Field("auto", description="Denoise lateral planes (and axial slices at "
                                                                       "inference); auto decides from the noise level.")
     input_noise: Literal["auto", "off"] = Field(
         "auto", description="Add the stack's own noise (a Poisson-Gaussian model fitted on the lateral planes, after "
                             "denoising) to the blurred training inputs, as the raw stack carries it after the blur; "
                             "auto: when the fitted noise is above the threshold of noise-free stacks; off: never.")
-    layers_fraction: float = Field(0.1, gt=0, le=1, description="Fraction of layers to fine-tune (1 = all).")
-    selection: Literal["surgeon", "snip", "random", "all"] = Field(
-        "snip", description="How layers are chosen: normalised snip (default: for the shipped base it ranks layers "
-                            "at least as well as the surgeon, see the leave-one-stack-out record in "
-                            "weights/surgeon-small.json and benchmarks/results/adaptation.md), the shipped surgeon "
-                            "(the paper's method), or random/all for ablations.")
+    layers_fraction: float = Field(0.1, gt=0, le=1, description="Fraction of layers to fine-tune with --selection "
+                                                                "snip/surgeon/random.")
+    selection: Literal["all", "surgeon", "snip", "random"] = Field(
+        "all", description="Which layers are fine-tuned: all (default: on the shipped 1.7M-parameter base, training "
+                           "every layer restored better than any 10%, benchmarks/results/fidelity_bank_network.md), "
+                           "or --layers-fraction of them chosen by normalised snip, by the shipped surgeon (the "
+                           "paper's sparse fine-tuning, for large bases) or at random (an ablation).")
     metrics_fraction: float = Field(0.01, gt=0, le=1, description="Fraction of the pairs for zero-shot metrics.")
     seed: int = Field(0, ge=0, description="Seeds sampling, pairs and fine-tuning.")
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
 
+    #: The paper's bank: 5 widths x 5 orientations.
+    PAPER_SIGMAS_PX: ClassVar[tuple[float, ...]] = (3.0, 4.0, 5.0, 6.0, 7.0)
+    PAPER_ANGLES_DEG: ClassVar[tuple[float, ...]] = (-45.0, -22.5, 0.0, 22.5, 45.0)
+
     @model_validator(mode="after")
     def _positive_widths(self):
-        if min(self.sigmas_px) <= 0:
+        if self.sigmas_px is not None and min(self.sigmas_px) <= 0:
             raise ValueError(f"PSF bank widths (--sigmas) must be positive, got {list(self.sigmas_px)}")
         return self
 

@@ -264,15 +264,17 @@ def test_adapt_writes_model_dir(tmp_path):
     adapt(vol, tmp_path / "m", s, progress=False)
     man = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert man["z_factor"] == pytest.approx(4.0)
-    assert len(man["selection"]["layers"]) == round(0.1 * len(man["layer_metrics"]))
+    assert man["selection"]["method"] == "all" and man["selection"]["layers"] == list(man["layer_metrics"])
     assert set(next(iter(man["layer_metrics"].values()))["raw"]) == set(METRIC_NAMES)
     # the reach of the adapted weights, measured at their pooling window, comes back with the folder
     assert man["reach"]["pool_window_px"] == man["pool_window_px"] and man["reach"]["reach_px"] % 16 == 0
     assert load_folder(tmp_path / "m").model.reach == man["reach"]
     assert (tmp_path / "m" / "validation.png").stat().st_size > 1000
-    # --psf-bank auto (default): the estimate (true extra blur 2.96 px) is inside the paper bank -> bank unchanged
+    # --psf-bank auto (default): one PSF, the estimate (true extra blur 2.96 px), along z
     assert man["psf_bank"]["source"] == "auto" and abs(man["psf_estimate"]["sigma_px"] - 2.96) < 0.15 * 2.96
-    assert man["psf_bank"]["sigmas_px"] == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert man["psf_bank"]["sigmas_px"] == [round(man["psf_estimate"]["sigma_px"], 3)]
+    assert man["psf_bank"]["angles_deg"] == [0.0]
+    assert man["history"]["cooldown_from"] == 0  # 5 steps: the rate decays over the whole run
     assert man["input_noise"]["used"] is False  # noise-free: the training inputs stay as they were
     loaded = AdaptedModel.load(tmp_path / "m")
     assert loaded.norm.high > loaded.norm.low
@@ -357,12 +359,23 @@ def _plateau_setup():
 def test_fine_tuning_stops_on_a_plateau_and_keeps_the_best_weights():
     model, patches, synth, val = _plateau_setup()
     # A learning rate too small to move the validation PSNR by 0.01 dB: a plateau from the start.
+    # No cooldown: training stops at the stall.
     h = finetune(model, None, patches, synth, FinetuneSettings(iterations=200, batch_size=2, lr=1e-9, patience=6,
-                                                                eval_every=3, device="cpu"), val=val,
+                                                                cooldown=0, eval_every=3, device="cpu"), val=val,
                  progress=False)
-    assert h["stopped_by"] == "patience" and h["steps"] == 6 and h["best_step"] == 0
+    assert h["stopped_by"] == "patience" and h["steps"] == 6 and h["cooldown_from"] == 6
     assert [s for s, _ in h["val_curve"]] == [3, 6]
     assert abs(h["val_psnr_after"] - h["val_psnr_before"]) < 0.01
+    # The weights kept are the curve's maximum (the starting point included).
+    assert h["val_psnr_after"] == pytest.approx(max([h["val_psnr_before"]] + [p for _, p in h["val_curve"]]),
+                                                abs=1e-3)
+    # With a cooldown: the stall at step 6 starts the decay, which runs its 9 steps before training stops.
+    model, patches, synth, val = _plateau_setup()
+    h = finetune(model, None, patches, synth, FinetuneSettings(iterations=200, batch_size=2, lr=1e-9, patience=6,
+                                                                cooldown=9, eval_every=3, device="cpu"), val=val,
+                 progress=False)
+    assert h["stopped_by"] == "patience" and h["cooldown_from"] == 6 and h["steps"] == 15
+    assert [s for s, _ in h["val_curve"]] == [3, 6, 9, 12, 15]
     # Learning: the curve rises, the run ends at --iterations, and the kept weights are the curve's best.
     model, patches, synth, val = _plateau_setup()
     h = finetune(model, None, patches, synth, FinetuneSettings(iterations=12, batch_size=4, lr=1e-3, patience=100,
@@ -372,6 +385,22 @@ def test_fine_tuning_stops_on_a_plateau_and_keeps_the_best_weights():
     best = max(p for _, p in h["val_curve"])
     assert best > h["val_psnr_before"] + 0.01
     assert h["val_psnr_after"] == pytest.approx(best, abs=1e-3)
+
+
+def test_fine_tuning_learning_rate_holds_then_decays():
+    """The rate's multiple: 1 until the decay starts (the step budget's end by default, earlier on a stall),
+    then a cosine to 1/100 over the cooldown."""
+    from ssai3d_dask.adaptation.finetune import _Budget
+
+    model, _, _, val = _plateau_setup()
+    b = _Budget(model, list(model.parameters()), val, FinetuneSettings(iterations=1000, patience=100, cooldown=200))
+    assert b.cool_from == 800 and b.lr_factor(0) == 1.0 and b.lr_factor(800) == 1.0
+    assert b.lr_factor(900) == pytest.approx(0.505) and b.lr_factor(1000) == pytest.approx(0.01)
+    b._start_cooldown(300, "patience")
+    assert b.lr_factor(300) == 1.0 and b.lr_factor(500) == pytest.approx(0.01) and b.lr_factor(700) == 0.01
+    # a budget shorter than the cooldown decays over the whole run (the former cosine)
+    b = _Budget(model, list(model.parameters()), val, FinetuneSettings(iterations=150, patience=100, cooldown=250))
+    assert b.cool_from == 0 and b.lr_factor(75) == pytest.approx(0.505)
 
 
 def test_fine_tuning_stops_at_max_minutes():
@@ -446,7 +475,27 @@ def test_axial_blur_estimate_refuses_a_stack_too_thin():
         estimate_axial_blur(vol, volume_statistics(vol))
 
 
-def test_auto_bank_widens_to_the_estimate_and_never_narrows():
+def test_given_widths_or_angles_replace_the_auto_banks_and_the_config_keeps_them_unset(tmp_path):
+    from ssai3d_dask.settings import dump_config, read_config
+
+    sim = simulate("strands", (48, 96, 96), seed=0, model=ForwardModel(0.5, 3.0, z_factor=4))
+    vol = Volume.from_array(sim.raw, sim.raw_voxel_size_um, chunks=(4, 48, 48))
+    s = AdaptSettings(n_patches=8, patch_px=32, angles_deg=(-10.0, 0.0, 10.0),
+                      finetune=FinetuneSettings(iterations=1, batch_size=2))
+    man = adapt(vol, None, s, progress=False).manifest
+    bank, est = man["psf_bank"], man["psf_estimate"]["sigma_px"]
+    assert bank["angles_deg"] == [-10.0, 0.0, 10.0] and bank["sigmas_px"] == [round(est, 3)]
+    s = AdaptSettings(n_patches=8, patch_px=32, sigmas_px=(2.0, 3.0), finetune=FinetuneSettings(iterations=1))
+    bank = adapt(vol, None, s, progress=False).manifest["psf_bank"]
+    assert bank["sigmas_px"] == [2.0, 3.0] and bank["angles_deg"] == [0.0]
+    # a printed default config read back leaves the bank to the mode (no widths written in)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(dump_config({"adapt": AdaptSettings()}))
+    again = AdaptSettings(**read_config(cfg)["adapt"])
+    assert again.sigmas_px is None and again.angles_deg is None and again == AdaptSettings()
+
+
+def test_wide_bank_widens_to_the_estimate_and_never_narrows():
     from ssai3d_dask.adaptation.psf_estimate import auto_bank_widths
 
     paper = (3.0, 4.0, 5.0, 6.0, 7.0)

@@ -93,21 +93,27 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     model.set_pool_window(model.local_window())
     device = resolve_device(settings.finetune.device)
     z_factor = isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor
-    psf_estimate, estimate_error, widths = None, None, tuple(settings.sigmas_px)
+    psf_estimate, estimate_error = None, None
+    widths = tuple(settings.sigmas_px or settings.PAPER_SIGMAS_PX)
+    angles = tuple(settings.angles_deg or settings.PAPER_ANGLES_DEG)
     t = time.perf_counter()
-    if settings.psf_bank == "auto":
+    if settings.psf_bank in ("auto", "wide"):
         from ssai3d_dask.adaptation.psf_estimate import auto_bank_widths, estimate_axial_blur
 
         try:
             psf_estimate = estimate_axial_blur(vol, norm, settings.seed)
         except VolumeError as e:  # too thin or too empty to measure: the fixed bank is still a sound default
             estimate_error = str(e)
-            logger.warning("%s; using the fixed PSF bank %s px (--psf-bank paper)", e, widths)
+            logger.warning("%s; using the fixed PSF bank %s px x %s deg (--psf-bank paper)", e, widths, angles)
         else:
-            widths = auto_bank_widths(widths, psf_estimate.sigma_px)
-            logger.info("axial blur estimate %s; PSF bank widths %s px", psf_estimate, widths)
+            if settings.psf_bank == "wide":
+                widths = auto_bank_widths(widths, psf_estimate.sigma_px)
+            else:  # the stack's own blur, along z, unless the user gave widths or orientations
+                widths = settings.sigmas_px or (round(psf_estimate.sigma_px, 3),)
+                angles = settings.angles_deg or (0.0,)
+            logger.info("axial blur estimate %s; PSF bank widths %s px, angles %s deg", psf_estimate, widths, angles)
     timings["psf_estimate_s"] = round(time.perf_counter() - t, 2)
-    bank = PSFBank(widths, tuple(settings.angles_deg))
+    bank = PSFBank(widths, angles)
     synth = PairSynthesizer(bank, z_factor, device, noise)
     val = synth(torch.from_numpy(val_patches[:, None]), np.random.default_rng(settings.seed + 2))
 
@@ -221,7 +227,12 @@ def _validation_png(model: NAFNet, val: tuple[torch.Tensor, torch.Tensor], path:
         steps, psnrs = zip(*([(0, history["val_psnr_before"])] if "val_psnr_before" in history else []) + list(curve))
         ax.plot(steps, psnrs, "o-", ms=3)
         if history.get("best_step"):
-            ax.axvline(history["best_step"], color="gray", ls="--", lw=0.8)
+            ax.axvline(history["best_step"], color="gray", ls="--", lw=0.8, label="kept")
+        if history.get("cooldown_from") is not None:
+            ax.axvspan(history["cooldown_from"], history.get("steps", steps[-1]), color="tab:orange", alpha=0.15,
+                       label="lr decay")
+        if history.get("best_step") or history.get("cooldown_from") is not None:
+            ax.legend(fontsize=6, loc="lower right")
         ax.set_xlabel("step")
         ax.set_ylabel("val PSNR (dB)")
         ax.set_title(f"stopped by {history.get('stopped_by', 'iterations')} at step {history.get('steps', steps[-1])}",

@@ -1,8 +1,9 @@
-"""Sparse fine-tuning: train only the chosen layers on synthesized pairs, freeze the rest."""
+"""Fine-tuning: train the chosen layers (all by default) on synthesized pairs, freeze the rest."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
@@ -56,10 +57,13 @@ def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth
     model.to(device)
     n_train = freeze_except(model, layers)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt, sched = make_optimizer(params, settings.optimizer, settings.lr, settings.weight_decay, settings.iterations)
+    stop = _Budget(model, params, val, settings)
+    opt, sched = make_optimizer(params, settings.optimizer, settings.lr, settings.weight_decay,
+                                None if stop.cools else settings.iterations)
+    if stop.cools:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, stop.lr_factor)
     precision = resolve_precision(settings.precision, device)
     history: dict = {"trainable_parameters": n_train, "precision": precision, "loss": []}
-    stop = _Budget(model, params, val, settings)
     if val is not None:
         history["val_psnr_before"] = stop.best
 
@@ -82,45 +86,95 @@ def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth
 
 
 class _Budget:
-    """``after_step`` of fine-tuning: the validation curve every ``eval_every`` steps, and the stop rule.
+    """``after_step`` of fine-tuning: the validation curve every ``eval_every`` steps, the learning-rate schedule
+    and the stop rule.
 
-    Stops (returns True) when the validation PSNR has not improved by 0.01 dB for ``patience`` steps, or
-    after ``max_minutes``; ``iterations`` bounds it in any case. With a patience set, the weights of the best
-    validation point are restored at the end (the curve's maximum is the model that is kept).
+    With a patience (and a validation set), the rate stays at its peak until the validation PSNR has not improved
+    by 0.01 dB for ``patience`` steps, then decays to 1/100 along a cosine over ``cooldown`` steps, and training
+    stops at the end of the decay. A step budget (``iterations``) or a time budget (``max_minutes``, at the
+    measured step time) that would end first starts the decay early enough to finish it inside the budget. The
+    weights of the curve's best point are restored at the end. (A rate still near its peak when a plateau stops
+    training leaves the weights where the optimiser's noise has them; the decay lets them settle.) Without a
+    patience the rate follows one cosine over ``iterations`` (``lr_factor`` unused) and every step runs.
     """
 
     MIN_DELTA_DB = 0.01
+    FINAL = 0.01
 
     def __init__(self, model: NAFNet, params: list[torch.nn.Parameter], val, settings: FinetuneSettings) -> None:
         self.model, self.params, self.val, self.s = model, params, val, settings
+        self.cools = bool(settings.patience) and val is not None
         self.t0 = time.perf_counter()
         self.curve: list[tuple[int, float]] = []
         self.best = -validation_loss(model, *val) if val is not None else float("-inf")
-        self.best_step, self.best_state = 0, None
+        self.best_step = 0
+        self.kept, self.kept_step = self.best, 0  # the starting weights, kept if nothing beats them
+        self.best_state = [p.detach().clone() for p in params] if settings.patience and val is not None else None
         self.steps, self.stopped_by = 0, "iterations"
+        self.length = min(settings.cooldown, settings.iterations)
+        # the decay starts here at the latest (the step budget), earlier on a stall or the time budget
+        self.cool_from: int | None = settings.iterations - self.length if self.cools else None
+        self.cool_reason = "iterations"
+
+    def lr_factor(self, step: int) -> float:
+        """The rate's multiple at ``step`` (LambdaLR): 1, then a cosine from 1 to FINAL over the cooldown."""
+        if self.cool_from is None or step <= self.cool_from or not self.length:
+            return 1.0
+        t = min(1.0, (step - self.cool_from) / self.length)
+        return self.FINAL + (1 - self.FINAL) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def _start_cooldown(self, step: int, reason: str) -> bool:
+        """Begin the decay now (unless it already has); True when there is nothing left to decay."""
+        if self.cool_from is None or step < self.cool_from:
+            self.cool_from, self.cool_reason = step, reason
+        return step >= self.cool_from + self.length
 
     def __call__(self, step: int) -> bool:
         self.steps = step
-        if self.s.max_minutes is not None and time.perf_counter() - self.t0 >= 60 * self.s.max_minutes:
-            self.stopped_by = "max_minutes"
+        elapsed = time.perf_counter() - self.t0
+        if self.s.max_minutes is not None:
+            if elapsed >= 60 * self.s.max_minutes:
+                self.stopped_by = "max_minutes"
+                return True
+            if self.cools and elapsed + self.length * elapsed / step >= 60 * self.s.max_minutes:
+                self._start_cooldown(step, "max_minutes")
+        if self.cools and step >= self.cool_from + self.length:
+            self._evaluate(step)
+            self.stopped_by = self.cool_reason
             return True
         if self.val is None or (step % self.s.eval_every and step != self.s.iterations):
             return False
-        psnr = -validation_loss(self.model, *self.val)
-        self.curve.append((step, round(psnr, 4)))
-        if psnr > self.best + self.MIN_DELTA_DB:
-            self.best, self.best_step = psnr, step
-            if self.s.patience:
-                self.best_state = [p.detach().clone() for p in self.params]
-        elif self.s.patience and step - self.best_step >= self.s.patience:
-            self.stopped_by = "patience"
-            return True
+        self._evaluate(step)
+        if self.s.patience and step - self.best_step >= self.s.patience:
+            if self.cools and step < self.cool_from:  # a stall before the decay: decay now
+                if self._start_cooldown(step, "patience"):  # no cooldown: stop at the stall
+                    self.stopped_by = "patience"
+                    return True
+            elif not self.cools or (self.cool_reason != "patience"
+                                    and step - max(self.best_step, self.cool_from) >= self.s.patience):
+                # a stall inside a decay the budget started (one longer than the patience): stop
+                self.stopped_by = "patience"
+                return True
         return False
 
+    def _evaluate(self, step: int) -> None:
+        if self.curve and self.curve[-1][0] == step:
+            return
+        psnr = -validation_loss(self.model, *self.val)
+        self.curve.append((step, round(psnr, 4)))
+        if psnr > self.best + self.MIN_DELTA_DB:  # the patience's clock
+            self.best, self.best_step = psnr, step
+        if self.s.patience and psnr > self.kept:  # the weights kept: the curve's maximum
+            self.kept, self.kept_step = psnr, step
+            self.best_state = [p.detach().clone() for p in self.params]
+
     def finish(self) -> dict:
-        if self.best_state is not None and self.curve and self.curve[-1][0] != self.best_step:
+        if self.best_state is not None and self.curve and self.curve[-1][0] != self.kept_step:
             with torch.no_grad():
                 for p, b in zip(self.params, self.best_state):
                     p.copy_(b)
-        return {"steps": self.steps, "stopped_by": self.stopped_by, "val_curve": self.curve,
-                "best_step": self.best_step if self.s.patience else None}
+        out = {"steps": self.steps, "stopped_by": self.stopped_by, "val_curve": self.curve,
+               "best_step": self.kept_step if self.s.patience else None}
+        if self.cools:
+            out["cooldown_from"] = min(self.cool_from, self.steps)
+        return out

@@ -68,7 +68,7 @@ BANK_LEAN = 1.25
 
 
 def auto_bank_widths(sigmas_px: tuple[float, ...], estimate_px: float) -> tuple[float, ...]:
-    """``--psf-bank auto``: the bank ``sigmas_px`` scaled by ``max(1, BANK_LEAN * estimate / median width)``.
+    """``--psf-bank wide``: the bank ``sigmas_px`` scaled by ``max(1, BANK_LEAN * estimate / median width)``.
 
     The bank only ever widens: narrower banks than the paper's 3-7 px did not restore better on the phantoms
     (fidelity_bank.md), nor on tubes blurred only 1.4-2.4 px along z (bank_small_blur.md: the paper bank ahead

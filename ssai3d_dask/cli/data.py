@@ -22,8 +22,8 @@ from ssai3d_dask.cli.options import channel_option, level_option, time_option, v
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--psf", "psf", is_flag=True,
               help="Estimate the stack's axial blur relative to its lateral blur from the data (reads ~100 small "
-                   "windows) and print only that: what `adapt --psf-bank auto` (the default) widens its bank to when the "
-                   "blur exceeds the bank's centre.")
+                   "windows) and print only that: the one PSF `adapt --psf-bank auto` (the default) trains on, and "
+                   "what `--psf-bank wide` centres its bank past.")
 @friendly_errors
 def info(path, voxel_size, channel, time_, level, as_json, psf):
     """Describe a volume without reading voxel data: shape, dtype, chunks, voxel size, levels, size on disk."""

@@ -17,6 +17,7 @@ from ssai3d_dask.settings import AdaptSettings, CareSettings, CycleGANSettings, 
 
 ADAPT_OPTS = [Opt("base"), Opt("n_patches"), Opt("patch_px"),
               Opt("finetune.iterations", "--iterations"), Opt("finetune.patience", "--patience"),
+              Opt("finetune.cooldown", "--cooldown"),
               Opt("finetune.max_minutes", "--max-minutes"), Opt("finetune.eval_every", "--eval-every"),
               Opt("finetune.batch_size", "--batch-size"),
               Opt("finetune.lr", "--lr"), Opt("finetune.optimizer", "--optimizer"), Opt("layers_fraction"),
