@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -199,10 +199,6 @@ class AdaptSettings(_PatchSettings):
     metrics_fraction: float = Field(0.01, gt=0, le=1, description="Fraction of the pairs for zero-shot metrics.")
     seed: int = Field(0, ge=0, description="Seeds sampling, pairs and fine-tuning.")
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
-
-    #: The paper's bank: 5 widths x 5 orientations.
-    PAPER_SIGMAS_PX: ClassVar[tuple[float, ...]] = (3.0, 4.0, 5.0, 6.0, 7.0)
-    PAPER_ANGLES_DEG: ClassVar[tuple[float, ...]] = (-45.0, -22.5, 0.0, 22.5, 45.0)
 
     @model_validator(mode="after")
     def _positive_widths(self):

@@ -94,8 +94,9 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     device = resolve_device(settings.finetune.device)
     z_factor = isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor
     psf_estimate, estimate_error = None, None
-    widths = tuple(settings.sigmas_px or settings.PAPER_SIGMAS_PX)
-    angles = tuple(settings.angles_deg or settings.PAPER_ANGLES_DEG)
+    paper = PSFBank()  # its defaults are the paper's 5 widths x 5 orientations
+    widths = tuple(settings.sigmas_px or paper.sigmas_px)
+    angles = tuple(settings.angles_deg or paper.angles_deg)
     t = time.perf_counter()
     if settings.psf_bank in ("auto", "wide"):
         from ssai3d_dask.adaptation.psf_estimate import auto_bank_widths, estimate_axial_blur

@@ -109,7 +109,7 @@ class _Budget:
         self.best = -validation_loss(model, *val) if val is not None else float("-inf")
         self.best_step = 0
         self.kept, self.kept_step = self.best, 0  # the starting weights, kept if nothing beats them
-        self.best_state = [p.detach().clone() for p in params] if settings.patience and val is not None else None
+        self.best_state = [p.detach().clone() for p in params] if self.cools else None
         self.steps, self.stopped_by = 0, "iterations"
         self.length = min(settings.cooldown, settings.iterations)
         # the decay starts here at the latest (the step budget), earlier on a stall or the time budget
@@ -145,13 +145,12 @@ class _Budget:
         if self.val is None or (step % self.s.eval_every and step != self.s.iterations):
             return False
         self._evaluate(step)
-        if self.s.patience and step - self.best_step >= self.s.patience:
-            if self.cools and step < self.cool_from:  # a stall before the decay: decay now
+        if self.cools and step - self.best_step >= self.s.patience:  # (cools: a patience and a validation set)
+            if step < self.cool_from:  # a stall before the decay: decay now
                 if self._start_cooldown(step, "patience"):  # no cooldown: stop at the stall
                     self.stopped_by = "patience"
                     return True
-            elif not self.cools or (self.cool_reason != "patience"
-                                    and step - max(self.best_step, self.cool_from) >= self.s.patience):
+            elif self.cool_reason != "patience" and step - max(self.best_step, self.cool_from) >= self.s.patience:
                 # a stall inside a decay the budget started (one longer than the patience): stop
                 self.stopped_by = "patience"
                 return True
@@ -164,7 +163,7 @@ class _Budget:
         self.curve.append((step, round(psnr, 4)))
         if psnr > self.best + self.MIN_DELTA_DB:  # the patience's clock
             self.best, self.best_step = psnr, step
-        if self.s.patience and psnr > self.kept:  # the weights kept: the curve's maximum
+        if self.cools and psnr > self.kept:  # the weights kept: the curve's maximum
             self.kept, self.kept_step = psnr, step
             self.best_state = [p.detach().clone() for p in self.params]
 
