@@ -9,13 +9,7 @@ the volume), keeps those with signal, takes Hann-windowed profiles of length ``L
 along x (raw planes), and for every candidate sd degrades the lateral profiles with the axial forward model of the
 training pairs (:func:`ssai3d_dask.adaptation.psf.axial_forward`) and compares log spectra over the
 frequencies where the lateral spectrum stands well above the noise floor and the axial spectrum above its own
-(a free offset absorbs intensity differences between the two sets). The two sets are matched across the
-profile too: a lateral profile (along x in a raw plane) is blurred across it by the axial PSF (along z), an
-axial profile only by the lateral one, and a blur across a profile of 3D structure lowers its high
-frequencies. So each candidate sd also blurs the axial windows along x (:func:`_perpendicular_power`); then,
-at the right sd, both sets see one wide and one narrow blur across them. Without it the estimate read low:
-tubes at sd 10 px and 100 photons -14.8% (now -3.7%), -23.6% at z step 3 (now -8.4%); noise-free tubes and
-tissue -1 to -8% (now +0.3 to -4.7%) (96 x 128 x 128 phantoms). The noise floor comes from one
+(a free offset absorbs intensity differences between the two sets). The noise floor comes from one
 Poisson-Gaussian fit over all windows (:func:`_noise_power`). The uncertainty is the 16-84% range over
 bootstrap resamples of the windows.
 
@@ -39,7 +33,6 @@ from dataclasses import asdict, dataclass
 
 import dask
 import numpy as np
-import scipy.fft
 import torch
 from scipy.ndimage import gaussian_filter1d
 from skimage.restoration import estimate_sigma
@@ -135,24 +128,6 @@ def _power(profiles: np.ndarray) -> np.ndarray:
     return np.abs(np.fft.rfft(p, axis=-1)[..., 1:]) ** 2
 
 
-def _perpendicular_power(axial: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
-    """Mean z power spectra (bins 1..L/2) of one axial window, (L, rows, width), after a Gaussian blur of each
-    sd in ``sigmas`` along x (reflect mode): (len(sigmas), L/2).
-
-    The blur along x commutes with everything done along z (mean removal, Hann window, FFT), so it is applied
-    in the Fourier domain of x: the window is mirrored along x (circular convolution of the mirrored window is
-    reflect-mode convolution) and each column power is weighted by the Gaussian's squared transfer function.
-    """
-    length, _, width = axial.shape
-    p = (axial - axial.mean(axis=0, keepdims=True)) * np.hanning(length)[:, None, None]
-    z = scipy.fft.rfft(p.astype(np.float32), axis=0)[1:]
-    z = np.concatenate([z, z[..., ::-1]], axis=-1)
-    power = (np.abs(scipy.fft.fft(z, axis=-1)) ** 2).mean(axis=1)  # (K, 2 width)
-    k = np.fft.fftfreq(2 * width)
-    transfer = np.exp(-4 * np.pi ** 2 * np.asarray(sigmas, np.float64)[:, None] ** 2 * k[None] ** 2)  # |G(k)|^2
-    return transfer @ power.T / (2 * width) ** 2
-
-
 def _spectra(profiles: np.ndarray) -> np.ndarray:
     """Mean power spectrum of (n, L) profiles."""
     return _power(profiles).mean(axis=0)
@@ -193,7 +168,7 @@ def _windows(vol: Volume, norm: Normalization, n: int, length: int, rows: int, s
             continue
         o0 = int(math.ceil(z0 * f - 1e-9))
         axial = resample_z_block(crop, z0, slice(o0, o0 + length), f)  # (L, rows, width)
-        out.append((axial, crop))
+        out.append((axial.reshape(length, -1).T, crop))
     return out, f, pad
 
 
@@ -241,11 +216,7 @@ def estimate_axial_blur(vol: Volume, norm: Normalization, seed: int = 0, n_windo
         raise VolumeError(f"{vol.source}: only {len(wins)} of {n_windows} sampled windows hold structure; the "
                           f"axial blur cannot be estimated -- give the PSF bank's widths instead")
     rng = np.random.default_rng(seed + 1)
-    # Axial spectra as read (ax0) and after a blur of each candidate sd along x (ax): see the module docstring.
-    spectra = np.stack([_perpendicular_power(a, np.concatenate([[0.0], SIGMAS])) for a, _ in wins], axis=1)
-    ax0, ax = spectra[0], spectra[1:]  # (windows, K), (sigmas, windows, K)
-    # White noise blurred by a Gaussian g keeps sum(g^2) of its power.
-    q = np.array([float((gaussian_filter1d(np.eye(1, 201, 100)[0], s, mode="constant") ** 2).sum()) for s in SIGMAS])
+    ax = np.stack([_spectra(a) for a, _ in wins])  # (windows, K)
     lat_profiles = np.stack([c.reshape(-1, c.shape[-1]) for _, c in wins])  # (windows, profiles, width)
     noise_var = _noise_power(wins, length)
     core = slice(pad, pad + length)
@@ -258,14 +229,13 @@ def estimate_axial_blur(vol: Volume, norm: Normalization, seed: int = 0, n_windo
     noise_tf = _spectra(_interp(white, f, rng)) / _spectra(white)
 
     def fit(idx: np.ndarray) -> tuple[float, tuple[int, int]]:
-        a, la, m = ax0[idx].mean(0), lat[idx].mean(0), model[:, idx].mean(1)
-        a_s = ax[:, idx].mean(1)
+        a, la, m = ax[idx].mean(0), lat[idx].mean(0), model[:, idx].mean(1)
         floor = noise_var[idx].mean()  # white noise power per bin
-        m = m + floor * noise_tf[None] * q[:, None]
+        m = m + floor * noise_tf[None]
         ok = (la > 10 * floor) & (a > DYNAMIC_RANGE * a[0]) & (a > AXIAL_SNR * floor * noise_tf)
         k_hi = max(3, int(np.argmin(ok)) if not ok.all() else len(ok))  # the first bin that fails ends the band
         band = slice(0, k_hi)
-        d = np.log(a_s[:, band]) - np.log(m[:, band])
+        d = np.log(a[band])[None] - np.log(m[:, band])
         cost = ((d - d.mean(1, keepdims=True)) ** 2).mean(1)
         i = int(np.argmin(cost))
         if 0 < i < len(SIGMAS) - 1:  # parabolic refinement between grid points
