@@ -19,6 +19,8 @@ Every method runs through the package's block pipeline (``ssai3d_dask.restoratio
 - ssai3d-full-1psf  the same one-PSF bank with every layer fine-tuned
 - ssai3d-z    SSAI-3D sparse, bank of five widths centred on the estimate (x0.6-1.4) along z only (angle 0)
 - ssai3d-tilt SSAI-3D sparse, bank of the estimate's one width at the paper's five orientations
+- ssai3d-true SSAI-3D with the package's defaults but given the true (nominal) PSF, as CARE and RL are: one width,
+              the true axial sd beyond the lateral one, along z (what the blind estimate costs)
 - ssai3d-each (PSF mismatch only) SSAI-3D with default settings adapted on *each* test stack, as a user runs
               ``ssai3d run`` on every stack; the other learned columns adapt once on the sd-5 stack there
 
@@ -86,7 +88,7 @@ from ssai3d_dask.io.volume import Volume, open_volume
 
 RESULTS = Path(__file__).parent / "results"
 ALL_METHODS = ("interp", "rl", "care", "ssai3d-full", "ssai3d", "ssai3d-auto", "ssai3d-1psf", "ssai3d-full-1psf",
-               "ssai3d-z", "ssai3d-tilt", "rl-est", "care-est", "cyclegan", "ssai3d-each")
+               "ssai3d-z", "ssai3d-tilt", "ssai3d-true", "rl-est", "care-est", "cyclegan", "ssai3d-each")
 #: Columns only the PSF-mismatch experiment has (elsewhere every learned column adapts on its test stack).
 MISMATCH_ONLY = ("ssai3d-each",)
 METHODS = ALL_METHODS  # the columns of this run (--methods)
@@ -96,7 +98,8 @@ LABELS = {"interp": "linear interp.", "rl": "Richardson-Lucy", "care": "CARE (sc
           "ssai3d-auto": "SSAI-3D sparse, auto bank", "ssai3d-1psf": "SSAI-3D sparse, one PSF (estimate)",
           "ssai3d-full-1psf": "SSAI-3D full FT, one PSF (estimate)",
           "ssai3d-z": "SSAI-3D sparse, 5 widths (estimate) along z",
-          "ssai3d-tilt": "SSAI-3D sparse, 1 width x 5 angles", "rl-est": "RL, estimated PSF",
+          "ssai3d-tilt": "SSAI-3D sparse, 1 width x 5 angles", "ssai3d-true": "SSAI-3D (defaults), true PSF",
+          "rl-est": "RL, estimated PSF",
           "care-est": "CARE, estimated PSF", "cyclegan": "OT-CycleGAN",
           "ssai3d-each": "SSAI-3D, adapted per stack"}
 #: The columns whose bank is built on the stack's estimate: widths as multiples of it, and the orientations (None:
@@ -174,10 +177,14 @@ class Runner:
                 if angles is not None:
                     bank["angles_deg"] = angles
                 t = time.perf_counter()
+            elif method == "ssai3d-true":  # the PSF CARE and RL are given, as the extra axial sd on the lateral grid
+                z_um, _, x_um = psf_sigma_um
+                bank = {"sigmas_px": (round(math.sqrt(max(z_um ** 2 - x_um ** 2, 0.0)) / vol.voxel_size_um[2], 3),),
+                        "angles_deg": (0.0,)}
             # the package's defaults (layer selection, --psf-bank auto) but for the benchmark's patches and steps
             # the "sparse" variants keep the former default: normalised snip's 10 % of layers
             choice = ({"selection": "all", "layers_fraction": 1.0} if full
-                      else {} if method in ("ssai3d", "ssai3d-each") else {"selection": "snip", "layers_fraction": 0.1})
+                      else {} if method in ("ssai3d", "ssai3d-each", "ssai3d-true") else {"selection": "snip", "layers_fraction": 0.1})
             if bank:
                 choice["psf_bank"] = "paper"
             elif method == "ssai3d-full":  # the former default bank (the paper's, widened only)
