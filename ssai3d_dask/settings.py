@@ -177,7 +177,8 @@ class AdaptSettings(_PatchSettings):
                             "estimate.")
     sigmas_px: tuple[float, ...] | None = Field(None, min_length=1,
                                                 description="PSF bank: axial Gaussian sd in px [default: the estimate "
-                                                            "(auto); 3,4,5,6,7 (wide, paper)].",
+                                                            "(auto); 3,4,5,6,7 (wide, paper)]. With a measured "
+                                                            "PSF, give sqrt(sd_z^2 - sd_x^2) in lateral px.",
                                                 json_schema_extra={"flag": "--sigmas"})
     angles_deg: tuple[float, ...] | None = Field(None, min_length=1,
                                                  description="PSF bank: orientations in degrees [default: 0 (auto); "
