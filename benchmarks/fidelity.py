@@ -19,8 +19,9 @@ Every method runs through the package's block pipeline (``ssai3d_dask.restoratio
 - ssai3d-full-1psf  the same one-PSF bank with every layer fine-tuned
 - ssai3d-z    SSAI-3D sparse, bank of five widths centred on the estimate (x0.6-1.4) along z only (angle 0)
 - ssai3d-tilt SSAI-3D sparse, bank of the estimate's one width at the paper's five orientations
-- ssai3d-true SSAI-3D with the package's defaults but given the true (nominal) PSF, as CARE and RL are: one width,
-              the true axial sd beyond the lateral one, along z (what the blind estimate costs)
+- ssai3d-true SSAI-3D with the package's defaults but given the true (nominal) PSF, as CARE and RL are: the true
+              axial sd beyond the lateral one in place of the estimate (``--sigmas``; leaned by ``--psf-lean`` as the
+              estimate is), along z (what the blind estimate costs)
 - ssai3d-each (PSF mismatch only) SSAI-3D with default settings adapted on *each* test stack, as a user runs
               ``ssai3d run`` on every stack; the other learned columns adapt once on the sd-5 stack there
 
@@ -178,14 +179,13 @@ class Runner:
                     bank["angles_deg"] = angles
                 t = time.perf_counter()
             elif method == "ssai3d-true":  # the PSF CARE and RL are given, as the extra axial sd on the lateral grid
-                z_um, _, x_um = psf_sigma_um
-                bank = {"sigmas_px": (round(math.sqrt(max(z_um ** 2 - x_um ** 2, 0.0)) / vol.voxel_size_um[2], 3),),
-                        "angles_deg": (0.0,)}
+                z_um, _, x_um = psf_sigma_um  # (--psf-bank auto takes it in place of the estimate, leaned as it is)
+                bank = {"sigmas_px": (round(math.sqrt(max(z_um ** 2 - x_um ** 2, 0.0)) / vol.voxel_size_um[2], 3),)}
             # the package's defaults (layer selection, --psf-bank auto) but for the benchmark's patches and steps
             # the "sparse" variants keep the former default: normalised snip's 10 % of layers
             choice = ({"selection": "all", "layers_fraction": 1.0} if full
                       else {} if method in ("ssai3d", "ssai3d-each", "ssai3d-true") else {"selection": "snip", "layers_fraction": 0.1})
-            if bank:
+            if bank and method != "ssai3d-true":
                 choice["psf_bank"] = "paper"
             elif method == "ssai3d-full":  # the former default bank (the paper's, widened only)
                 choice["psf_bank"] = "wide"

@@ -170,16 +170,22 @@ class AdaptSettings(_PatchSettings):
                                                                    "given, shrunk to fit a narrower stack).", json_schema_extra={"flag": "--patch"})
     psf_bank: Literal["auto", "wide", "paper"] = Field(
         "auto", description="Training blur. 'auto': the stack's own axial blur, estimated from the data (`ssai3d info "
-                            "--psf`), as one PSF along z (angle 0); --sigmas or --angles replace its width or "
-                            "orientation. 'wide': the paper's 25-PSF bank (--sigmas x --angles), widened when 1.25x the "
+                            "--psf`), times --psf-lean, as one PSF along z (angle 0); --sigmas (a measured axial "
+                            "blur, leaned the same way) or --angles replace the estimate or the orientation. 'wide': the paper's 25-PSF bank (--sigmas x --angles), widened when 1.25x the "
                             "estimate passes its centre (for a PSF that tilts or changes across the field). 'paper': "
                             "--sigmas x --angles exactly. Both fall back to 'paper' when the stack is too small to "
                             "estimate.")
     sigmas_px: tuple[float, ...] | None = Field(None, min_length=1,
                                                 description="PSF bank: axial Gaussian sd in px [default: the estimate "
-                                                            "(auto); 3,4,5,6,7 (wide, paper)]. With a measured "
-                                                            "PSF, give sqrt(sd_z^2 - sd_x^2) in lateral px.",
+                                                            "(auto, times --psf-lean); 3,4,5,6,7 (wide, paper)]. "
+                                                            "With a measured PSF, give sqrt(sd_z^2 - sd_x^2) in "
+                                                            "lateral px (auto leans it too; paper takes it as is).",
                                                 json_schema_extra={"flag": "--sigmas"})
+    psf_lean: float = Field(1.15, ge=1.0, le=2.0,
+                            description="--psf-bank auto trains on this multiple of the axial blur (estimated, or "
+                                        "given by --sigmas): a network adapted on one blur under-corrects a wider "
+                                        "one far more than it over-corrects a narrower one (1.0: the blur as it is; "
+                                        "benchmarks/results/psf_lean.md).")
     angles_deg: tuple[float, ...] | None = Field(None, min_length=1,
                                                  description="PSF bank: orientations in degrees [default: 0 (auto); "
                                                              "-45,-22.5,0,22.5,45 (wide, paper)].",

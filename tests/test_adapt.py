@@ -270,9 +270,10 @@ def test_adapt_writes_model_dir(tmp_path):
     assert man["reach"]["pool_window_px"] == man["pool_window_px"] and man["reach"]["reach_px"] % 16 == 0
     assert load_folder(tmp_path / "m").model.reach == man["reach"]
     assert (tmp_path / "m" / "validation.png").stat().st_size > 1000
-    # --psf-bank auto (default): one PSF, the estimate (true extra blur 2.96 px), along z
+    # --psf-bank auto (default): one PSF, the estimate (true extra blur 2.96 px) times the lean, along z
     assert man["psf_bank"]["source"] == "auto" and abs(man["psf_estimate"]["sigma_px"] - 2.96) < 0.15 * 2.96
-    assert man["psf_bank"]["sigmas_px"] == [round(man["psf_estimate"]["sigma_px"], 3)]
+    assert man["psf_bank"]["lean"] == AdaptSettings().psf_lean > 1
+    assert man["psf_bank"]["sigmas_px"] == [round(man["psf_bank"]["lean"] * man["psf_estimate"]["sigma_px"], 3)]
     assert man["psf_bank"]["angles_deg"] == [0.0]
     assert man["history"]["cooldown_from"] == 0  # 5 steps: the rate decays over the whole run
     assert man["input_noise"]["used"] is False  # noise-free: the training inputs stay as they were
@@ -480,14 +481,18 @@ def test_given_widths_or_angles_replace_the_auto_banks_and_the_config_keeps_them
 
     sim = simulate("strands", (48, 96, 96), seed=0, model=ForwardModel(0.5, 3.0, z_factor=4))
     vol = Volume.from_array(sim.raw, sim.raw_voxel_size_um, chunks=(4, 48, 48))
-    s = AdaptSettings(n_patches=8, patch_px=32, angles_deg=(-10.0, 0.0, 10.0),
+    s = AdaptSettings(n_patches=8, patch_px=32, angles_deg=(-10.0, 0.0, 10.0), psf_lean=1.0,
                       finetune=FinetuneSettings(iterations=1, batch_size=2))
     man = adapt(vol, None, s, progress=False).manifest
     bank, est = man["psf_bank"], man["psf_estimate"]["sigma_px"]
     assert bank["angles_deg"] == [-10.0, 0.0, 10.0] and bank["sigmas_px"] == [round(est, 3)]
-    s = AdaptSettings(n_patches=8, patch_px=32, sigmas_px=(2.0, 3.0), finetune=FinetuneSettings(iterations=1))
+    # given blurs replace the estimate and are leaned as it is; 'paper' takes them as they are
+    s = AdaptSettings(n_patches=8, patch_px=32, sigmas_px=(2.0, 3.0), psf_lean=1.2,
+                      finetune=FinetuneSettings(iterations=1))
     bank = adapt(vol, None, s, progress=False).manifest["psf_bank"]
-    assert bank["sigmas_px"] == [2.0, 3.0] and bank["angles_deg"] == [0.0]
+    assert bank["sigmas_px"] == [2.4, 3.6] and bank["angles_deg"] == [0.0] and bank["lean"] == 1.2
+    bank = adapt(vol, None, s.model_copy(update={"psf_bank": "paper"}), progress=False).manifest["psf_bank"]
+    assert bank["sigmas_px"] == [2.0, 3.0] and "lean" not in bank and len(bank["angles_deg"]) == 5
     # a printed default config read back leaves the bank to the mode (no widths written in)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(dump_config({"adapt": AdaptSettings()}))
@@ -513,3 +518,6 @@ def test_auto_bank_falls_back_to_the_fixed_bank_when_the_stack_is_too_thin(tmp_p
     assert "too small to estimate" in caplog.text and "fixed PSF bank" in caplog.text
     assert adapted.manifest["psf_bank"]["sigmas_px"] == [3.0, 4.0, 5.0, 6.0, 7.0]
     assert "too small to estimate" in adapted.manifest["psf_estimate"]["error"]
+    # a measured blur given with --sigmas needs no estimate: still one leaned PSF along z
+    adapted = adapt(vol, None, s.model_copy(update={"sigmas_px": (4.0,), "psf_lean": 1.25}), progress=False)
+    assert adapted.manifest["psf_bank"]["sigmas_px"] == [5.0] and adapted.manifest["psf_bank"]["angles_deg"] == [0.0]

@@ -105,14 +105,16 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
             psf_estimate = estimate_axial_blur(vol, norm, settings.seed)
         except VolumeError as e:  # too thin or too empty to measure: the fixed bank is still a sound default
             estimate_error = str(e)
-            logger.warning("%s; using the fixed PSF bank %s px x %s deg (--psf-bank paper)", e, widths, angles)
-        else:
-            if settings.psf_bank == "wide":
-                widths = auto_bank_widths(widths, psf_estimate.sigma_px)
-            else:  # the stack's own blur, along z, unless the user gave widths or orientations
-                widths = settings.sigmas_px or (round(psf_estimate.sigma_px, 3),)
-                angles = settings.angles_deg or (0.0,)
-            logger.info("axial blur estimate %s; PSF bank widths %s px, angles %s deg", psf_estimate, widths, angles)
+            if settings.psf_bank == "wide" or not settings.sigmas_px:
+                logger.warning("%s; using the fixed PSF bank %s px x %s deg (--psf-bank paper)", e, widths, angles)
+        if settings.psf_bank == "auto" and (settings.sigmas_px or psf_estimate is not None):
+            # the stack's own blur (or the one given), leaned, along z unless the user gave orientations
+            blurs = settings.sigmas_px or (psf_estimate.sigma_px,)
+            widths = tuple(round(settings.psf_lean * s, 3) for s in blurs)
+            angles = settings.angles_deg or (0.0,)
+        elif psf_estimate is not None:  # wide
+            widths = auto_bank_widths(widths, psf_estimate.sigma_px)
+        logger.info("axial blur estimate %s; PSF bank widths %s px, angles %s deg", psf_estimate, widths, angles)
     timings["psf_estimate_s"] = round(time.perf_counter() - t, 2)
     bank = PSFBank(widths, angles)
     synth = PairSynthesizer(bank, z_factor, device, noise)
@@ -165,7 +167,8 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
         "normalization": norm.to_dict(),
         "denoiser": denoiser.to_dict(),
         "input_noise": noise.to_dict(),
-        "psf_bank": bank.to_dict() | {"source": settings.psf_bank},
+        "psf_bank": bank.to_dict() | {"source": settings.psf_bank}
+        | ({"lean": settings.psf_lean} if settings.psf_bank == "auto" else {}),
         "psf_estimate": (psf_estimate.to_dict() if psf_estimate is not None
                          else {"error": estimate_error} if estimate_error else None),
         "pool_window_px": model.pool_window,
