@@ -44,6 +44,20 @@ def test_simulate_info_evaluate(runner, tmp_path):
     assert table["raw (linear z)"]["fourier_res_z_um"] > table["truth"]["fourier_res_z_um"]
 
 
+def test_info_psf_prints_the_estimate_and_the_width_auto_trains_on(runner, tmp_path):
+    out = tmp_path / "sim"
+    res = runner.invoke(main, ["simulate", "strands", str(out), "--shape", "48", "96", "96", "--anisotropy", "2",
+                               "--sigma-axial", "3", "--sigma-lateral", "0.5", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["info", str(out / "raw.ome.zarr"), "--psf", "--json"])
+    assert res.exit_code == 0, res.output
+    est = json.loads(res.output)["sigma_px"]
+    assert est == pytest.approx((3 ** 2 - 0.5 ** 2) ** 0.5, rel=0.15)  # the true extra axial sd, 2.96 px
+    res = runner.invoke(main, ["info", str(out / "raw.ome.zarr"), "--psf"])
+    assert res.exit_code == 0, res.output
+    assert f"axial blur sd {est:.2f} px" in res.output and f"one PSF of sd {1.15 * est:.2f} px" in res.output
+
+
 def test_simulate_tiff_output(runner, tmp_path):
     res = runner.invoke(main, ["simulate", "strands", str(tmp_path / "s.tif"), "--shape", "16", "32", "32",
                                "--anisotropy", "2", "--dtype", "uint16"])

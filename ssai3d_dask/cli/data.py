@@ -22,8 +22,8 @@ from ssai3d_dask.cli.options import channel_option, level_option, time_option, v
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--psf", "psf", is_flag=True,
               help="Estimate the stack's axial blur relative to its lateral blur from the data (reads ~100 small "
-                   "windows) and print only that: the one PSF `adapt --psf-bank auto` (the default) trains on, and "
-                   "what `--psf-bank wide` centres its bank past.")
+                   "windows) and print only that, and the width `adapt --psf-bank auto` (the default) trains on: "
+                   "the estimate times --psf-lean (1.15 by default). `--psf-bank wide` centres its bank past it.")
 @friendly_errors
 def info(path, voxel_size, channel, time_, level, as_json, psf):
     """Describe a volume without reading voxel data: shape, dtype, chunks, voxel size, levels, size on disk."""
@@ -36,7 +36,14 @@ def info(path, voxel_size, channel, time_, level, as_json, psf):
 
         vol = open_volume(path, voxel_size, channel=channel, time=time_)
         est = estimate_axial_blur(vol, volume_statistics(vol))
-        click.echo(json.dumps(est.to_dict(), indent=2) if as_json else str(est))
+        if as_json:
+            click.echo(json.dumps(est.to_dict(), indent=2))
+        else:
+            from ssai3d_dask.settings import AdaptSettings
+
+            lean = AdaptSettings().psf_lean
+            click.echo(f"{est}\n`adapt --psf-bank auto` trains on one PSF of sd {lean * est.sigma_px:.2f} px along z "
+                       f"(the estimate x {lean:g}, --psf-lean)")
         return
     d = describe(path, voxel_size, channel, time_, level)
     if as_json:
