@@ -8,8 +8,9 @@ Every method runs through the package's block pipeline (``ssai3d_dask.restoratio
               with the one true PSF (and subsampled like z)
 - ssai3d-full SSAI-3D, every layer fine-tuned, with the 25-PSF bank (``--psf-bank wide``, the former default)
 - ssai3d      SSAI-3D with the package's defaults (every layer fine-tuned, ``--psf-bank auto``: one PSF, the axial
-              blur estimated from the stack, along z; until fidelity_calibrated.md: snip's 10 % of layers and the
-              paper's 25-PSF bank, widened only); the patches and fine-tuning steps are the size's (below)
+              blur estimated from the stack times ``--psf-lean`` (1.15 since fidelity_lean.md; 1.0 before), along z;
+              until fidelity_calibrated.md: snip's 10 % of layers and the paper's 25-PSF bank, widened only); the
+              patches and fine-tuning steps are the size's (below)
 - rl-est      Richardson-Lucy with the PSF *estimated* from the stack (``ssai3d info --psf``: the axial blur
               beyond the lateral one; what a user without a measured PSF would do), 30 iterations
 - care-est    CARE trained with that estimated PSF
@@ -340,8 +341,8 @@ def exp_mismatch(r: Runner, cfg: dict, out: dict) -> list[str]:
             out["mismatch"][sd][m] = v
         print(f"  mismatch sd {sd} done", flush=True)
     return table("3. PSF mismatch (Fig. 2i/j): strands; CARE trained for axial sd 5 px, RL given sd 5, "
-                 "SSAI-3D adapted once on the sd-5 stack with its defaults (--psf-bank auto: that stack's estimate, "
-                 "along z); CARE-est and OT-CycleGAN trained once on the sd-5 stack, RL-est given each test stack's "
+                 "SSAI-3D adapted once on the sd-5 stack with its defaults (--psf-bank auto: that stack's estimate "
+                 "x --psf-lean, along z); CARE-est and OT-CycleGAN trained once on the sd-5 stack, RL-est given each test stack's "
                  "own estimate, SSAI-3D per stack adapted on each test stack with default settings", rows, cols)
 
 
