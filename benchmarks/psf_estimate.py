@@ -104,8 +104,8 @@ def main() -> None:
              f"{f' --length {args.length}' if args.length != MAX_LENGTH else ''}`. "
              f"Phantoms {' x '.join(map(str, shape))} (seed {args.seed}), lateral sd 0.5 px; "
              f"{lengths[1]}-px profiles at z step 1, {lengths[3]} at 3; "
-             + ("shift-variant PSF (axial sd x0.7..x1.3, tilt -20..20 deg across x); true = sqrt(the mean over x of the "
-              "PSF's variance along z - lateral^2)" if args.shift_variant else
+             + ("shift-variant PSF (axial sd x0.7..x1.3, tilt -20..20 deg across x); true = sqrt(the mean over x "
+              "of the PSF's variance along z - lateral^2)" if args.shift_variant else
               "true = sqrt(axial^2 - lateral^2)") + " px on the lateral grid.", "",
              "| phantom | z step (px) | noise | true sd | estimate | 16-84% | error |", "|---|---|---|---|---|---|---|",
              *rows, "", "| phantoms | n | median abs. error | worst | within 15% |", "|---|---|---|---|---|", *summary, "",

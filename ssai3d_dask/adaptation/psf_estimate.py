@@ -18,7 +18,8 @@ stacks of layered tissue or of objects elongated along z bias it; an axial PSF t
 summarised by the Gaussian of the closest spectrum. A tilted axial PSF reads low, because along one z-profile its
 shear looks like a narrower blur (the simulator's shift-variant PSF, tilts up to 20 deg, sd 3-8 px: median -26%,
 worst -58%; benchmarks/results/psf_estimate_shift_variant.md), and so does a blur narrower than the z step (true sd
-1.4-1.9 px at z step 3: -13% to -25%, sparse tubes at 30 photons to -53%; psf_estimate_small.md). Profiles are up to 128 px long (:func:`profile_length`):
+1.4-1.9 px at z step 3: -13% to -25%, sparse tubes at 30 photons to -53%; psf_estimate_small.md). Profiles
+are up to 128 px long (:func:`profile_length`):
 on stacks that allow it (136 x 192 x 192 phantoms, benchmarks/results/psf_estimate_large.md) it is within 15% on
 47 of 48 tissue and tube phantoms at sd 3-14 px, noise-free and at 100 and 30 photons (worst -16%, tubes sd 14
 px at 30 photons; median error 6.8%). Stacks at most 128 px wide keep 64-px profiles, where a wide blur leaves

@@ -121,7 +121,8 @@ def evaluate(pred, truth, raw, data_range, beads, json_out):
 @click.option("--shape", nargs=3, type=int, default=(64, 192, 192), show_default=True, metavar="Z Y X",
               help="Ground-truth shape; the raw stack has Z / 4 planes.")
 @click.option("--iterations", type=int, default=150, show_default=True,
-              help="Fine-tuning steps (150 keeps the demo near a minute on 2 CPU cores; 3000 lets adaptation run to its validation plateau, as `adapt` does: ~1100 steps, +0.3 dB here).")
+              help="Fine-tuning steps (150 keeps the demo near a minute on 2 CPU cores; 3000 lets adaptation run "
+                   "to its validation plateau, as `adapt` does: ~1100 steps, +0.3 dB here).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=None, help="LocalCluster workers.")
 @friendly_errors
