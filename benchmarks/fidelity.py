@@ -342,8 +342,8 @@ def exp_mismatch(r: Runner, cfg: dict, out: dict) -> list[str]:
         print(f"  mismatch sd {sd} done", flush=True)
     return table("3. PSF mismatch (Fig. 2i/j): strands; CARE trained for axial sd 5 px, RL given sd 5, "
                  "SSAI-3D adapted once on the sd-5 stack with its defaults (--psf-bank auto: that stack's estimate "
-                 "x --psf-lean, along z); CARE-est and OT-CycleGAN trained once on the sd-5 stack, RL-est given each test stack's "
-                 "own estimate, SSAI-3D per stack adapted on each test stack with default settings", rows, cols)
+                 "x --psf-lean, along z); CARE-est and OT-CycleGAN trained once on the sd-5 stack, RL-est given "
+                 "each test stack's own estimate, SSAI-3D per stack adapted on each test stack with default settings", rows, cols)
 
 
 def lateral_mse(model_dir: Path, vol: Volume, fm: ForwardModel, cfg: dict) -> float:

@@ -117,8 +117,9 @@ def main() -> None:
         for key in sorted((k for k in rows if k.split(":")[0] == case),
                           key=lambda k: (k.split(":")[1][0] == "e", float(k.split(":")[1].lstrip("e")))):
             r = rows[key]
-            lines.append(f"| {key.split(':')[1]} | {r['sd']:.2f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-                         f"{'-' if r['xz_ssim'] is None else format(r['xz_ssim'], '.4f')} | {r['steps']} ({r['stopped_by']}) | {r['train_s']} |")
+            xz = "-" if r["xz_ssim"] is None else f"{r['xz_ssim']:.4f}"  # the first rows (x2) did not record it
+            lines.append(f"| {key.split(':')[1]} | {r['sd']:.2f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {xz} | "
+                         f"{r['steps']} ({r['stopped_by']}) | {r['train_s']} |")
         lines.append("")
     # a reading written by hand under the tables survives a rerun (it is the file's only prose that is not generated)
     if args.out.exists() and "## Reading (by hand)" in (old := args.out.read_text()):

@@ -171,7 +171,8 @@ class AdaptSettings(_PatchSettings):
     psf_bank: Literal["auto", "wide", "paper"] = Field(
         "auto", description="Training blur. 'auto': the stack's own axial blur, estimated from the data (`ssai3d info "
                             "--psf`), times --psf-lean, as one PSF along z (angle 0); --sigmas (a measured axial "
-                            "blur, leaned the same way) or --angles replace the estimate or the orientation. 'wide': the paper's 25-PSF bank (--sigmas x --angles), widened when 1.25x the "
+                            "blur, leaned the same way) or --angles replace the estimate or the orientation. 'wide': "
+                            "the paper's 25-PSF bank (--sigmas x --angles), widened when 1.25x the "
                             "estimate passes its centre (for a PSF that tilts or changes across the field). 'paper': "
                             "--sigmas x --angles exactly. Both fall back to 'paper' when the stack is too small to "
                             "estimate.")

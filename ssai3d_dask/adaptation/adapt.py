@@ -114,7 +114,8 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
             angles = settings.angles_deg or (0.0,)
         elif psf_estimate is not None:  # wide
             widths = auto_bank_widths(widths, psf_estimate.sigma_px)
-        logger.info("axial blur estimate %s; PSF bank widths %s px, angles %s deg", psf_estimate, widths, angles)
+        logger.info("axial blur estimate %s; PSF bank widths %s px, angles %s deg",
+                    psf_estimate if psf_estimate is not None else "not available", widths, angles)
     timings["psf_estimate_s"] = round(time.perf_counter() - t, 2)
     bank = PSFBank(widths, angles)
     synth = PairSynthesizer(bank, z_factor, device, noise)
