@@ -138,7 +138,7 @@ def _sparse_table(name: str, r: dict, out: Path, extra: str = "") -> list[str]:
 
     prov = dict(zarr.open_group(str(out), mode="r").attrs)["ssai3d"]["regions"]
     return [f"| {name} | {r['wall_s']:.0f} s | {r['client_peak_mib']:.0f} MiB | {r['worker_peak_mib']:.0f} MiB | "
-            f"{prov['total']:,} | {prov['pruned_unwritten'] + prov['pruned_background']:,} | "
+            f"{prov['total']:,} | {prov['pruned_unwritten']:,} | "
             f"{prov['computed_this_run']} | {files} | {nbytes / 2**20:.0f} MiB |{extra}"]
 
 

@@ -12,7 +12,7 @@ Before submitting, see what the run will cost from the login node (no cluster, n
 The client submits at most twice the cluster's GPU slots of region tasks at a time (RestoreSettings.in_flight),
 each a few hundred bytes that names its region; workers read their own input crops from the shared file
 system, so the client needs no more memory for a 10 TB volume than for a 10 GB one. The output is sharded
-zarr v3 with one shard per region (RestoreSettings.shards to change it), regions without tissue are skipped.
+zarr v3 with one shard per region (RestoreSettings.shards to change it), regions whose input was never written are skipped.
 
     python examples/slurm_dask_jobqueue.py /data/brain.ome.zarr /scratch/brain-iso.ome.zarr
 """

@@ -19,3 +19,7 @@ class CheckpointError(Ssai3dError):
 
 class SettingsError(Ssai3dError):
     """Inconsistent settings."""
+
+
+class Interrupted(Ssai3dError):
+    """A run stopped on request (SIGTERM from a batch scheduler); what it recorded is kept and resumable."""

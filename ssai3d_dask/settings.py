@@ -158,6 +158,10 @@ class FinetuneSettings(Settings):
     optimizer: Literal["adam", "adamw"] = Field("adam", description="Optimiser.")
     device: Device = Field("auto", description="Where to train: auto picks CUDA when a GPU is visible.")
     precision: Precision = Field("auto", description=_PRECISION_HELP + " Weights and loss stay fp32.")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between resume checkpoints "
+                                                         "(MODEL_DIR/finetune.resume.pt): a killed run, rerun with "
+                                                         "the same command, continues from the last one to the same "
+                                                         "weights.")
 
 
 class AdaptSettings(_PatchSettings):
@@ -391,9 +395,16 @@ class RestoreSettings(Settings):
                                                   "2.4x faster on a GPU after about a minute of compilation per "
                                                   "worker; auto compiles on CUDA for outputs of 2**28 voxels or "
                                                   "more, never on CPU.")
-    skip_empty: bool = Field(True, description="Prune regions whose input holds no written data or only background "
-                                               "(they read as the background level).")
-    empty_level: float = Field(0.01, ge=0, description="Background level, normalised units, for pruning.")
+    skip_empty: bool = Field(True, description="Prune regions whose input was never written (unwritten chunks of "
+                                               "a sparse store): they read what computing them gives, the "
+                                               "method's output on the input's fill value, so the result is the "
+                                               "same as with --no-skip-empty.")
+    skip_background: bool = Field(False, description="Interpolate, instead of restoring with the network, regions "
+                                                     "whose denoised input stays at or under --empty-level: faster "
+                                                     "on sparse tissue, but the background there is the "
+                                                     "interpolation's, not the network's.")
+    empty_level: float = Field(0.01, ge=0, description="Background level for --skip-background, as a fraction of "
+                                                       "the normalised intensity range.")
     ngff_version: Literal["0.5", "0.4"] = Field("0.5", description="0.5: zarr v3, sharded; 0.4: zarr v2 "
                                                 "(unsharded) for older viewers.")
     shards: tuple[int, int, int] | None = Field(None, description="Output shard shape (zarr v3): whole --chunks "

@@ -9,6 +9,7 @@ from pathlib import Path
 from ssai3d_dask.adaptation.adapt import adapt_dataset
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.io.dataset import Dataset, dataset_from_volume, open_dataset
+from ssai3d_dask.io.lock import RunLock
 from ssai3d_dask.io.omezarr import check_output
 from ssai3d_dask.io.volume import Volume
 from ssai3d_dask.models.folder import MODEL_FILE
@@ -56,9 +57,10 @@ def run(source: str | Path | Volume | Dataset, out: str | Path, model_dir: str |
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir(out)
     check_output(out, overwrite, resume, [ds.source])
     check_output(model_dir, True, True, [ds.source])
-    if resume and any(model_dir.glob(f"**/{MODEL_FILE}")):
-        logger.info("resuming with the adapted model in %s", model_dir)
-    else:
-        adapt_dataset(ds, model_dir, adapt_settings, per_time=adapt_per_time, overwrite=True, progress=progress)
-    return restore(ds, model_dir, out, restore_settings, overwrite=overwrite, resume=resume, client=client,
-                   progress=progress)
+    with RunLock(out):  # held from the adaptation on: a second run of the same command is refused at once
+        if resume and any(model_dir.glob(f"**/{MODEL_FILE}")):
+            logger.info("resuming with the adapted model in %s", model_dir)
+        else:
+            adapt_dataset(ds, model_dir, adapt_settings, per_time=adapt_per_time, overwrite=True, progress=progress)
+        return restore(ds, model_dir, out, restore_settings, overwrite=overwrite, resume=resume, client=client,
+                       progress=progress)

@@ -65,22 +65,72 @@ def test_sparse_volume_prunes_unwritten_regions_and_matches_computing_everything
     assert attrs["pruned_unwritten"] == job.pruned["unwritten"]
 
 
-def test_coarse_level_prunes_background_without_changing_the_result(tmp_path):
-    """Every chunk written (background 100 everywhere, tissue in one corner): the coarse level finds the
-    tissue; pruned regions read as the background level, as computing them gives."""
+@pytest.mark.parametrize("method", ["interp", "ssai3d"])
+def test_pruned_regions_read_what_computing_them_gives(tmp_path, model_dir_factory, method):
+    """Written chunks carry a camera offset (background 874) while unwritten chunks read 0: pruned regions
+    must read what computing them gives (0 for interp, the network's output on 0 for ssai3d), not the
+    normalisation's low level, or the background becomes a checkerboard of pruned and computed blocks."""
+    vol = _sparse(tmp_path / "s.ome.zarr", (6, 256, 256), n_blocks=1, pyramid=False, background=874)
+    model = None
+    kw = dict(method=method, chunks=(16, 32, 32), region=(32, 64, 64), dtype="uint16")
+    if method == "ssai3d":
+        model = model_dir_factory(4.0, low=874.0, high=30000.0)
+        kw["halo"] = 32
+    else:
+        kw["halo"] = 16
+    job = prepare_restore(vol, model, RestoreSettings(**kw))
+    assert job.pruned["unwritten"] >= 4 and job.norm.low >= 874
+    if method == "interp":
+        assert job.fill_value == 0
+    restore(vol, model, tmp_path / "pruned.ome.zarr", RestoreSettings(**kw), progress=False)
+    restore(vol, model, tmp_path / "all.ome.zarr", RestoreSettings(**kw, skip_empty=False), progress=False)
+    for level in range(len(zarr.open_group(str(tmp_path / "all.ome.zarr")))):
+        a = zarr.open_array(str(tmp_path / "pruned.ome.zarr" / str(level)))[...]
+        b = zarr.open_array(str(tmp_path / "all.ome.zarr" / str(level)))[...]
+        np.testing.assert_array_equal(a, b)
+    far = zarr.open_array(str(tmp_path / "pruned.ome.zarr" / "0"))[...]
+    assert (far == job.fill_value).mean() > 0.25  # the pruned background reads the computed level
+
+
+def test_a_constant_crop_restores_to_one_level_whatever_its_shape(model_dir_factory):
+    """A strided network answers a flat slice with a 16-px pattern; a constant crop restores to the pattern's
+    mean instead, the same for every region shape, so pruned and computed constant regions agree."""
+    from ssai3d_dask.models.folder import cached_folder
+    import torch
+
+    from ssai3d_dask.restoration.kernels import constant_level, restore_block, run_slices
+
+    model = cached_folder(model_dir_factory(2.0)).model
+    flat = run_slices(model, np.full((1, 64, 64), -0.3, np.float32), None, torch.device("cpu"))[0, 24:40, 24:40]
+    assert np.ptp(flat) > 1e-2  # the pattern this avoids
+    level = constant_level(model, -0.3, 24)
+    assert level == pytest.approx(float(flat.mean()), abs=1e-3) and abs(level + 0.3) > 1e-3
+    for shape in ((32, 24, 40), (16, 48, 16)):
+        ext = np.full(tuple(s + 48 for s in shape), -0.3, np.float32)
+        out = restore_block(ext, (24, 24, 24), shape, model)
+        assert out.shape == shape and np.all(out == np.float32(level))
+
+
+def test_skip_background_interpolates_dim_regions_only_when_asked(tmp_path):
+    """Every chunk written (background 100, tissue in one corner): by default every region is computed (no
+    guess from the coarse level); with --skip-background the dim ones take the interpolation and say so."""
     rng = np.random.default_rng(0)
     raw = np.full((24, 256, 256), 100, np.uint16)
     raw[:, :48, :48] += rng.integers(0, 3000, (24, 48, 48)).astype(np.uint16)
     write_multiscale(raw, tmp_path / "bg.ome.zarr", (0.4, 0.1, 0.1), chunks=(8, 32, 32))
     vol = open_volume(tmp_path / "bg.ome.zarr")
-    s = dict(method="interp", chunks=(16, 32, 32), region=(32, 64, 64), halo=16)
+    s = dict(method="rl", psf_sigma_um=(0.3, 0.1, 0.1), rl_iterations=3, chunks=(16, 32, 32), region=(32, 64, 64),
+             halo=16)
     job = prepare_restore(vol, None, RestoreSettings(**s))
-    assert job.pruned["unwritten"] == 0 and job.pruned["background"] > job.keep.size // 2
-    assert job.fill_value == pytest.approx(job.norm.low, abs=0.5)
-    restore(vol, None, tmp_path / "p.ome.zarr", RestoreSettings(**s), progress=False)
-    restore(vol, None, tmp_path / "all.ome.zarr", RestoreSettings(**s, skip_empty=False), progress=False)
-    np.testing.assert_array_equal(open_volume(tmp_path / "p.ome.zarr").data.compute(),
-                                  open_volume(tmp_path / "all.ome.zarr").data.compute())
+    assert job.pruned["unwritten"] == 0 and job.keep.all()
+    restore(vol, None, tmp_path / "all.ome.zarr", RestoreSettings(**s), progress=False)
+    restore(vol, None, tmp_path / "skip.ome.zarr", RestoreSettings(**s, skip_background=True), progress=False)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "skip.ome.zarr" / ".ssai3d" / "done").glob("*.json")]
+    assert 0 < sum(r["skipped"] for r in records) < len(records)
+    a = open_volume(tmp_path / "all.ome.zarr").data.compute()
+    b = open_volume(tmp_path / "skip.ome.zarr").data.compute()
+    np.testing.assert_array_equal(a[:, :32, :32], b[:, :32, :32])  # the tissue corner: restored in both
+    assert np.abs(b[:, 160:, 160:].astype(int) - 100).max() <= 1  # far background: interpolated, at 100
 
 
 def test_a_regions_shards_are_written_by_that_region_only(tmp_path):

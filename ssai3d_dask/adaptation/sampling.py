@@ -24,6 +24,7 @@ import numpy as np
 
 from ssai3d_dask.errors import SettingsError, VolumeError
 from ssai3d_dask.io.tissue import Occupancy, coarse_foreground_weights, tissue_views
+from ssai3d_dask.io.source import read_checked
 from ssai3d_dask.io.volume import Volume
 from ssai3d_dask.ops.grid import chunk_bounds, chunk_slices
 from ssai3d_dask.ops.normalize import Normalization
@@ -88,7 +89,15 @@ def sample_chunks(vol: Volume, n_chunks: int, seed: int, max_voxels_per_chunk: i
         block = vol.data[sl]
         step = max(1, int(math.ceil((math.prod(block.shape) / max_voxels_per_chunk) ** (1 / 3))))
         parts.append(block[::step, ::step, ::step].ravel())
-    return list(dask.compute(*parts))
+    try:
+        return list(dask.compute(*parts))
+    except MemoryError:
+        raise
+    except Exception:  # a damaged chunk: name it (read_checked raises), else the error as it was
+        source = vol.source_handle()
+        for sl in chosen:
+            read_checked(source, sl, "sampling intensity statistics")
+        raise
 
 
 def volume_statistics(vol: Volume, seed: int = 0, n_chunks: int = 64,

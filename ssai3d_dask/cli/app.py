@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 import traceback
 
 import click
 
-from ssai3d_dask.errors import Ssai3dError
+from ssai3d_dask.errors import Interrupted, Ssai3dError
 
 logger = logging.getLogger("ssai3d_dask")
 
@@ -40,6 +41,9 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Interrupted as exc:  # stopped by the batch scheduler: say how to resume, exit as SIGTERM does
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(128 + signal.SIGTERM)
         except Ssai3dError as exc:
             raise UserError(str(exc)) from exc
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):

@@ -66,14 +66,16 @@ def _write_tiffs(sim: Simulation, paths: list[Path], dtype: str, meta: dict) -> 
 
 def write_sparse_volume(path: str | Path, shape: Sequence[int], chunks: Sequence[int],
                         voxel_size_um: Sequence[float], n_blocks: int = 4, seed: int = 0, kind: str = "strands",
-                        pyramid: bool = True, ngff_version: str = "0.5") -> list[tuple[slice, ...]]:
+                        pyramid: bool = True, ngff_version: str = "0.5",
+                        background: int = 0) -> list[tuple[slice, ...]]:
     """A huge, mostly unwritten uint16 OME-Zarr: metadata for ``shape`` and data in ``n_blocks`` chunks only.
 
     Stands in for a whole-brain volume whose tissue fills a few chunks (a terabyte of metadata costs
     kilobytes on disk). Each foreground chunk holds a raw phantom of ``kind`` (anisotropy dz/dx, blurred,
     scaled to uint16); the rest reads as 0 without being stored. With ``pyramid`` the coarser levels are
     the block means of level 0, written only where the blocks are, as a real pyramid would be.
-    Returns the level-0 boxes that hold data.
+    ``background`` is added to the written blocks (a camera offset: the tissue's background then differs
+    from what unwritten chunks read). Returns the level-0 boxes that hold data.
     """
     from ssai3d_dask.io.omezarr import MultiscaleWriter, write_region_levels
     from ssai3d_dask.evaluation.simulate import ForwardModel, simulate
@@ -96,7 +98,7 @@ def write_sparse_volume(path: str | Path, shape: Sequence[int], chunks: Sequence
                        model=ForwardModel(0.5, 3.0, z_factor=max(anis, 1.0)))
         raw = np.zeros(bshape, np.float32)
         raw[:min(len(sim.raw), bshape[0])] = sim.raw[:bshape[0]]
-        data = _cast(raw, "uint16")
+        data = np.minimum(_cast(raw, "uint16").astype(np.int64) + int(background), 65535).astype(np.uint16)
         if pyramid:
             write_region_levels(path, writer.levels, box, data, f"b{j}", {})
         else:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssai3d_dask.errors import VolumeError
 from ssai3d_dask.io.tiff import TiffPages, list_planes
 
 logger = logging.getLogger(__name__)
@@ -333,3 +334,33 @@ class DaskSource(Source):
 
 def crop_shape(crop: Sequence[slice]) -> tuple[int, ...]:
     return tuple(s.stop - s.start for s in crop)
+
+
+def read_checked(source: Source, crop: Crop, what: str) -> np.ndarray:
+    """``source.read(crop)``, or a one-line error naming the unreadable storage units (corrupt chunks or
+    pages), the input and ``what`` was reading: a region fails with nothing of it written or recorded (the
+    output stays resumable) and is not retried, as the same bytes would fail again."""
+    try:
+        return source.read(crop)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        where = getattr(source, "path", None) or "the input"
+        unit = source.storage_unit()
+        bad = []
+        if unit is not None:  # find the unit(s) that fail, one read each
+            ranges = [range(s.start // u, -(-s.stop // u)) for s, u in zip(crop, unit)]
+            for iz in ranges[0]:
+                for iy in ranges[1]:
+                    for ix in ranges[2]:
+                        box = tuple(slice(i * u, min((i + 1) * u, n))
+                                    for i, u, n in zip((iz, iy, ix), unit, source.shape))
+                        try:
+                            source.read(box)
+                        except Exception:
+                            bad.append(f"({iz}, {iy}, {ix})")
+        which = (f"chunk{'s' if len(bad) > 1 else ''} {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''} "
+                 f"(z, y, x index, chunks of {list(unit)})" if bad else f"voxels {[[c.start, c.stop] for c in crop]}")
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise VolumeError(f"cannot read {where}: {which} ({what}) failed to decode ({msg}); the data "
+                          f"there is damaged: restore it from a backup, then rerun with --resume") from None

@@ -5,18 +5,13 @@ Two cheap views of a volume, each an :class:`Occupancy` (a boolean grid over inp
 * **written**: the storage units (chunks, or shards) the store holds bytes for, from one listing of the
   store. A unit never written reads as the fill value, so a region whose input touches none is known
   empty without reading anything.
-* **tissue**: voxels of a coarse pyramid level brighter than the empty level (normalised), grown by one
-  coarse voxel. A region whose reach holds no such voxel is treated as background.
+* **coarse**: the finest pyramid level small enough to read whole, where brighter-than-Otsu voxels mark
+  the tissue for intensity statistics and patch sampling (:mod:`ssai3d_dask.adaptation.sampling`).
 
-Both answer "is anything within this box?" for a whole grid of boxes at once through an integral image,
-so deciding a million regions costs milliseconds. The same views weight where intensity statistics and
-training patches are sampled (:mod:`ssai3d_dask.adaptation.sampling`).
-
-The coarse rule's limit, stated: a coarse voxel is a block mean, so an isolated feature much smaller than
-a coarse voxel and dim enough that its block mean stays under the empty level (1 % of the normalised range
-by default) is treated as background. Restoration reads the coarsest level with at most
-:data:`COARSE_MAX_VOXELS` voxels only when it is at most :data:`COARSE_MAX_FACTOR` times coarser per axis;
-``--no-skip-empty`` computes everything.
+The store listing answers "is anything written within this box?" for a whole grid of boxes at once
+through an integral image, so pruning a million regions costs milliseconds. Restoration prunes on it alone:
+a region of never-written input has a known result, a dim one does not (a coarse block mean can hide a
+small bright feature, and computing background gives the method's output on it, not a constant).
 """
 
 from __future__ import annotations
@@ -108,15 +103,6 @@ def coarse_view(source: Source):
     if coarse is None or max(coarse.factor) > COARSE_MAX_FACTOR or max(coarse.factor) <= 1:
         return None
     return coarse
-
-
-def tissue_occupancy(coarse, low: float, high: float, empty_level: float) -> Occupancy:
-    """Coarse voxels above ``empty_level`` of the normalised range [low, high], grown by one coarse voxel."""
-    from scipy.ndimage import binary_dilation
-
-    norm = (np.asarray(coarse.data, np.float32) - low) / max(high - low, 1e-12)
-    mask = binary_dilation(norm > empty_level, np.ones((3, 3, 3), bool))
-    return Occupancy(mask, coarse.factor)
 
 
 def coarse_foreground_weights(coarse) -> np.ndarray:

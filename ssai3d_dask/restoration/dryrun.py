@@ -81,7 +81,7 @@ def calibrate(job: RestoreJob) -> dict | None:
     t0 = time.perf_counter()
     crop = job.source.read(piece.input_crop(sub))
     read_s = time.perf_counter() - t0
-    spec = dict(job.spec, skip_empty=False)  # time the real computation, even on a dim piece
+    spec = dict(job.spec, skip_background=False)  # time the real computation, even on a dim piece
     if spec.get("compile") == "on":  # compile first: the estimate is for the compiled steady state
         with torch.inference_mode():
             compute_region(piece, sub, crop, spec, model, denoiser, job.psf)
@@ -147,8 +147,7 @@ def dry_run(job: RestoreJob, out: str | Path | None = None, resume: bool = False
                    "uncompressed_bytes": math.prod(plan.out_shape) * itemsize_out, "fill_value": job.fill_value},
         "method": job.settings.method.name, "region": list(plan.region_shape), "chunks": list(plan.chunks),
         "halo": plan.halo[0],
-        "regions": {"total": plan.n_regions, "pruned_unwritten": job.pruned["unwritten"],
-                    "pruned_background": job.pruned["background"], "kept": n_keep,
+        "regions": {"total": plan.n_regions, "pruned_unwritten": job.pruned["unwritten"], "kept": n_keep,
                     "already_done": done, "to_run": max(n_keep - done, 0)},
         "levels": per_level,
         "files": {"data": int(files), "completion_records": n_keep},
@@ -198,8 +197,7 @@ def format_report(r: dict, workers: int | None = None, threads_per_worker: int =
         f"output       {r['output']['shape']} {r['output']['dtype']}, voxel {r['output']['voxel_size_um']} um, "
         f"{_human(r['output']['uncompressed_bytes'])} uncompressed; unwritten chunks read {r['output']['fill_value']:g}",
         f"plan         regions {r['region']} of chunks {r['chunks']}, halo {r['halo']}",
-        f"regions      {reg['total']} total, {reg['pruned_unwritten'] + reg['pruned_background']} pruned "
-        f"({reg['pruned_unwritten']} unwritten input, {reg['pruned_background']} background), "
+        f"regions      {reg['total']} total, {reg['pruned_unwritten']} pruned (unwritten input), "
         f"{reg['already_done']} already done, {reg['to_run']} to run",
         f"reads        {_human(r['bytes_read'])} (input crops with halo)",
         f"writes       at most {_human(r['bytes_written_max'])} uncompressed, {r['files']['data']} data files "

@@ -15,6 +15,7 @@ The flow of one restoration:
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,8 +27,9 @@ from ssai3d_dask import __version__
 from ssai3d_dask.settings import NETWORK_METHODS, RestoreSettings
 from ssai3d_dask.models.folder import cached_folder, check_folder
 from ssai3d_dask.ops.denoise import Denoiser
-from ssai3d_dask.errors import SettingsError
+from ssai3d_dask.errors import Interrupted, SettingsError, VolumeError
 from ssai3d_dask.geometry import Geometry, isotropic_geometry
+from ssai3d_dask.io.lock import RunLock
 from ssai3d_dask.io.omezarr import MultiscaleWriter, check_output
 from ssai3d_dask.restoration.plan import Plan, make_plan
 from ssai3d_dask.io.pyramid import Level, pyramid_layout
@@ -36,7 +38,7 @@ from ssai3d_dask.restoration.rl import default_rl_halo, gaussian_psf_on_grid, lo
 from ssai3d_dask.adaptation.sampling import volume_statistics
 from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.io.source import Source
-from ssai3d_dask.io.tissue import Occupancy, TissueViews, tissue_occupancy, tissue_views
+from ssai3d_dask.io.tissue import Occupancy, TissueViews, tissue_views
 from ssai3d_dask.io.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -51,9 +53,9 @@ class RestoreJob:
     levels: list[Level]
     norm: Normalization
     dtype: np.dtype
-    fill_value: float
+    fill_value: float  # what pruned regions read: the output of computing them
     source: Source
-    keep: np.ndarray  # bool over plan.grid: regions that may hold anything
+    keep: np.ndarray  # bool over plan.grid: regions to compute (False: never-written input, read as fill_value)
     pruned: dict[str, int]
     spec: dict
     model: object | None = None  # AdaptedModel for ssai3d/care/cyclegan
@@ -148,17 +150,24 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
     dtype = np.dtype(settings.dtype or vol.dtype)
-    fill = float(to_output(np.zeros(1, np.float32), norm, dtype)[0])  # the background level
     levels = pyramid_layout(plan.out_shape, geom.out_voxel_um, plan.chunks, plan.region_shape, settings.shard_shape())
     source = vol.source_handle()
-    keep, pruned = _prune(plan, tissue_views(vol), norm, settings)
+    keep, pruned = _prune(plan, tissue_views(vol), settings)
     spec = {"method": settings.method.name, "model_dir": str(Path(model_dir).resolve()) if model_dir else None,
             "psf_path": None, "rl_iterations": getattr(settings.method, "iterations", None), "norm": norm.to_dict(), "view": settings.view,
             "batch": settings.batch or (32 if settings.resolved_device() == "cuda" else None),
             "device": settings.resolved_device(), "precision": settings.precision,
             "compile": resolve_compile(settings.compile, settings.resolved_device(), int(np.prod(plan.out_shape))),
-            "dtype": dtype.str, "skip_empty": settings.skip_empty,
+            "dtype": dtype.str, "skip_background": settings.skip_background,
             "empty_level": settings.empty_level, "levels": levels, "torch_threads": None}
+    fill = unwritten_level(plan, spec, source.fill_value, model, denoiser, psf) if pruned["unwritten"] else None
+    if fill is None:
+        fill = float(to_output(np.zeros(1, np.float32), norm, dtype)[0])  # nothing pruned: any value is right
+        if pruned["unwritten"]:
+            notes.append(f"the {settings.method.name} output of a crop holding only the input's fill value "
+                         f"{source.fill_value:g} is not one value; the {pruned['unwritten']} regions of unwritten "
+                         f"input are computed instead of pruned")
+            keep, pruned = np.ones_like(keep), {"unwritten": 0}
     prov = None
     if settings.method.name == "ssai3d":
         prov = adapted.manifest.get("selection", {}) | {"base": adapted.manifest.get("base_model")}
@@ -168,22 +177,55 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
                       adapted if uses_model else None, psf, prov, notes, vol)
 
 
-def _prune(plan: Plan, views: TissueViews, norm: Normalization, settings: RestoreSettings) -> tuple[np.ndarray, dict]:
-    """Regions whose input reach touches written data and coarse-level tissue (all of them with skip_empty off)."""
+def _prune(plan: Plan, views: TissueViews, settings: RestoreSettings) -> tuple[np.ndarray, dict]:
+    """Regions whose input reach touches written data (all of them with skip_empty off, or when the store
+    cannot say what it holds)."""
     keep = np.ones(plan.grid, bool)
-    pruned = {"unwritten": 0, "background": 0}
-    if not settings.skip_empty:
-        return keep, pruned
-    bounds = plan.input_bounds()
-    if views.written is not None:
-        keep &= views.written.any_in(bounds)
+    pruned = {"unwritten": 0}
+    if settings.skip_empty and views.written is not None:
+        keep &= views.written.any_in(plan.input_bounds())
         pruned["unwritten"] = int(keep.size - keep.sum())
-    coarse = views.coarse
-    if coarse is not None:
-        before = int(keep.sum())
-        keep &= tissue_occupancy(coarse, norm.low, norm.high, settings.empty_level).any_in(bounds)
-        pruned["background"] = before - int(keep.sum())
     return keep, pruned
+
+
+def level_tolerance(dtype: np.dtype, norm: Normalization) -> float:
+    """How far two output levels may lie apart and still be one: none for integers (cast values are
+    equal or not), 1e-4 of the normalised range for floats (the arithmetic of different crop shapes)."""
+    return 0.0 if np.issubdtype(dtype, np.integer) else 1e-4 * abs(norm.high - norm.low)
+
+
+def unwritten_level(plan: Plan, spec: dict, fill_in: float, model=None, denoiser: Denoiser | None = None,
+                    psf: np.ndarray | None = None) -> float | None:
+    """What computing a region whose whole input is ``fill_in`` (never-written chunks) gives, so that such
+    regions can be pruned and read it as the output's fill value with the same result as computing them.
+
+    The region is computed by :func:`~ssai3d_dask.restoration.task.compute_region` itself, once for every
+    distinct region shape of the plan (at most 8: full regions and those cut short at the far edges;
+    a constant crop costs one slice per pass, see :func:`~ssai3d_dask.restoration.kernels.restore_block`).
+    Returns None when the outputs are not one value (within :func:`level_tolerance`): then pruning would
+    change the result.
+    """
+    from ssai3d_dask.restoration.task import compute_region
+
+    if not np.isfinite(fill_in):
+        return None
+    dtype = np.dtype(spec["dtype"])
+    lengths = plan.core_lengths()
+    picks = [sorted({0, len(n) - 1}) for n in lengths]  # region 0 and the last along each axis: every shape
+    values = []
+    for kz in picks[0]:
+        for ky in picks[1]:
+            for kx in picks[2]:
+                region = plan.region(int(np.ravel_multi_index((kz, ky, kx), plan.grid)))
+                crop = np.full(tuple(s.stop - s.start for s in plan.input_crop(region)), fill_in, np.float32)
+                out, _ = compute_region(plan, region, crop, spec, model, denoiser, psf)
+                values.append(np.asarray(out, np.float64).ravel())
+    values = np.concatenate(values)
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo > level_tolerance(dtype, Normalization.from_dict(spec["norm"])):
+        logger.info("output on the input's fill value %g spans %g..%g: unwritten regions are computed", fill_in, lo, hi)
+        return None
+    return float(np.median(values))
 
 
 # --- the whole restoration ------------------------------------------------------------------------
@@ -199,12 +241,23 @@ def _after_failure(out: Path, writer: MultiscaleWriter, created: bool, n_keep: i
                      "with --resume", done, n_keep, out)
 
 
+def resume_command() -> str:
+    """The command line that finishes this run: the same arguments with --resume (and without --overwrite)."""
+    import shlex
+    import sys
+
+    args = [a for a in sys.argv[1:] if a != "--overwrite"]
+    if Path(sys.argv[0]).name not in ("ssai3d", "__main__.py") or not args:  # called from Python
+        return "call restore() again with resume=True"
+    return shlex.join(["ssai3d", *args, *([] if "--resume" in args else ["--resume"])])
+
+
 def run_record(job: RestoreJob) -> dict:
     """What must not change between a run and its ``--resume`` (results would otherwise mix)."""
     s, vol = job.settings, job.source_volume
     return {"method": s.method.name, "model_dir": job.spec["model_dir"], "halo": job.plan.halo[0], "view": s.view,
             "normalization": job.norm.to_dict(), "dtype": job.dtype.str, "skip_empty": s.skip_empty,
-            "empty_level": s.empty_level, "rl_iterations": getattr(s.method, "iterations", None),
+            "skip_background": s.skip_background, "empty_level": s.empty_level, "rl_iterations": getattr(s.method, "iterations", None),
             "psf": None if job.psf is None else [list(job.psf.shape), float(np.round(job.psf.sum(), 6)),
                                                  float(np.round((job.psf ** 2).sum(), 9))],
             "input": {"source": vol.source, "shape": list(vol.shape), "voxel_size_um": list(vol.voxel_size_um),
@@ -241,16 +294,16 @@ def slice_models(ds, model_dir, method: str) -> dict:
 
 
 def _share_fill(jobs: list[RestoreJob]) -> float:
-    """One zarr fill value for all slices: the lowest background level. A slice whose own background level
-    is further from it than its empty level is computed everywhere (pruned regions would read wrong)."""
-    fill = min(j.fill_value for j in jobs)
+    """One zarr fill value for all slices: the lowest of their levels for unwritten input. A slice with
+    pruned regions whose own level differs from it is computed everywhere (pruned regions would read wrong)."""
+    pruning = [j.fill_value for j in jobs if j.keep.size != j.keep.sum()]
+    fill = min(pruning) if pruning else jobs[0].fill_value
     for j in jobs:
-        tol = j.settings.empty_level * (j.norm.high - j.norm.low)
-        if abs(j.fill_value - fill) > max(tol, 0.5) and j.keep.size != j.keep.sum():
-            j.notes.append(f"slice {j.prefix.rstrip('-')}: background level {j.fill_value:g} differs from the "
-                           f"output fill value {fill:g}; all its regions are computed")
+        if abs(j.fill_value - fill) > level_tolerance(j.dtype, j.norm) and j.keep.size != j.keep.sum():
+            j.notes.append(f"slice {j.prefix.rstrip('-')}: its output on unwritten input {j.fill_value:g} differs "
+                           f"from the output fill value {fill:g}; all its regions are computed")
             j.keep = np.ones_like(j.keep)
-            j.pruned = {"unwritten": 0, "background": 0}
+            j.pruned = {"unwritten": 0}
     return fill
 
 
@@ -273,16 +326,23 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
     resume : bool
         Keep regions recorded as done in ``out`` and compute only the rest.
     """
-    from itertools import chain
-
     from ssai3d_dask.io.dataset import Dataset, dataset_from_volume
-    from ssai3d_dask.restoration.scheduling import run_regions
 
     ds = vol if isinstance(vol, Dataset) else dataset_from_volume(vol)
     settings = settings or RestoreSettings()
     models = slice_models(ds, model_dir, settings.method.name)
     out = Path(out)
     check_output(out, overwrite, resume, [ds.source, *(m for m in models.values() if m)])  # before any work
+    with RunLock(out):  # one run per output, --overwrite and --resume included
+        return _restore(ds, models, out, settings, overwrite, resume, client, progress)
+
+
+def _restore(ds, models: dict, out: Path, settings: RestoreSettings, overwrite: bool, resume: bool, client,
+             progress: bool) -> Path:
+    from itertools import chain
+
+    from ssai3d_dask.restoration.scheduling import run_regions
+
     jobs = []
     for lead, t, c, v in ds.slices():
         job = prepare_restore(v, models[(t, c)], settings)
@@ -312,12 +372,12 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
         done = writer.done_blocks() if resume else set()
         n_done = sum(j.n_done(done) for j in jobs)
         n_todo = n_keep - n_done
-        pruned = {k: sum(j.pruned[k] for j in jobs) for k in ("unwritten", "background")}
+        pruned = sum(j.pruned["unwritten"] for j in jobs)
         total = plan.n_regions * len(jobs)
-        logger.info("output %s voxels %s um; %d regions of %s (%d slices), halo %d; pruned %d (%d unwritten input, "
-                    "%d background); %d already done, %d to run", ds.lead_shape + plan.out_shape,
-                    first.geometry.out_voxel_um, total, plan.region_shape, len(jobs), plan.halo[0], total - n_keep,
-                    pruned["unwritten"], pruned["background"], n_done, n_todo)
+        logger.info("output %s voxels %s um; %d regions of %s (%d slices), halo %d; pruned %d (unwritten input, "
+                    "read as %g); %d already done, %d to run", ds.lead_shape + plan.out_shape,
+                    first.geometry.out_voxel_um, total, plan.region_shape, len(jobs), plan.halo[0], pruned, fill,
+                    n_done, n_todo)
         if client is None:
             try:
                 from distributed import get_client
@@ -338,10 +398,42 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
                       "settings": settings.to_dict() | {"halo": plan.halo[0]}, "normalization": first.norm.to_dict(),
                       "precision": {"requested": settings.precision, "used_this_run": stats["precisions"],
                                     "compiled": first.spec["compile"] == "on"},
-                      "regions": {"total": total, "pruned_unwritten": pruned["unwritten"],
-                                  "pruned_background": pruned["background"], "computed_this_run": stats["regions"]}}
+                      "regions": {"total": total, "pruned_unwritten": pruned, "unwritten_reads": fill,
+                                  "computed_this_run": stats["regions"]}}
         writer.write_metadata(None, provenance)  # omero windows from the written data, per channel
+    except Interrupted as exc:
+        _after_failure(out, writer, created, n_keep)
+        raise Interrupted(f"{exc}; {out} is resumable: {resume_command()}") from None
+    except OSError as exc:
+        _after_failure(out, writer, created, n_keep)
+        left = (n_keep - len(writer.done_blocks())) * math.prod(plan.region_shape) * first.dtype.itemsize
+        err = storage_error(exc, out, left)
+        if err is None:
+            raise
+        raise err from exc
     except BaseException:
         _after_failure(out, writer, created, n_keep)
         raise
     return out
+
+
+def storage_error(exc: OSError, out: Path, bytes_left: int) -> VolumeError | None:
+    """A one-line error for an output that filled up or went away while being written (None for others)."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = shutil.disk_usage(out if out.exists() else out.parent).free
+        except OSError:
+            free = None
+        return VolumeError(f"no space left to write {out} ({exc.strerror}; {_gib(free)} free, up to "
+                           f"{_gib(bytes_left)} still to write, uncompressed); free space or raise the quota, then: "
+                           f"{resume_command()}")
+    if exc.errno in (errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.EROFS) or not out.parent.exists():
+        return VolumeError(f"the output {out} became unwritable ({exc.strerror or exc}): was its file system "
+                           f"unmounted or made read-only? When it is back: {resume_command()}")
+    return None
+
+
+def _gib(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / 2**30:.2f} GiB"

@@ -11,14 +11,44 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import chain, islice
 
+from ssai3d_dask.errors import Interrupted
 from ssai3d_dask.restoration.task import run_region
 
 logger = logging.getLogger(__name__)
+
+_STOP = threading.Event()  # set by SIGTERM: submit nothing more
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """While running regions, SIGTERM (SLURM, PBS, LSF, Kubernetes: then SIGKILL after a grace period) stops
+    submitting: the region running here finishes (or is lost to the SIGKILL, unrecorded), tasks queued on a
+    cluster are cancelled, and :func:`run_regions` raises :class:`Interrupted`. A second SIGTERM stops at
+    once. Only the main thread can catch signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if _STOP.is_set():
+            raise Interrupted("stopped by a second SIGTERM")
+        _STOP.set()
+        logger.warning("SIGTERM: submitting no more regions; finishing the one in progress")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _STOP.clear()
 
 
 def default_in_flight(client, device: str) -> int:
@@ -72,19 +102,29 @@ def _distributed(out: str, todo: Iterator[tuple], client, in_flight: int | None)
                              resources=resources)
 
     logger.debug("submitting with at most %d tasks in flight", in_flight)
-    pending = as_completed([submit(i) for i in islice(todo, in_flight)])
+    futures = {submit(i) for i in islice(todo, in_flight)}
+    pending = as_completed(futures)
     for fut in pending:
         res = fut.result()
         fut.release()
+        futures.discard(fut)
+        if _STOP.is_set():  # drop what is queued; a task already running on a worker still records itself
+            client.cancel(list(futures))
+            yield res
+            return
         nxt = next(todo, None)
         if nxt is not None:
-            pending.add(submit(nxt))
+            fut = submit(nxt)
+            futures.add(fut)
+            pending.add(fut)
         yield res
 
 
 def _local(out: str, todo: Iterator[tuple]) -> Iterator[dict]:
     threads = os.cpu_count() or 1  # one region at a time with every core
     for job, i in todo:
+        if _STOP.is_set():
+            return
         yield run_region(job.plan, job.plan.region(i), job.source, out, dict(job.spec, torch_threads=threads))
 
 
@@ -99,16 +139,20 @@ def run_regions(todo: Iterator[tuple], n_todo: int, out: str, client=None, in_fl
     bar = tqdm(total=n_todo, desc="restore", unit="region", disable=not progress, smoothing=0.05)
     regions = voxels = skipped = nbytes = 0
     precisions: set[str] = set()
-    for res in results:
-        if res.get("precision") and not res["skipped"]:
-            precisions.add(res["precision"])
-        regions += 1
-        voxels += res["voxels"]
-        skipped += res["skipped"]
-        nbytes += res["bytes_read"]
-        bar.update(1)
-        bar.set_postfix(Mvox_s=f"{voxels / 1e6 / max(time.perf_counter() - t0, 1e-9):.2f}", refresh=False)
+    with stop_on_sigterm():
+        for res in results:
+            if res.get("precision") and not res["skipped"]:
+                precisions.add(res["precision"])
+            regions += 1
+            voxels += res["voxels"]
+            skipped += res["skipped"]
+            nbytes += res["bytes_read"]
+            bar.update(1)
+            bar.set_postfix(Mvox_s=f"{voxels / 1e6 / max(time.perf_counter() - t0, 1e-9):.2f}", refresh=False)
+        stopped = _STOP.is_set()
     bar.close()
+    if stopped:
+        raise Interrupted(f"stopped by SIGTERM after {regions} of {n_todo} regions")
     seconds = time.perf_counter() - t0
     logger.info("restored %d regions (%d background only) in %.1f s: %.2f Mvoxel/s, read %.1f MiB", regions, skipped,
                 seconds, voxels / 1e6 / max(seconds, 1e-9), nbytes / 2**20)

@@ -15,7 +15,7 @@ import torch
 
 from ssai3d_dask.io.casting import cast_output
 from ssai3d_dask.io.omezarr import write_region_levels
-from ssai3d_dask.io.source import Source
+from ssai3d_dask.io.source import Source, read_checked
 from ssai3d_dask.models.folder import cached_folder
 from ssai3d_dask.models.precision import prepare, resolve_precision
 from ssai3d_dask.ops.denoise import Denoiser
@@ -41,7 +41,8 @@ def _cached_psf(path: str) -> np.ndarray:
 def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, model=None,
                    denoiser: Denoiser | None = None, psf: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """Restore one region from its input crop (no I/O). Returns the output-dtype core and whether the
-    region was background only (then the interpolation is the answer)."""
+    region was skipped as background (``skip_background``: its denoised input stays at or under
+    ``empty_level``, and the interpolation is the answer)."""
     if spec["method"] == "interp":  # in raw units: interpolation needs no normalisation (nor its rounding)
         ext, offset = extended_crop(plan, region, np.asarray(crop, np.float32))
         core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
@@ -51,7 +52,7 @@ def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, mod
     planes = denoise_planes(norm.apply(np.asarray(crop, np.float32)), denoiser)
     ext, offset = extended_crop(plan, region, planes)
     core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
-    skipped = bool(spec["skip_empty"] and float(ext.max()) <= spec["empty_level"])
+    skipped = bool(spec.get("skip_background") and float(ext.max()) <= spec["empty_level"])
     if skipped:
         restored = ext[core]
     elif spec["method"] == "rl":
@@ -83,7 +84,7 @@ def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict)
         torch.set_num_threads(spec["torch_threads"])
     model, denoiser = _worker_model(spec) if spec["method"] in NETWORK_METHODS else (None, None)
     psf = _cached_psf(spec["psf_path"]) if spec["method"] == "rl" else None
-    crop = source.read(plan.input_crop(region))
+    crop = read_checked(source, plan.input_crop(region), f"region {spec.get('prefix', '')}{region.block_id}")
     data, skipped = compute_region(plan, region, crop, spec, model, denoiser, psf)
     block_id = spec.get("prefix", "") + region.block_id
     record = {"core": [[s.start, s.stop] for s in region.core], "skipped": skipped,
