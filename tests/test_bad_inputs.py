@@ -59,6 +59,11 @@ def inputs(tmp_path_factory):
     torch.save({"when": datetime.datetime(2020, 1, 1)}, d / "pickled.pt")
     np.save(d / "objpsf.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (d / "model_file").write_text("not a folder")
+    for version, meta in (("0.4", ".zattrs"), ("0.5", "zarr.json")):
+        name = f"badjson{version}.ome.zarr"
+        write_multiscale(stack, d / name, (2.0, 1.0, 1.0), chunks=(8, 32, 32), ngff_version=version)
+        (d / name / meta).write_text((d / name / meta).read_text()[:40])  # cut short: not JSON
+    torch.save({"model": {}, "when": datetime.datetime(2020, 1, 1)}, d / "pk.pt.resume.pt")
     res = CliRunner().invoke(main, ["-q", "restore", str(d / "stack.ome.zarr"), str(d / "prev.ome.zarr"), "--method",
                                     "interp", "--chunks", "16", "32", "32", "--region", "16", "64", "64", "--workers", "1"])
     assert res.exit_code == 0, res.output
@@ -87,6 +92,8 @@ CASES = [
     (["info", "{in}/complex.zarr", "--voxel-size", "1", "1", "1"], "not intensities"),
     (["info", "{in}/single.zarr", "--voxel-size", "2", "1", "1"], "at least 2 planes"),
     (["info", "{in}/mixed", "--voxel-size", "2", "1", "1"], "one shape and type"),
+    (["info", "{in}/badjson0.4.ome.zarr"], ".zattrs is not valid JSON"),
+    (["info", "{in}/badjson0.5.ome.zarr"], "zarr.json is not valid JSON"),
     # restore
     (["restore", "{in}/tc.ome.zarr", "{in}/tc.ome.zarr", "--method", "interp", "--overwrite"], "is the input"),
     (["restore", "{in}/tc.ome.zarr", "{in}/tc.ome.zarr/out.ome.zarr", "--method", "interp", "--overwrite"],
@@ -117,6 +124,7 @@ CASES = [
     (["restore", "{in}/stack.ome.zarr", "o.ome.zarr", "--method", "interp", "--batch", "0"], "--batch"),
     (["restore", "{in}/stack.ome.zarr", "{in}/x.txt/o.ome.zarr", "--method", "interp"], "is a file, not a folder"),
     (["restore", "{in}/stack.ome.zarr", "o.ome.zarr", "--config", "missing.yaml"], "not found"),
+    (["restore", "{in}/stack.ome.zarr", "restored.tif", "--method", "interp"], "names a TIFF file"),
     (["restore", "{in}/stack.ome.zarr", "{in}/prev.ome.zarr", "--method", "rl", "--psf-sigma-um", "1", "0.2", "0.2",
       "--chunks", "16", "32", "32", "--region", "16", "64", "64", "--resume"], "first run's options"),
     # run and adapt
@@ -133,6 +141,7 @@ CASES = [
     (["adapt", "{in}/stack.ome.zarr", "--out", "{in}/other.ome.zarr", "--patch", "32"], "already exists"),
     (["train-care", "{in}/stack.ome.zarr", "--out", "c"], "psf_sigma_um"),
     (["pretrain", "p.pt", "--init", "{in}/random.pt", "--iterations", "1"], "not a PyTorch checkpoint"),
+    (["pretrain", "{in}/pk.pt", "--iterations", "1"], "pickled code"),
     # simulate, evaluate, demo
     (["simulate", "beads", "s", "--shape", "0", "64", "64"], "sizes >= 8"),
     (["simulate", "beads", "s", "--shape", "4", "64", "64"], "sizes >= 8"),

@@ -22,7 +22,7 @@ from ssai3d_dask.models.checkpoint import load_model, load_network, shipped_path
 from ssai3d_dask.io.files import removed_on_failure
 from ssai3d_dask.models.folder import AdaptedModel, check_new_folder, write_folder
 from ssai3d_dask.ops.denoise import calibrate, fit_noise_model
-from ssai3d_dask.adaptation.finetune import finetune
+from ssai3d_dask.adaptation.finetune import RESUME_FILE, finetune
 from ssai3d_dask.settings import AdaptSettings, resolve_device
 from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.models.nafnet import NAFNet
@@ -45,6 +45,18 @@ def _data_hash(vol: Volume, patches: np.ndarray) -> str:
     h.update(json.dumps({"source": vol.source, "shape": vol.shape, "voxel": vol.voxel_size_um}).encode())
     h.update(np.ascontiguousarray(patches[: min(8, len(patches))]).tobytes())
     return h.hexdigest()[:16]
+
+
+def _run_fingerprint(settings: AdaptSettings, base_manifest: dict, layers: list[str] | None,
+                     train_patches: np.ndarray, val: tuple[torch.Tensor, torch.Tensor]) -> str:
+    """What decides a fine-tuning run, hashed: a resume file continues only the run it was written by."""
+    h = hashlib.sha256()
+    decided = settings.to_dict()
+    decided["finetune"] = {k: v for k, v in decided["finetune"].items() if k not in ("checkpoint_every",)}
+    h.update(json.dumps([decided, base_manifest.get("sha256"), layers], sort_keys=True, default=str).encode())
+    for a in (train_patches, val[0].cpu().numpy(), val[1].cpu().numpy()):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def _shipped_surgeon(model: NAFNet, base_sha256: str | None = None):
@@ -145,8 +157,10 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     timings["metrics_s"] = round(time.perf_counter() - t, 2)
     logger.info("layers chosen by %s: %s", method, layers if layers is not None else "all")
 
+    resume = Path(out_dir) / RESUME_FILE if out_dir is not None else None
     history = finetune(model, layers, train_patches, synth, settings.finetune, val=val, progress=progress,
-                       seed=settings.seed)
+                       seed=settings.seed, checkpoint=resume,
+                       fingerprint=_run_fingerprint(settings, base_manifest, layers, train_patches, val))
     timings["finetune_s"] = history["seconds"]
     model.cpu()
     t = time.perf_counter()
@@ -191,6 +205,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     adapted = AdaptedModel(model, norm, denoiser, z_factor, manifest)
     if out_dir is not None:
         write_model_dir(adapted, out_dir, val)
+        resume.unlink(missing_ok=True)  # the result is written: nothing left to resume
     return adapted
 
 
@@ -267,9 +282,9 @@ def adapt_dataset(ds, out_dir: str | Path, settings: AdaptSettings | None = None
     for _, _, _, vol in ds.slices():
         settings.check_volume(vol)  # every slice, before any work
     out = Path(out_dir)
-    check_new_folder(out, overwrite)
+    check_new_folder(out, overwrite or (out.is_dir() and any(out.rglob(RESUME_FILE))))  # a killed run continues
     done: dict = {}
-    with removed_on_failure(out):
+    with removed_on_failure(out, keep=lambda p: any(p.rglob(RESUME_FILE))):  # a killed fine-tuning resumes
         for _, t, c, vol in ds.slices():
             sub = model_subdir(ds, t, c, per_time)
             if sub in done:

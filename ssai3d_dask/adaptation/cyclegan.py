@@ -46,7 +46,7 @@ from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.io.files import write_with
 from ssai3d_dask.io.volume import Volume
-from ssai3d_dask.models.checkpoint import load_state_strict
+from ssai3d_dask.models.checkpoint import load_state_strict, read_state
 from ssai3d_dask.models.folder import MANIFEST_FILE, AdaptedModel, check_new_folder, write_folder
 from ssai3d_dask.models.nafnet import count_parameters
 from ssai3d_dask.models.precision import as_input, autocast, prepare, resolve_precision
@@ -302,7 +302,8 @@ def _resuming(out: Path | None, settings: CycleGANSettings, overwrite: bool) -> 
         return None
     resume = out / RESUME_FILE
     if resume.exists() and not overwrite and not (out / MANIFEST_FILE).exists():
-        state = torch.load(resume, map_location="cpu", weights_only=True)
+        state = read_state(resume, ("settings", "opt_g", "opt_d", "sched_g", "sched_d", "rng", "torch_rng", "iteration",
+                                    "history"))
         saved = json.loads(state["settings"])
         now = settings.to_dict()
         diff = sorted(k for k in set(saved) | set(now)

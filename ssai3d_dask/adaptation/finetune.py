@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ssai3d_dask.io.files import write_with
+from ssai3d_dask.models.checkpoint import load_state_strict, read_state
 from ssai3d_dask.models.nafnet import NAFNet, gray_forward
 from ssai3d_dask.adaptation.pairs import PairSynthesizer, batches
 from ssai3d_dask.adaptation.losses import psnr_loss
@@ -17,6 +21,9 @@ from ssai3d_dask.settings import FinetuneSettings, resolve_device
 from ssai3d_dask.adaptation.training import fit, make_optimizer
 
 logger = logging.getLogger(__name__)
+
+#: The fine-tuning resume file inside a model folder.
+RESUME_FILE = "finetune.resume.pt"
 
 
 def freeze_except(model: NAFNet, layers: list[str] | None) -> int:
@@ -41,7 +48,7 @@ def validation_loss(model: NAFNet, blurred: torch.Tensor, sharp: torch.Tensor) -
 
 def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth: PairSynthesizer,
              settings: FinetuneSettings, val: tuple[torch.Tensor, torch.Tensor] | None = None,
-             progress: bool = True, seed: int = 0) -> dict:
+             progress: bool = True, seed: int = 0, checkpoint: Path | None = None, fingerprint: str = "") -> dict:
     """Fine-tune ``model`` in place; returns a history with losses and timings.
 
     Parameters
@@ -50,6 +57,11 @@ def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth
         Qualified names of the modules to train; None trains everything.
     patches : (n, P, P) float32
         Sharp normalised lateral patches.
+    checkpoint : path, optional
+        Resume file: written every ``settings.checkpoint_every`` steps (weights, optimiser, schedule, stop
+        rule, random states, loss log). When it exists with the same ``fingerprint`` (a hash of everything
+        that decides the run), training continues from it to the weights an uninterrupted run reaches.
+        The caller removes it once the result is written.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -70,10 +82,40 @@ def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth
     def step_loss(blurred: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
         return psnr_loss(gray_forward(model, blurred), sharp)
 
-    history["seconds"] = fit(model, lambda _: synth(batches(patches, settings.batch_size, rng), rng), step_loss,
-                             opt, sched, settings.iterations, log=history["loss"], desc="fine-tune",
-                             postfix=lambda v: {"psnr": f"{-v:.2f}"}, progress=progress, precision=precision,
-                             after_step=stop)
+    def state() -> dict:
+        return {"fingerprint": fingerprint, "step": stop.steps, "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else {},
+                "budget": stop.state(), "rng": json.dumps(rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state(), "loss": json.dumps(history["loss"])}
+
+    start, before = 0, 0.0
+    if checkpoint is not None and checkpoint.exists():
+        saved = read_state(checkpoint, ("fingerprint", "step", "model", "optimizer", "scheduler", "budget", "rng",
+                                        "torch_rng", "loss"))
+        if saved["fingerprint"] != fingerprint:
+            logger.warning("%s was written for other data or settings; fine-tuning starts afresh", checkpoint)
+        else:
+            load_state_strict(model, saved["model"], str(checkpoint))
+            opt.load_state_dict(saved["optimizer"])
+            if sched is not None:
+                sched.load_state_dict(saved["scheduler"])
+            before = stop.load(saved["budget"])
+            rng.bit_generator.state = json.loads(saved["rng"])
+            torch.set_rng_state(saved["torch_rng"])
+            history["loss"] = [tuple(x) for x in json.loads(saved["loss"])]
+            start = int(saved["step"])
+            logger.info("resuming fine-tuning at step %d from %s", start, checkpoint)
+
+    def after_step(step: int) -> bool:
+        done = stop(step)
+        if checkpoint is not None and not done and step % settings.checkpoint_every == 0:
+            write_with(checkpoint, lambda tmp: torch.save(state(), tmp))
+        return done
+
+    history["seconds"] = before + fit(model, lambda _: synth(batches(patches, settings.batch_size, rng), rng),
+                                      step_loss, opt, sched, settings.iterations, start=start, log=history["loss"],
+                                      desc="fine-tune", postfix=lambda v: {"psnr": f"{-v:.2f}"}, progress=progress,
+                                      precision=precision, after_step=after_step)
     history.update(stop.finish())
     if val is not None:
         history["val_psnr_after"] = -validation_loss(model, *val)
@@ -166,6 +208,23 @@ class _Budget:
         if self.cools and psnr > self.kept:  # the weights kept: the curve's maximum
             self.kept, self.kept_step = psnr, step
             self.best_state = [p.detach().clone() for p in self.params]
+
+    def state(self) -> dict:
+        """What a resume needs (tensors and JSON-able values only: the file is loaded with weights_only)."""
+        return {"curve": json.dumps(self.curve), "numbers": json.dumps(
+                    [self.best, self.best_step, self.kept, self.kept_step, self.steps, self.stopped_by, self.cool_from,
+                     self.cool_reason, time.perf_counter() - self.t0]),
+                "best_state": self.best_state or []}
+
+    def load(self, state: dict) -> float:
+        """Continue from :meth:`state`; returns the seconds already spent."""
+        self.curve = [tuple(x) for x in json.loads(state["curve"])]
+        (self.best, self.best_step, self.kept, self.kept_step, self.steps, self.stopped_by, self.cool_from,
+         self.cool_reason, elapsed) = json.loads(state["numbers"])
+        if self.best_state is not None:
+            self.best_state = [t.to(p.device) for t, p in zip(state["best_state"], self.params)]
+        self.t0 = time.perf_counter() - elapsed
+        return float(elapsed)
 
     def finish(self) -> dict:
         if self.best_state is not None and self.curve and self.curve[-1][0] != self.kept_step:

@@ -26,7 +26,7 @@ from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.settings import PretrainSettings
 from ssai3d_dask.io.files import write_json, write_with
 from ssai3d_dask.models.precision import resolve_precision
-from ssai3d_dask.models.checkpoint import load_model, load_network, load_state_strict, save_network, sha256_file
+from ssai3d_dask.models.checkpoint import load_model, load_network, load_state_strict, read_state, save_network, sha256_file
 from ssai3d_dask.models.nafnet import PRESETS, NAFNet, build, count_parameters, gray_forward
 from ssai3d_dask.models.reach import measure_reach
 from ssai3d_dask.adaptation.pretrain_data import degrade, image_pool, random_crops
@@ -85,7 +85,8 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True)
     start, history = 0, []
     resume = out.with_name(out.name + ".resume.pt")
     if resume.exists():
-        state = torch.load(resume, map_location=settings.device, weights_only=True)
+        state = read_state(resume, ("model", "optimizer", "scheduler", "rng", "torch_rng", "iteration", "history"),
+                           settings.device)
         load_state_strict(model, state["model"], str(resume))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

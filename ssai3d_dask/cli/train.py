@@ -21,6 +21,7 @@ ADAPT_OPTS = [Opt("base"), Opt("n_patches"), Opt("patch_px"),
               Opt("finetune.max_minutes", "--max-minutes"), Opt("finetune.eval_every", "--eval-every"),
               Opt("finetune.batch_size", "--batch-size"),
               Opt("finetune.lr", "--lr"), Opt("finetune.optimizer", "--optimizer"), Opt("layers_fraction"),
+              Opt("finetune.checkpoint_every", "--checkpoint-every"),
               Opt("selection"), Opt("denoise"), Opt("input_noise"), Opt("psf_bank"), Opt("sigmas_px"),
               Opt("psf_lean"), Opt("angles_deg"),
               Opt("seed"), Opt("finetune.device", "--device"), Opt("finetune.precision", "--precision")]

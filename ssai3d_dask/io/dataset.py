@@ -20,7 +20,7 @@ import zarr
 
 from ssai3d_dask.errors import VolumeError
 from ssai3d_dask.io.tiff import TIFF_SUFFIXES
-from ssai3d_dask.io.volume import Volume, _is_zarr, checked_datasets, open_volume, read_multiscales
+from ssai3d_dask.io.volume import Volume, _is_zarr, checked_datasets, open_volume, open_zarr_node, read_multiscales
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def input_axes(path: str | Path, level: int = 0) -> tuple[dict[str, int], list[s
     labels: list[str | None] = []
     time_meta: dict[str, Any] = {}
     if p.is_dir() and _is_zarr(p):
-        node = zarr.open(str(p), mode="r")
+        node = open_zarr_node(str(p))
         if isinstance(node, zarr.Array):
             axes = "zyx" if node.ndim == 3 else "tczyx"[-node.ndim:]
             shape = node.shape

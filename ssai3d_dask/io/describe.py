@@ -8,7 +8,7 @@ from pathlib import Path
 import zarr
 
 from ssai3d_dask.geometry import isotropic_geometry
-from ssai3d_dask.io.volume import open_volume, read_multiscales
+from ssai3d_dask.io.volume import open_volume, open_zarr_node, read_multiscales
 
 
 def disk_usage_bytes(path: Path) -> int:
@@ -42,7 +42,7 @@ def describe(path: str | os.PathLike, voxel_size_um=None, channel=None, time=Non
     geom = isotropic_geometry(vol.shape, vol.voxel_size_um, strict=False)
     levels = [list(vol.shape)]
     if path.is_dir() and any((path / n).exists() for n in ("zarr.json", ".zattrs", ".zgroup")):
-        node = zarr.open(str(path), mode="r")
+        node = open_zarr_node(str(path))
         ms = read_multiscales(node) if isinstance(node, zarr.Group) else None
         if ms:
             levels = [list(node[d["path"]].shape) for d in ms["datasets"]]

@@ -61,10 +61,11 @@ def check_creatable(path: str | Path, what: str = "output") -> None:
 
 
 @contextmanager
-def removed_on_failure(*paths: str | Path) -> Iterator[None]:
+def removed_on_failure(*paths: str | Path, keep: Callable[[Path], bool] | None = None) -> Iterator[None]:
     """Remove what this block created at ``paths`` (files or folders that did not exist before) if it fails.
 
-    A command that fails then leaves nothing half-written behind; what existed before is left alone.
+    A command that fails then leaves nothing half-written behind; what existed before is left alone, and so
+    is a new path for which ``keep(path)`` is true (one holding a resume file, say).
     """
     import shutil
 
@@ -73,6 +74,8 @@ def removed_on_failure(*paths: str | Path) -> Iterator[None]:
         yield
     except BaseException:
         for p in new:
+            if keep is not None and p.exists() and keep(p):
+                continue
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             elif p.exists():

@@ -300,6 +300,9 @@ def check_output_apart(out: str | Path, inputs: Sequence[str | Path]) -> None:
 def check_output(out: str | Path, overwrite: bool, resume: bool, inputs: Sequence[str | Path] = ()) -> None:
     """Before any work: the output lies apart from the inputs, and exists only with --overwrite or --resume."""
     check_output_apart(out, inputs)
+    if Path(out).suffix.lower() in (".tif", ".tiff", ".btf", ".tf8"):
+        raise VolumeError(f"output {out} names a TIFF file, but the output is a multiscale OME-Zarr (a folder); "
+                          f"give a name ending in .ome.zarr, e.g. {Path(out).with_suffix('.ome.zarr')}")
     check_creatable(out)
     if Path(out).exists() and not (overwrite or resume):
         raise VolumeError(f"output {out} already exists; pass --overwrite to replace it or --resume to finish it")

@@ -242,11 +242,30 @@ def checked_datasets(p: Path, node: zarr.Group, ms: dict) -> list[dict]:
     return datasets
 
 
-def _open_zarr(p: Path, voxel_override, channel, time, level, dataset) -> Volume:
+def open_zarr_node(p: str | Path) -> zarr.Group | zarr.Array:
+    """The Zarr group or array at ``p`` (read-only), or a one-line error naming what is broken."""
+    import json
+
     try:
-        node = zarr.open(str(p), mode="r")
+        return zarr.open(str(p), mode="r")
+    except json.JSONDecodeError as exc:  # zarr gives the parser's words only: name the file
+        def broken(f: Path) -> bool:
+            try:
+                json.loads(f.read_text())
+                return False
+            except ValueError:
+                return True
+
+        meta = [n for n in ("zarr.json", ".zattrs", ".zgroup", ".zarray") if (Path(p) / n).is_file()
+                and broken(Path(p) / n)]
+        raise VolumeError(f"cannot open {p} as Zarr: {', '.join(meta) or 'its metadata'} is not valid JSON ({exc}); "
+                          f"restore that file from a backup or rewrite the store") from None
     except Exception as exc:  # zarr raises several types for unreadable stores
-        raise VolumeError(f"cannot open {p} as Zarr ({exc})") from exc
+        raise VolumeError(f"cannot open {p} as Zarr ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+
+
+def _open_zarr(p: Path, voxel_override, channel, time, level, dataset) -> Volume:
+    node = open_zarr_node(p)
     source = str(p)
     if isinstance(node, zarr.Array):
         arr = da.from_zarr(node)

@@ -23,7 +23,7 @@ import json
 import logging
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,17 @@ def shipped_path(name: str = SHIPPED_BASE) -> Path:
     return Path(str(resources.files("ssai3d_dask") / "weights" / name))
 
 
-def _read(path: Path) -> Any:
+def read_state(path: str | Path, keys: Sequence[str], map_location: str = "cpu") -> dict:
+    """A training-state file (``*.resume.pt``) with the same refusals as a checkpoint, and its keys checked."""
+    state = _read(Path(path), map_location)
+    missing = [k for k in keys if not isinstance(state, Mapping) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a resume file of this command (no {', '.join(missing)}); delete it "
+                              f"to start afresh, or pass --overwrite")
+    return dict(state)
+
+
+def _read(path: Path, map_location: str = "cpu") -> Any:
     if not path.exists():
         raise CheckpointError(
             f"checkpoint not found: {path}; give an existing .pt/.pth file or a preset name "
@@ -71,7 +81,7 @@ def _read(path: Path) -> Any:
             raise CheckpointError(f"{path} is a folder without model.pt; give the checkpoint file itself")
         path = cand
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" not in str(exc):  # not a class or function reference: damaged or not torch
             raise CheckpointError(f"{path} is not a PyTorch checkpoint (damaged, or another format)") from exc
