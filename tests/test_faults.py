@@ -187,7 +187,7 @@ def test_a_killed_adaptation_rerun_reaches_the_same_weights(tmp_path, monkeypatc
         adapt_dataset(ds, tmp_path / "m", s, progress=False)
     assert (tmp_path / "m" / ft.RESUME_FILE).exists()  # kept, although the folder is new
     monkeypatch.setattr(ft._Budget, "__call__", real)
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="ssai3d_dask.adaptation.finetune"):  # whatever -q an earlier CLI test set
         adapt_dataset(ds, tmp_path / "m", s, progress=False)  # the same call: no --overwrite needed
     assert "resuming fine-tuning at step 8" in caplog.text and not (tmp_path / "m" / ft.RESUME_FILE).exists()
     a, b = load_folder(tmp_path / "whole"), load_folder(tmp_path / "m")
