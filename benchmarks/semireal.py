@@ -49,6 +49,7 @@ from ssai3d_dask.adaptation.psf_estimate import estimate_axial_blur
 from ssai3d_dask.adaptation.sampling import volume_statistics
 from ssai3d_dask.evaluation.metrics import fourier_resolution, ssim
 from ssai3d_dask.io.volume import Volume, open_volume
+from ssai3d_dask.ops.spectrum import high_band_power
 from ssai3d_dask.restoration.pipeline import restore
 from ssai3d_dask.settings import AdaptSettings, CareSettings, CycleGANSettings, RestoreSettings
 
@@ -104,7 +105,9 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> dict:
     res = fourier_resolution(p, (1.0, 1.0, 1.0))
     return {"psnr_db": float(10 * np.log10(rng ** 2 / np.mean(err ** 2))), "ssim": ssim(p, truth, rng),
             "high_band_mse": float(np.mean((err - low) ** 2)), "low_band_mse": float(np.mean(low ** 2)),
-            "res_z_px": res["z"], "res_x_px": res["x"]}
+            "res_z_px": res["z"], "res_x_px": res["x"],
+            # fine detail (periods under 4 px) along z over the truth's: above 1, detail the truth does not have
+            "z_detail_vs_truth": high_band_power(p, 0) / high_band_power(truth, 0)}
 
 
 def run_method(method: str, raw: np.ndarray, truth: np.ndarray, spec: dict, work: Path, seed: int) -> dict:
@@ -127,7 +130,7 @@ def run_method(method: str, raw: np.ndarray, truth: np.ndarray, spec: dict, work
         extra = {"steps": h["steps"], "stopped_by": h["stopped_by"], "val_psnr": h.get("val_psnr_after"),
                  "train_s": round(time.perf_counter() - t0, 1),
                  "psf_estimate_px": (man.get("psf_estimate") or {}).get("sigma_px"),
-                 "trained_width_px": man["psf_bank"]["sigmas_px"]}
+                 "trained_width_px": man["psf_bank"]["sigmas_px"], "axial_check": man.get("axial_check")}
     elif method == "care":
         model = work / "care.model"
         train_care(vol, model, CareSettings(psf_sigma_um=true_um, seed=seed), progress=False, overwrite=True)
@@ -204,6 +207,12 @@ def write_md(path: Path, record: dict) -> None:
             if r.get("psf_estimate_px") is not None:
                 notes.append(f"estimate {r['psf_estimate_px']:.2f} px (true {spec['sd_px']}), trained on "
                              f"{r['trained_width_px']}")
+            chk = r.get("axial_check") or {}
+            if "z_over_lateral" in chk:
+                notes.append(f"axial check {chk['z_over_lateral']:.2f} (interp {chk['interp_z_over_lateral']:.2f}, "
+                             f"{'trusted' if chk['trusted'] else 'flagged'})")
+            if "z_detail_vs_truth" in s:
+                notes.append(f"z detail {s['z_detail_vs_truth']:.2f}x truth's")
             lines.append(f"| {m} | {s['psnr_db']:.2f} | {s['ssim']:.3f} | {hb} | {lb} | "
                          f"{s['res_z_px']:.2f}/{s['res_x_px']:.2f} | {'; '.join(notes)} |")
         lines.append("")

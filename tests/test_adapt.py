@@ -270,6 +270,10 @@ def test_adapt_writes_model_dir(tmp_path):
     assert man["reach"]["pool_window_px"] == man["pool_window_px"] and man["reach"]["reach_px"] % 16 == 0
     assert load_folder(tmp_path / "m").model.reach == man["reach"]
     assert (tmp_path / "m" / "validation.png").stat().st_size > 1000
+    # the check on a real crop: restored, with interpolation's ratio beside it, and its panel
+    check = man["axial_check"]
+    assert check["z_over_lateral"] > 0 and check["interp_z_over_lateral"] < check["limit"]
+    assert isinstance(check["trusted"], bool) and (tmp_path / "m" / "axial_check.png").stat().st_size > 1000
     # --psf-bank auto (default): one PSF, the estimate (true extra blur 2.96 px) times the lean, along z
     assert man["psf_bank"]["source"] == "auto" and abs(man["psf_estimate"]["sigma_px"] - 2.96) < 0.15 * 2.96
     assert man["psf_bank"]["lean"] == AdaptSettings().psf_lean > 1

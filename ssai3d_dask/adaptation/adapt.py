@@ -2,7 +2,8 @@
 
 volume -> global statistics -> lazy lateral patches -> denoise -> PSF-bank pairs
 -> zero-shot metrics on ~1% of the pairs -> surgeon -> top ~10% layers -> sparse
-fine-tuning -> MODEL_DIR (model.pt, manifest.json, validation.png).
+fine-tuning -> a check on one real crop that nothing is invented along z -> MODEL_DIR (model.pt,
+manifest.json, validation.png, axial_check.png).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ssai3d_dask.io.files import removed_on_failure
 from ssai3d_dask.models.folder import AdaptedModel, check_new_folder, write_folder
 from ssai3d_dask.ops.denoise import calibrate, fit_noise_model
 from ssai3d_dask.adaptation.finetune import RESUME_FILE, finetune
+from ssai3d_dask.adaptation.axial_check import axial_check, write_panel
 from ssai3d_dask.settings import AdaptSettings, resolve_device
 from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.models.nafnet import NAFNet
@@ -172,6 +174,12 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
         logger.warning("the adapted model reaches beyond %d px (tile error %.1e there): blocks may differ from "
                        "whole-volume inference by that much; pass a larger --halo to `ssai3d run` to reduce it",
                        model.reach["reach_px"], model.reach["tile_error"])
+    t = time.perf_counter()
+    brightest = int(np.argmax(ps.patches.mean(axis=(1, 2))))  # the check looks where the stack has signal
+    half = settings.patch_px // 2
+    centre = tuple(int(v) for v in np.asarray(ps.origins[brightest]) + np.array([0, half, half]))
+    check, check_images = axial_check(vol, model, denoiser, norm, z_factor, centre)
+    timings["axial_check_s"] = round(time.perf_counter() - t, 2)
     manifest = {
         "kind": "adapted",
         "package_version": __version__,
@@ -188,6 +196,7 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
                          else {"error": estimate_error} if estimate_error else None),
         "pool_window_px": model.pool_window,
         "reach": model.reach,
+        "axial_check": check,
         "selection": {"method": method, "surgeon": surgeon_src, "fraction": settings.layers_fraction,
                       "layers": layers if layers is not None else names},
         "layer_metrics": {n: {"score": float(s), "raw": dict(zip(METRIC_NAMES, map(float, r))),
@@ -204,16 +213,18 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     }
     adapted = AdaptedModel(model, norm, denoiser, z_factor, manifest)
     if out_dir is not None:
-        write_model_dir(adapted, out_dir, val)
+        write_model_dir(adapted, out_dir, val, check_images)
         resume.unlink(missing_ok=True)  # the result is written: nothing left to resume
     return adapted
 
 
-def write_model_dir(adapted: AdaptedModel, out_dir: str | Path, val: tuple[torch.Tensor, torch.Tensor]) -> Path:
-    """model.pt (our checkpoint format, manifest inside), validation.png, manifest.json."""
-    return write_folder(out_dir, adapted.model, adapted.manifest,
-                        {"validation.png": lambda p: _validation_png(adapted.model, val, p,
-                                                                     adapted.manifest.get("history", {}))})
+def write_model_dir(adapted: AdaptedModel, out_dir: str | Path, val: tuple[torch.Tensor, torch.Tensor],
+                    check_images: dict | None = None) -> Path:
+    """model.pt (our checkpoint format, manifest inside), validation.png, axial_check.png, manifest.json."""
+    extra = {"validation.png": lambda p: _validation_png(adapted.model, val, p, adapted.manifest.get("history", {}))}
+    if check_images:
+        extra["axial_check.png"] = lambda p: write_panel(check_images, adapted.manifest["axial_check"], p)
+    return write_folder(out_dir, adapted.model, adapted.manifest, extra)
 
 
 def _validation_png(model: NAFNet, val: tuple[torch.Tensor, torch.Tensor], path: Path, history: dict | None = None,
