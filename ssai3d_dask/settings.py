@@ -380,8 +380,12 @@ class RestoreSettings(Settings):
 
     method: Method = Field(default_factory=NetworkMethod, description="Restoration method and its parameters.")
     chunks: tuple[int, int, int] = Field((64, 128, 128), description="Output chunk shape in voxels (multiples of 16).")
-    region: tuple[int, int, int] = Field((128, 256, 256), description="Output voxels per task (whole chunks); larger "
-                                         "= less halo overhead, more memory.")
+    region: tuple[int, int, int] | None = Field(None, description="Output voxels per task (whole chunks, or whole "
+                                                "--shards). Default: the region with the least halo overhead "
+                                                "whose task fits --region-memory. Larger = less overhead, more "
+                                                "memory per task, coarser resume and pruning.")
+    region_memory: str = Field("auto", description="Memory one task may use when the region is chosen for you: a "
+                               "size (e.g. 4GiB) or auto (half this machine's memory over its tasks, 1-16 GiB).")
     halo: int | None = Field(None, description="Halo in output voxels (default: from the model's reach).")
     view: Literal["mean", "xz", "yz"] = Field("mean", description="Average the XZ and YZ passes, or use one.")
     dtype: Literal["float32", "uint16", "uint8"] | None = Field(None, description="Output data type (default: the "
@@ -435,17 +439,28 @@ class RestoreSettings(Settings):
 
     @model_validator(mode="after")
     def _sizes(self):
-        for name, vals in {"--chunks": self.chunks, "--region": self.region, "--halo": (self.halo or 16,)}.items():
+        for name, vals in {"--chunks": self.chunks, "--region": self.region or (16,),
+                           "--halo": (self.halo or 16,)}.items():
             if any(v <= 0 or v % 16 for v in vals):
                 raise ValueError(f"{name} {tuple(vals)} must be positive multiples of 16 (the network's down-sampling)")
-        if any(r % c for r, c in zip(self.region, self.chunks)):
+        if self.region is not None and any(r % c for r, c in zip(self.region, self.chunks)):
             raise ValueError(f"--region {self.region} must be a whole number of --chunks {self.chunks}")
+        if self.region_memory != "auto":
+            from dask.utils import parse_bytes
+
+            try:
+                ok = parse_bytes(self.region_memory) > 0
+            except (ValueError, TypeError):
+                ok = False
+            if not ok:
+                raise ValueError(f"--region-memory {self.region_memory!r} is not a size; give e.g. 4GiB or auto")
         if self.shards is not None:
             if self.ngff_version == "0.4" and self.sharding:
                 raise ValueError("--shards needs NGFF 0.5 (zarr v3); NGFF 0.4 (zarr v2) has no shards")
             if not self.sharding:
                 raise ValueError("--shards and --no-shards contradict each other; give one")
-            if any(s <= 0 or s % c or r % s for s, c, r in zip(self.shards, self.chunks, self.region)):
+            region = self.region or self.shards
+            if any(s <= 0 or s % c or r % s for s, c, r in zip(self.shards, self.chunks, region)):
                 raise ValueError(f"--shards {self.shards} must be a whole number of --chunks {self.chunks} and "
                                  f"divide --region {self.region}, so that one task writes whole shards")
         return self
@@ -454,11 +469,23 @@ class RestoreSettings(Settings):
     def method_name(self) -> str:
         return self.method.name
 
-    def shard_shape(self) -> tuple[int, int, int] | None:
-        """Level-0 shards of the output (None: unsharded)."""
+    def shard_shape(self, region: tuple[int, int, int] | None = None) -> tuple[int, int, int] | None:
+        """Level-0 shards of the output (None: unsharded): --shards, else one per region (``region`` when the
+        region was chosen for the user)."""
         if not self.sharding or self.ngff_version == "0.4":
             return None
-        return tuple(self.shards or self.region)  # type: ignore[return-value]
+        return tuple(self.shards or region or self.region)  # type: ignore[return-value]
+
+    def region_budget(self, tasks: int) -> int:
+        """Bytes one task may use when the region is chosen for the user (``--region-memory``)."""
+        from dask.utils import parse_bytes
+
+        if self.region_memory != "auto":
+            return int(parse_bytes(self.region_memory))
+        import psutil
+
+        share = psutil.virtual_memory().total // (2 * max(tasks, 1))
+        return int(min(max(share, 2**30), 16 * 2**30))
 
     def resolved_device(self) -> str:
         return resolve_device(self.device)

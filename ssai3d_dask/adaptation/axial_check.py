@@ -4,12 +4,17 @@ Validation PSNR is measured on the synthetic pairs the model trained on: a model
 well can still transfer badly to the real axial slices (a PSF bank wider than the stack's blur makes it
 over-deblur, a noise model that is off makes it sharpen noise into texture). The one thing known about the
 real axial slices without a truth is that tissue has no preferred direction at the scale of a few pixels:
-a restoration may be as sharp along z as the lateral planes are, not sharper. So a crop where the stack
-has signal is restored exactly as ``ssai3d restore`` would (denoise, resample z, XZ and YZ passes,
-average), and the share of its power at periods under 4 px along z is compared with the same share in the
-crop's own lateral planes (:func:`ssai3d_dask.ops.spectrum.axial_excess`). Interpolation's ratio is
-reported beside it. Above ``LIMIT`` the log warns and the manifest says so; the XZ panel of the crop is
-written as ``axial_check.png`` for the user to look at.
+a restoration may be as sharp along z as the lateral planes are, not sharper, and along x/y it has no
+blur to undo, so it should carry what the input planes carry. So a crop where the stack has signal is
+restored exactly as ``ssai3d restore`` would (denoise, resample z, XZ and YZ passes, average), and its
+power at periods under 4 px along z and along x/y is compared with the same in the crop's own input planes
+as restoration prepares them (normalised, denoised; :func:`ssai3d_dask.ops.spectrum.axial_excess`).
+Interpolation's ratios are reported beside (along x/y it is 1 by construction). Above ``LIMIT`` on either
+axis the log warns and the manifest says so; the XZ panel of the crop is written as ``axial_check.png``.
+
+Measured on the semi-real axon case of ``benchmarks/semireal.py`` (300 photons): trained on the true
+axial width x 1.15 the model restored to 35.90 dB against the defaults' 40.24, with z 0.85 (passes) and
+x/y 16.5 (flagged): the texture it invents lies along x, inside the XZ slices.
 """
 
 from __future__ import annotations
@@ -66,16 +71,17 @@ def axial_check(vol: Volume, model, denoiser: Denoiser, norm: Normalization, z_f
               "lateral_over_input": round(ratios["restored"]["lateral"], 3),
               "interp_z_over_lateral": round(ratios["interp"]["z"], 3),
               "period_px": ratios["restored"]["period_px"]}
-    record["trusted"] = bool(record["z_over_lateral"] <= LIMIT)
+    record["trusted"] = bool(record["z_over_lateral"] <= LIMIT and record["lateral_over_input"] <= LIMIT)
     if not record["trusted"]:
-        logger.warning("the adapted model puts %.2fx the lateral planes' fine detail (periods under %g px) along "
-                       "z on a crop of the stack (interpolation %.2fx, limit %.2f): it may be inventing texture. "
-                       "Look at axial_check.png; a narrower blur (--psf-lean 1.0, or --sigmas) or --denoise on "
-                       "usually helps", record["z_over_lateral"], record["period_px"],
-                       record["interp_z_over_lateral"], LIMIT)
+        logger.warning("on a crop of the stack, the adapted model puts %.2fx the input planes' fine detail (periods "
+                       "under %g px) along z and %.2fx along x/y (interpolation %.2fx and 1; limit %.2f): it may be "
+                       "inventing texture. Look at axial_check.png; a narrower blur (--psf-lean 1.0, or --sigmas) "
+                       "or --denoise on usually helps", record["z_over_lateral"], record["period_px"],
+                       record["lateral_over_input"], record["interp_z_over_lateral"], LIMIT)
     else:
-        logger.info("axial check: restored fine detail along z %.2fx the lateral planes' (interpolation %.2fx)",
-                    record["z_over_lateral"], record["interp_z_over_lateral"])
+        logger.info("axial check: restored fine detail %.2fx the input planes' along z, %.2fx along x/y "
+                    "(interpolation %.2fx and 1)", record["z_over_lateral"], record["lateral_over_input"],
+                    record["interp_z_over_lateral"])
     y = raw.shape[1] // 2
     return record, {name: norm.apply(out)[:, y, :] for name, out in runs.items()}
 

@@ -15,7 +15,7 @@ from ssai3d_dask.cli.train import ADAPT_OPTS, adapt_options
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.settings import METHODS, AdaptSettings, RestoreSettings, RLMethod
 
-RESTORE_OPTS = [Opt("chunks"), Opt("region"), Opt("halo"), Opt("view"), Opt("dtype"), Opt("batch"),
+RESTORE_OPTS = [Opt("chunks"), Opt("region"), Opt("region_memory", metavar="SIZE"), Opt("halo"), Opt("view"), Opt("dtype"), Opt("batch"),
                 Opt("skip_empty"), Opt("skip_background"), Opt("shards"), Opt("sharding"), Opt("ngff_version"), Opt("compile"),
                 Opt("device"), Opt("precision")]
 RL_OPTS = [Opt("psf_sigma_um", metavar="SZ SY SX"), Opt("psf_file", metavar="FILE"), Opt("iterations")]

@@ -78,6 +78,10 @@ def make_client(scheduler: str | None = None, workers: int | None = None, thread
     omp = max(1, cores // (workers * (threads_per_worker or 1)))
     dask.config.set({"distributed.nanny.pre-spawn-environ": {
         k: omp for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}})
+    if n_gpu and threads_per_worker is None:  # region tasks per GPU: one computes while the other reads/writes
+        from ssai3d_dask.restoration.task import TASKS_PER_GPU
+
+        threads_per_worker = TASKS_PER_GPU
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker or 1, processes=processes,
                            memory_limit=memory_limit or "auto", dashboard_address=":0", **kwargs)
     client = Client(cluster)

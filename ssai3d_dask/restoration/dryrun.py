@@ -20,20 +20,9 @@ import numpy as np
 
 from ssai3d_dask.restoration.pipeline import RestoreJob
 from ssai3d_dask.restoration.task import compute_region
-from ssai3d_dask.restoration.plan import make_plan
+from ssai3d_dask.restoration.plan import computed_pixel_ratio, halo_work, make_plan, region_work
 
 logger = logging.getLogger(__name__)
-
-
-def _work(core: list[np.ndarray], halo: int, method: str, view: str) -> np.ndarray:
-    """Work units per region of the outer product of per-axis core lengths (see the module docstring)."""
-    cz, cy, cx = (np.asarray(c, np.float64) for c in core)
-    ez, ey, ex = cz[:, None, None] + 2 * halo, cy[None, :, None] + 2 * halo, cx[None, None, :] + 2 * halo
-    if method in ("rl", "interp", "cyclegan"):  # whole extended crops
-        return ez * ey * ex
-    xz = cy[None, :, None] * ez * ex
-    yz = cx[None, None, :] * ez * ey
-    return {"mean": xz + yz, "xz": xz + 0 * yz, "yz": yz + 0 * xz}[view]
 
 
 class _PeakRSS:
@@ -89,8 +78,10 @@ def calibrate(job: RestoreJob) -> dict | None:
         t0 = time.perf_counter()
         compute_region(piece, sub, crop, spec, model, denoiser, job.psf)
         seconds = time.perf_counter() - t0
-    work = float(_work([np.array([s]) for s in sub.shape], plan.halo[0], job.settings.method.name, job.settings.view)[0, 0, 0])
-    ext = math.prod(s + 2 * plan.halo[0] for s in sub.shape)
+    ext_len = [int(lengths[k]) for lengths, k in zip(piece.ext_lengths(), start)]  # the piece's own crop
+    work = float(region_work([np.array([s]) for s in sub.shape], [np.array([e]) for e in ext_len],
+                             job.settings.method.name, job.settings.view)[0, 0, 0])
+    ext = math.prod(ext_len)
     return {"core": list(sub.shape), "seconds": seconds, "read_seconds": read_s, "work": work,
             "peak_rss_bytes": mem.peak - mem.base, "ext_voxels": ext, "threads": torch.get_num_threads(),
             "device": job.spec["device"]}
@@ -152,21 +143,26 @@ def dry_run(job: RestoreJob, out: str | Path | None = None, resume: bool = False
         "levels": per_level,
         "files": {"data": int(files), "completion_records": n_keep},
         "bytes_read": read_bytes, "bytes_written_max": written, "notes": list(job.notes),
+        "computed_pixel_ratio": round(computed_pixel_ratio(plan, keep, job.settings.method.name,
+                                                           job.settings.view), 3),
     }
     if measure:
         cal = calibrate(job)
         report["calibration"] = cal
         if cal is not None:
-            work = _work(core, plan.halo[0], job.settings.method.name, job.settings.view)
+            work = region_work(core, plan.ext_lengths(), job.settings.method.name, job.settings.view)
             todo_frac = report["regions"]["to_run"] / max(n_keep, 1)
             total = float((work * keep).sum()) * todo_frac * cal["seconds"] / cal["work"]
             region_ext = math.prod(r + 2 * plan.halo[0] for r in plan.region_shape)
             report["estimate"] = {
                 "seconds_this_machine": total + cal["read_seconds"] * report["regions"]["to_run"],
-                "seconds_per_region": float(_work([np.array([r]) for r in plan.region_shape], plan.halo[0],
-                                                  job.settings.method.name, job.settings.view)[0, 0, 0])
+                "seconds_per_region": halo_work(plan.region_shape, plan.halo[0], job.settings.method.name,
+                                                job.settings.view)
                 * cal["seconds"] / cal["work"],
                 "peak_bytes_per_task": cal["peak_rss_bytes"] * region_ext / cal["ext_voxels"]}
+            input_bytes = math.prod(plan.in_shape) * itemsize_in
+            report["estimate"]["hours_per_tb_input"] = (report["estimate"]["seconds_this_machine"] / 3600
+                                                        / max(input_bytes / 1e12, 1e-30))
     return report
 
 
@@ -202,6 +198,8 @@ def format_report(r: dict, workers: int | None = None, threads_per_worker: int =
         f"reads        {_human(r['bytes_read'])} (input crops with halo)",
         f"writes       at most {_human(r['bytes_written_max'])} uncompressed, {r['files']['data']} data files "
         f"+ {r['files']['completion_records']} completion records",
+        f"work         {r['computed_pixel_ratio']:.2f}x the least the method computes (halo overhead; "
+        f"larger --region or a smaller --halo lowers it)",
     ]
     for lv in r["levels"]:
         shards = f", shards {lv['shards']}" if lv["shards"] else ""
@@ -220,6 +218,7 @@ def format_report(r: dict, workers: int | None = None, threads_per_worker: int =
             f"~{_duration(est['seconds_this_machine'])} for the run on this machine (regions found background-only "
             f"at run time take the interpolation and cost far less; a cluster with N times this machine's "
             f"compute: divide by N)",
+            f"cost         ~{est['hours_per_tb_input']:.3g} h per TB of input on this machine at these settings",
         ]
     elif cal is None and "calibration" in r:
         lines.append("time         nothing to run")

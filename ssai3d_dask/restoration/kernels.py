@@ -29,7 +29,7 @@ from ssai3d_dask.ops.denoise import RADIUS_PX, Denoiser
 from ssai3d_dask.models.nafnet import NAFNet, gray_forward
 from ssai3d_dask.models.reach import recorded_reach
 from ssai3d_dask.models.precision import as_input, autocast, compiled_forward
-from ssai3d_dask.restoration.plan import Plan, Region
+from ssai3d_dask.restoration.plan import EDGE_PAD_PX, Plan, Region
 from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.ops.padding import symmetric_pad
 from ssai3d_dask.ops.resample import resample_z_block
@@ -42,23 +42,25 @@ VIEWS = ("mean", "xz", "yz")
 #: 2 threads): slices of 256 x 384 run at 9.4 slices/s one at a time, 6.4 four at a time, 3.4 sixteen at a
 #: time (larger batches fall out of cache); tiny slices need a batch to amortise the per-call overhead.
 CPU_BATCH_PIXELS = 2**17
+#: Slice pixels one group of a pass holds at once in :func:`restore_block` (64 Mpixel: 256 MiB of float32).
+STREAM_PIXELS = 2**26
 
 
 def extended_crop(plan: Plan, region: Region, crop_in: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """The region's crop of the reflect-padded, z-resampled volume.
+    """The region's crop of the z-resampled volume, reflect-padded by ``plan.edge`` beyond its faces.
 
-    Returns the (Zc+2hz, Yc+2hy, Xc+2hx) float32 array and the offsets of the
-    core inside it.
+    Returns the float32 array, the core and its halo inside the volume and at most ``plan.edge`` beyond a
+    face (:attr:`~ssai3d_dask.restoration.plan.Plan.ext_lengths`), and the offsets of the core inside it.
     """
     zo_in0, _ = plan.input_z_range(region)
     ext_lo = [max(c.start - h, 0) for c, h in zip(region.core, plan.halo)]
     ext_hi = [min(c.stop + h, o) for c, h, o in zip(region.core, plan.halo, plan.out_shape)]
     z = resample_z_block(crop_in, zo_in0, slice(ext_lo[0], ext_hi[0]), plan.z_factor)
-    pad = [(ext_lo[i] - (region.core[i].start - plan.halo[i]), (region.core[i].stop + plan.halo[i]) - ext_hi[i])
-           for i in range(3)]
+    pad = [(min(ext_lo[i] - (region.core[i].start - plan.halo[i]), plan.edge[i]),
+            min((region.core[i].stop + plan.halo[i]) - ext_hi[i], plan.edge[i])) for i in range(3)]
     if any(p for pair in pad for p in pair):
         z = symmetric_pad(z, pad)
-    return z, tuple(plan.halo)  # type: ignore[return-value]
+    return z, tuple(c.start - lo + p[0] for c, lo, p in zip(region.core, ext_lo, pad))  # type: ignore[return-value]
 
 
 def apply_network(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -163,17 +165,24 @@ def restore_block(ext: np.ndarray, core_offset: Sequence[int], core_shape: Seque
         level = constant_level(model, float(ext.flat[0]), max(core_offset), batch, device, precision, compile)
         return np.full(tuple(core_shape), level, np.float32)
 
+    out = np.zeros(tuple(core_shape), np.float32)
+    weight = np.float32(0.5 if view == "mean" else 1.0)
+    group = max(1, STREAM_PIXELS // max(1, ext.shape[0] * max(ext.shape[1], ext.shape[2])))
+
     def run(slices: np.ndarray) -> np.ndarray:
         return run_slices(model, slices, batch, device, precision, compile) if model is not None else slices
 
-    outs = []
+    # Slices go through the network a group at a time and their cores are added into ``out``: memory is the
+    # crop, the core and one group, not every full slice of a pass.
     if view in ("mean", "xz"):
-        xz = ext[:, oy:oy + cy, :].transpose(1, 0, 2)  # (y, z, x): z along rows
-        outs.append(run(xz)[:, oz:oz + cz, ox:ox + cx].transpose(1, 0, 2))
+        for i in range(0, cy, group):  # (y, z, x): z along rows
+            xz = ext[:, oy + i:oy + min(i + group, cy), :].transpose(1, 0, 2)
+            out[:, i:i + group, :] += weight * run(xz)[:, oz:oz + cz, ox:ox + cx].transpose(1, 0, 2)
     if view in ("mean", "yz"):
-        yz = ext[:, :, ox:ox + cx].transpose(2, 0, 1)  # (x, z, y)
-        outs.append(run(yz)[:, oz:oz + cz, oy:oy + cy].transpose(1, 2, 0))
-    return outs[0] if len(outs) == 1 else 0.5 * (outs[0] + outs[1])
+        for i in range(0, cx, group):  # (x, z, y)
+            yz = ext[:, :, ox + i:ox + min(i + group, cx)].transpose(2, 0, 1)
+            out[:, :, i:i + group] += weight * run(yz)[:, oz:oz + cz, oy:oy + cy].transpose(1, 2, 0)
+    return out
 
 
 def constant_level(model: torch.nn.Module, value: float, halo: int, batch: int | None = None,
@@ -230,13 +239,15 @@ def restore_in_memory(raw: np.ndarray, z_factor: float, model: NAFNet | None, de
                       norm: Normalization, halo: int, view: str = "mean", dtype=np.float32,
                       precision: str = "fp32", device: torch.device | str = "cpu") -> np.ndarray:
     """Whole-volume reference, written without the block plan: denoise the raw planes, resample z for
-    the whole stack, reflect-pad every axis by ``halo``, run the XZ and YZ passes on full slices, crop, average.
+    the whole stack, reflect-pad every axis by ``halo`` (at most :data:`~ssai3d_dask.restoration.plan.EDGE_PAD_PX`,
+    as the block plan does), run the XZ and YZ passes on full slices, crop, average.
 
     Block invariance means :func:`ssai3d_dask.restoration.pipeline.restore` must agree with this.
     """
     zo = int(round(raw.shape[0] * z_factor))
     planes = denoise_planes(norm.apply(np.asarray(raw, np.float32)), denoiser)
     full = resample_z_block(planes, 0, slice(0, zo), z_factor)
-    padded = symmetric_pad(full, [(halo, halo)] * 3)
-    out = restore_block(padded, (halo, halo, halo), full.shape, model, view, device=device, precision=precision)
+    edge = min(halo, EDGE_PAD_PX)  # what the block plan reflects beyond the volume's faces
+    padded = symmetric_pad(full, [(edge, edge)] * 3)
+    out = restore_block(padded, (edge, edge, edge), full.shape, model, view, device=device, precision=precision)
     return to_output(out, norm, np.dtype(dtype))

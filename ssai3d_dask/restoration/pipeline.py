@@ -28,10 +28,10 @@ from ssai3d_dask.settings import NETWORK_METHODS, RestoreSettings
 from ssai3d_dask.models.folder import cached_folder, check_folder
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.errors import Interrupted, SettingsError, VolumeError
-from ssai3d_dask.geometry import Geometry, isotropic_geometry
+from ssai3d_dask.geometry import Geometry, isotropic_geometry, output_shape
 from ssai3d_dask.io.lock import RunLock
 from ssai3d_dask.io.omezarr import MultiscaleWriter, check_output
-from ssai3d_dask.restoration.plan import Plan, make_plan
+from ssai3d_dask.restoration.plan import Plan, auto_region, computed_pixel_ratio, make_plan
 from ssai3d_dask.io.pyramid import Level, pyramid_layout
 from ssai3d_dask.restoration.kernels import default_halo, to_output
 from ssai3d_dask.restoration.rl import default_rl_halo, gaussian_psf_on_grid, load_psf
@@ -145,12 +145,19 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
         halo = settings.halo if settings.halo is not None else 0
     else:
         halo = settings.halo if settings.halo is not None else default_halo(model, denoiser)
+    region = settings.region or auto_region(output_shape(vol.shape, geom.z_factor), settings.shards or settings.chunks,
+                                            halo, settings.region_budget(_tasks_per_machine(settings)),
+                                            settings.method.name, settings.view)
+    if settings.region is None:
+        logger.info("region %s: the least halo overhead within %.1f GiB per task (--region, --region-memory)",
+                    region, settings.region_budget(_tasks_per_machine(settings)) / 2**30)
     try:
-        plan = make_plan(vol.shape, geom.z_factor, settings.chunks, settings.region, (halo, halo, halo))
+        plan = make_plan(vol.shape, geom.z_factor, settings.chunks, region, (halo, halo, halo))
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
     dtype = np.dtype(settings.dtype or vol.dtype)
-    levels = pyramid_layout(plan.out_shape, geom.out_voxel_um, plan.chunks, plan.region_shape, settings.shard_shape())
+    levels = pyramid_layout(plan.out_shape, geom.out_voxel_um, plan.chunks, plan.region_shape,
+                            settings.shard_shape(plan.region_shape))
     source = vol.source_handle()
     keep, pruned = _prune(plan, tissue_views(vol), settings)
     spec = {"method": settings.method.name, "model_dir": str(Path(model_dir).resolve()) if model_dir else None,
@@ -175,6 +182,13 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
         prov = {"kind": settings.method.name, "settings": adapted.manifest.get("settings")}
     return RestoreJob(settings, geom, plan, levels, norm, dtype, fill, source, keep, pruned, spec,
                       adapted if uses_model else None, psf, prov, notes, vol)
+
+
+def _tasks_per_machine(settings: RestoreSettings) -> int:
+    """Tasks that run at once on a machine like this one: one per GPU, else the default CPU workers."""
+    from ssai3d_dask.restoration.cluster import default_workers, gpu_count
+
+    return gpu_count() if settings.resolved_device() == "cuda" else default_workers(settings.method.name)
 
 
 def _prune(plan: Plan, views: TissueViews, settings: RestoreSettings) -> tuple[np.ndarray, dict]:
@@ -360,7 +374,8 @@ def _restore(ds, models: dict, out: Path, settings: RestoreSettings, overwrite: 
     n_keep = sum(int(j.keep.sum()) for j in jobs)
     writer = MultiscaleWriter(out, plan.out_shape, first.dtype, first.geometry.out_voxel_um, plan.chunks,
                               overwrite=overwrite, resume=resume, ngff_version=settings.ngff_version, name="restored",
-                              region_shape=plan.region_shape, shards=settings.shard_shape(), fill_value=fill,
+                              region_shape=plan.region_shape, shards=settings.shard_shape(plan.region_shape),
+                              fill_value=fill,
                               run_record=record, lead_axes=ds.axes, lead_shape=ds.lead_shape,
                               channel_labels=ds.labels, time_unit=ds.time_meta.get("unit"))
     try:
@@ -399,7 +414,11 @@ def _restore(ds, models: dict, out: Path, settings: RestoreSettings, overwrite: 
                       "precision": {"requested": settings.precision, "used_this_run": stats["precisions"],
                                     "compiled": first.spec["compile"] == "on"},
                       "regions": {"total": total, "pruned_unwritten": pruned, "unwritten_reads": fill,
-                                  "computed_this_run": stats["regions"]}}
+                                  "computed_this_run": stats["regions"]},
+                      "work": {"computed_pixel_ratio": round(computed_pixel_ratio(
+                          plan, first.keep, settings.method.name, settings.view), 3),
+                          "seconds": round(stats["seconds"], 2),
+                          "output_mvoxel_per_s": round(stats["voxels"] / 1e6 / max(stats["seconds"], 1e-9), 4)}}
         writer.write_metadata(None, provenance)  # omero windows from the written data, per channel
     except Interrupted as exc:
         _after_failure(out, writer, created, n_keep)

@@ -35,6 +35,13 @@ class Region:
         return tuple(s.stop - s.start for s in self.core)  # type: ignore[return-value]
 
 
+#: Reflection beyond the volume's faces (output voxels). The halo inside the volume is what block invariance
+#: needs (the model's reach); beyond a face there is nothing to match, only the network's own border to keep
+#: away from the data: 32 px of reflection keep zero padding two down-sampling periods off the face. A thin
+#: stack (256 output planes, halo 96) runs its z slices on 320 rows instead of 448.
+EDGE_PAD_PX = 32
+
+
 @dataclass(frozen=True)
 class Plan:
     """Output geometry and region grid. ``region_shape`` and ``halo`` are in output voxels (z, y, x)."""
@@ -45,6 +52,21 @@ class Plan:
     chunks: tuple[int, int, int]
     region_shape: tuple[int, int, int]
     halo: tuple[int, int, int]
+
+    @property
+    def edge(self) -> tuple[int, int, int]:
+        """Reflection (output voxels) beyond the volume's faces: the halo, at most :data:`EDGE_PAD_PX`."""
+        return tuple(min(h, EDGE_PAD_PX) for h in self.halo)  # type: ignore[return-value]
+
+    def ext_lengths(self) -> list[np.ndarray]:
+        """Per axis, the length of each region index's extended crop: its core and halo, with the halo
+        beyond the volume's faces cut to :attr:`edge`."""
+        out = []
+        for n, r, o, h, e in zip(self.grid, self.region_shape, self.out_shape, self.halo, self.edge):
+            starts = np.arange(n) * r
+            stops = np.minimum(starts + r, o)
+            out.append(np.minimum(stops + h, o + e) - np.maximum(starts - h, -e))
+        return out
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -125,3 +147,81 @@ def make_plan(in_shape: Sequence[int], z_factor: float, chunks: Sequence[int], r
         raise SettingsError(f"region {region_shape} must be a whole number of chunks {chunks}")
     return Plan(in_shape, float(z_factor), out_shape, chunks, region_shape,  # type: ignore[arg-type]
                 tuple(int(h) for h in halo))  # type: ignore[arg-type]
+
+
+#: Methods that run on whole extended crops (3D); the others run a 2D network on XZ/YZ slices.
+VOLUME_METHODS = ("rl", "interp", "cyclegan")
+
+
+def region_work(core: list[np.ndarray], ext: list[np.ndarray], method: str, view: str) -> np.ndarray:
+    """Work units per region, over the outer product of per-axis core and extended-crop lengths: for a 2D
+    network the pixels of the XZ/YZ slices it runs on, ``cy ez ex + cx ez ey`` (one term for one view); for
+    the volume methods the voxels of the extended crop ``ez ey ex``."""
+    cz, cy, cx = (np.asarray(c, np.float64) for c in core)
+    ez, ey, ex = (np.asarray(e, np.float64) for e in ext)
+    ez, ey, ex = ez[:, None, None], ey[None, :, None], ex[None, None, :]
+    if method in VOLUME_METHODS:
+        return ez * ey * ex
+    xz = cy[None, :, None] * ez * ex
+    yz = cx[None, None, :] * ez * ey
+    return {"mean": xz + yz, "xz": xz + 0 * yz, "yz": yz + 0 * xz}[view]
+
+
+def halo_work(shape, halo: int, method: str, view: str) -> float:
+    """:func:`region_work` of one region of ``shape`` with the full halo on every side."""
+    return float(region_work([np.array([s]) for s in shape], [np.array([s + 2 * halo]) for s in shape], method,
+                             view)[0, 0, 0])
+
+
+def computed_pixel_ratio(plan: Plan, keep: np.ndarray, method: str, view: str) -> float:
+    """Pixels (voxels) computed over the least a method must compute for the kept regions: 2 slice passes
+    per output voxel for a 2D network with ``view="mean"`` (1 for one view), the output voxels for a volume
+    method. 1.0 is no halo overhead; inside a large volume, 128 x 256 x 256 regions with a 96-px halo are 4.4."""
+    core = plan.core_lengths()
+    work = float((region_work(core, plan.ext_lengths(), method, view) * keep).sum())
+    voxels = float((region_work(core, core, "interp", view) * keep).sum())
+    passes = 2 if method not in VOLUME_METHODS and view == "mean" else 1
+    return work / max(passes * voxels, 1.0)
+
+
+#: Peak memory of a running region task (bytes): per voxel of the extended crop (the raw crop, the
+#: normalised and denoised planes, the z-resampled float32 crop) and per core voxel (the float32 result and
+#: its cast), plus a fixed part (one group of slices through the network, the model). Measured with
+#: ``benchmarks/throughput.py --memory``; see :func:`auto_region`.
+BYTES_PER_EXT_VOXEL, BYTES_PER_CORE_VOXEL, BYTES_FIXED = 12, 8, 768 * 2**20
+
+
+def region_bytes(region: Sequence[int], halo: int) -> int:
+    """Estimated peak memory of one task restoring ``region`` with ``halo`` (:data:`BYTES_PER_EXT_VOXEL`)."""
+    ext = math.prod(r + 2 * halo for r in region)
+    return int(BYTES_PER_EXT_VOXEL * ext + BYTES_PER_CORE_VOXEL * math.prod(region) + BYTES_FIXED)
+
+
+def auto_region(out_shape: Sequence[int], unit: Sequence[int], halo: int, budget_bytes: int,
+                method: str = "ssai3d", view: str = "mean") -> tuple[int, int, int]:
+    """The region (whole ``unit`` blocks: the chunks, or the shards) with the least computed work per output
+    voxel whose task fits ``budget_bytes`` (:func:`region_bytes`): starting from one unit, the axis whose
+    doubling lowers the work most is doubled, while that fits and the axis is shorter than the output.
+    Work is that of a region inside the volume (full halo on every side)."""
+    region = [int(u) for u in unit]
+
+    def per_voxel(r) -> float:  # an axis the region spans has only the edge's reflection, not the halo
+        ext = [np.array([n + 2 * (min(halo, EDGE_PAD_PX) if n >= o else halo)]) for n, o in zip(r, out_shape)]
+        return float(region_work([np.array([n]) for n in r], ext, method, view)[0, 0, 0]) / math.prod(r)
+
+    while True:
+        best = None
+        for axis in range(3):
+            if region[axis] >= out_shape[axis]:
+                continue
+            grown = list(region)
+            grown[axis] = min(2 * region[axis], -(-int(out_shape[axis]) // int(unit[axis])) * int(unit[axis]))
+            if region_bytes(grown, halo) > budget_bytes:
+                continue
+            gain = per_voxel(region) - per_voxel(grown)
+            if best is None or gain > best[0]:
+                best = (gain, grown)
+        if best is None:
+            return tuple(region)  # type: ignore[return-value]
+        region = best[1]
+

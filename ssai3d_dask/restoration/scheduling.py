@@ -15,11 +15,13 @@ import signal
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import chain, islice
 
 from ssai3d_dask.errors import Interrupted
+from ssai3d_dask.restoration import task
 from ssai3d_dask.restoration.task import run_region
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def default_in_flight(client, device: str) -> int:
     if device == "cuda":
         gpus = sum(int(w.get("resources", {}).get("GPU", 0)) for w in workers)
         if gpus:
-            return 2 * gpus
+            return 2 * task.TASKS_PER_GPU * gpus
     return max(2, 2 * sum(int(w.get("nthreads", 1)) for w in workers))
 
 
@@ -87,7 +89,7 @@ def _distributed(out: str, todo: Iterator[tuple], client, in_flight: int | None)
     todo = chain([head], todo)
     device = head[0].spec["device"]
     in_flight = in_flight or default_in_flight(client, device)
-    resources = {"GPU": 1} if device == "cuda" else None
+    resources = {"GPU": 1 / task.TASKS_PER_GPU} if device == "cuda" else None
     token = uuid.uuid4().hex[:8]
     scattered: dict[int, object] = {}
 
@@ -121,11 +123,34 @@ def _distributed(out: str, todo: Iterator[tuple], client, in_flight: int | None)
 
 
 def _local(out: str, todo: Iterator[tuple]) -> Iterator[dict]:
+    """Regions one after another with every core, overlapped in three stages: while region N computes here,
+    a reader thread reads region N+1's crop and a writer thread writes region N-1 and records it done. At
+    most one crop waits and one write runs, so memory stays that of about three regions; results come back
+    in order, each after its write, and an error in any stage stops the run at that region."""
     threads = os.cpu_count() or 1  # one region at a time with every core
-    for job, i in todo:
-        if _STOP.is_set():
-            return
-        yield run_region(job.plan, job.plan.region(i), job.source, out, dict(job.spec, torch_threads=threads))
+    todo = iter(todo)
+    with ThreadPoolExecutor(1, thread_name_prefix="ssai3d-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="ssai3d-write") as writer:
+
+        def start(item):
+            if item is None or _STOP.is_set():
+                return None
+            job, i = item
+            region, spec = job.plan.region(i), dict(job.spec, torch_threads=threads)
+            return job, region, spec, time.perf_counter(), reader.submit(task.read_region, job.plan, region,
+                                                                         job.source, spec)
+
+        current, writing = start(next(todo, None)), None
+        while current is not None:
+            job, region, spec, t0, reading = current
+            crop = reading.result()
+            current = start(next(todo, None))  # prefetch the next crop while this one computes
+            data, skipped = task.compute_read_region(job.plan, region, crop, spec)
+            if writing is not None:
+                yield writing.result()  # one write in flight at most
+            writing = writer.submit(task.write_region, out, region, spec, data, skipped, t0, int(crop.nbytes))
+        if writing is not None:
+            yield writing.result()
 
 
 def run_regions(todo: Iterator[tuple], n_todo: int, out: str, client=None, in_flight: int | None = None,

@@ -27,6 +27,10 @@ from ssai3d_dask.settings import NETWORK_METHODS
 
 _PSF: dict = {}
 _PSF_LOCK = threading.Lock()
+#: Region tasks a GPU worker runs at once: their device sections take turns (:data:`_DEVICE_LOCK`), so one
+#: task's read and write overlap the other's compute.
+TASKS_PER_GPU = 2
+_DEVICE_LOCK = threading.Lock()
 
 
 def _cached_psf(path: str) -> np.ndarray:
@@ -74,22 +78,43 @@ def _worker_model(spec: dict):
     return adapted.model, adapted.denoiser
 
 
-def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict) -> dict:
-    """One task: read the region's input crop, restore it, write it (all task levels), record it done.
+def read_region(plan: Plan, region: Region, source: Source, spec: dict) -> np.ndarray:
+    """The region's input crop (with its halo), every chunk checked (:func:`~ssai3d_dask.io.source.read_checked`)."""
+    return read_checked(source, plan.input_crop(region), f"region {spec.get('prefix', '')}{region.block_id}")
 
-    Runs on a worker; the model and PSF are loaded once per worker process and reused.
-    """
-    t0 = time.perf_counter()
+
+def compute_read_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict) -> tuple[np.ndarray, bool]:
+    """:func:`compute_region` with this worker's cached model, denoiser and PSF, at the task's thread count."""
     if spec["torch_threads"] and torch.get_num_threads() != spec["torch_threads"]:
         torch.set_num_threads(spec["torch_threads"])
     model, denoiser = _worker_model(spec) if spec["method"] in NETWORK_METHODS else (None, None)
     psf = _cached_psf(spec["psf_path"]) if spec["method"] == "rl" else None
-    crop = read_checked(source, plan.input_crop(region), f"region {spec.get('prefix', '')}{region.block_id}")
-    data, skipped = compute_region(plan, region, crop, spec, model, denoiser, psf)
+    if spec["device"] == "cuda":  # one task on the device at a time; the other reads or writes meanwhile
+        with _DEVICE_LOCK:
+            return compute_region(plan, region, crop, spec, model, denoiser, psf)
+    return compute_region(plan, region, crop, spec, model, denoiser, psf)
+
+
+def write_region(out: str, region: Region, spec: dict, data: np.ndarray, skipped: bool, t0: float,
+                 bytes_read: int) -> dict:
+    """Write the region's core at every task level, then its completion record; the task's result."""
     block_id = spec.get("prefix", "") + region.block_id
     record = {"core": [[s.start, s.stop] for s in region.core], "skipped": skipped,
               "seconds": round(time.perf_counter() - t0, 3), "pid": os.getpid()}
     write_region_levels(out, spec["levels"], region.core, data, block_id, record, tuple(spec.get("lead", ())))
-    used = resolve_precision(spec.get("precision", "fp32"), spec["device"]) if model is not None else None
-    return {"id": block_id, "voxels": int(np.prod(region.shape)), "skipped": skipped, "bytes_read": int(crop.nbytes),
+    network = spec["method"] in NETWORK_METHODS and spec["model_dir"] is not None
+    used = resolve_precision(spec.get("precision", "fp32"), spec["device"]) if network else None
+    return {"id": block_id, "voxels": int(np.prod(region.shape)), "skipped": skipped, "bytes_read": bytes_read,
             "precision": used}
+
+
+def run_region(plan: Plan, region: Region, source: Source, out: str, spec: dict) -> dict:
+    """One task: read the region's input crop, restore it, write it (all task levels), record it done.
+
+    Runs on a worker; the model and PSF are loaded once per worker process and reused. (Without a cluster,
+    :func:`ssai3d_dask.restoration.scheduling.run_regions` runs the same three steps overlapped instead.)
+    """
+    t0 = time.perf_counter()
+    crop = read_region(plan, region, source, spec)
+    data, skipped = compute_read_region(plan, region, crop, spec)
+    return write_region(out, region, spec, data, skipped, t0, int(crop.nbytes))
