@@ -113,7 +113,8 @@ def memory_fit(vol, model_dir: Path, regions: list[tuple[int, int, int]]) -> lis
         crop = job.source.read(plan.input_crop(region))
         with _PeakRSS() as mem, torch.inference_mode():
             compute_region(plan, region, crop, job.spec, job.model.model, job.model.denoiser, None)
-        ext = int(np.prod([s.stop - s.start + 2 * h for s, h in zip(region.core, plan.halo)]))
+        idx = np.unravel_index(region.index, plan.grid)
+        ext = int(np.prod([int(lengths[k]) for lengths, k in zip(plan.ext_lengths(), idx)]))  # edges included
         rows.append({"region": list(region.shape), "halo": plan.halo[0], "ext_voxels": ext,
                      "peak_bytes": mem.peak - mem.base + crop.nbytes, "estimate_bytes": region_bytes(region.shape, plan.halo[0])})
         print(json.dumps(rows[-1]), flush=True)

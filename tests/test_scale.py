@@ -15,6 +15,7 @@ from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.io.omezarr import MultiscaleWriter, write_multiscale, write_region_levels
 from ssai3d_dask.restoration.pipeline import prepare_restore, restore
 from ssai3d_dask.restoration.task import run_region
+from ssai3d_dask.restoration.plan import computed_pixel_ratio
 from ssai3d_dask.settings import RestoreSettings
 from ssai3d_dask.restoration.scheduling import task_payload
 from ssai3d_dask.evaluation.simio import write_sparse_volume
@@ -229,10 +230,18 @@ def test_dry_run_counts_and_writes_nothing(tmp_path):
     assert not out.exists() and "nothing was written" in res.output
     line = next(ln for ln in res.output.splitlines() if ln.startswith("regions"))
     to_run = int(line.split(",")[-1].split()[0])
-    assert "calibration" in res.output and "time" in res.output
+    assert "calibration" in res.output and "time" in res.output and "h per TB of input" in res.output
+    # the work line: computed voxels over output voxels of the kept regions (interp: the extended crops)
+    job = prepare_restore(open_volume(vol_path), None, RestoreSettings(method="interp", chunks=(16, 32, 32),
+                                                                       region=(32, 64, 64), halo=16))
+    ratio = computed_pixel_ratio(job.plan, job.keep, "interp", "mean")
+    work = next(ln for ln in res.output.splitlines() if ln.startswith("work"))
+    assert float(work.split()[1].rstrip("x")) == pytest.approx(ratio, abs=0.006) and ratio > 1
     res = CliRunner().invoke(main, ["-q", *args, "--workers", "1"])
     assert res.exit_code == 0, res.output
     assert len(list((out / ".ssai3d" / "done").glob("*.json"))) == to_run > 0
+    done = zarr.open_group(str(out)).attrs["ssai3d"]["work"]  # and the run's provenance records it
+    assert done["computed_pixel_ratio"] == pytest.approx(ratio, abs=1e-3) and done["output_mvoxel_per_s"] > 0
 
 
 def test_geometry_keeps_physical_extent():

@@ -184,11 +184,14 @@ def computed_pixel_ratio(plan: Plan, keep: np.ndarray, method: str, view: str) -
     return work / max(passes * voxels, 1.0)
 
 
-#: Peak memory of a running region task (bytes): per voxel of the extended crop (the raw crop, the
-#: normalised and denoised planes, the z-resampled float32 crop) and per core voxel (the float32 result and
-#: its cast), plus a fixed part (one group of slices through the network, the model). Measured with
-#: ``benchmarks/throughput.py --memory``; see :func:`auto_region`.
-BYTES_PER_EXT_VOXEL, BYTES_PER_CORE_VOXEL, BYTES_FIXED = 12, 8, 768 * 2**20
+#: Peak memory of a running region task (bytes): per voxel of the extended crop (the z-resampled float32
+#: crop, and the raw, normalised and denoised planes, smaller by dz/dx) and per core voxel (the float32
+#: result and its cast), plus a fixed part (one group of slices through the network). Measured with
+#: ``benchmarks/throughput.py --memory`` (``results/throughput_memory.json``, small preset, CPU, fp32): 253 MB
+#: for a 64 x 128 x 128 region inside the volume (15.9 Mvoxel crop), 480 MB for 64 x 512 x 512 spanning it
+#: (42.5 Mvoxel crop); for those crops this model says 403 and 742 MB, a 1.5x margin, and
+#: :func:`auto_region` charges every region the full halo on every side, more still.
+BYTES_PER_EXT_VOXEL, BYTES_PER_CORE_VOXEL, BYTES_FIXED = 8, 8, 256 * 2**20
 
 
 def region_bytes(region: Sequence[int], halo: int) -> int:
