@@ -61,16 +61,19 @@ def axial_check(vol: Volume, model, denoiser: Denoiser, norm: Normalization, z_f
                 origin: tuple[int, int, int], device="cpu", precision: str = "fp32") -> tuple[dict, dict]:
     """``(record, images)``: the spectral ratios of the restored crop and of interpolation, and the XZ
     slices (interpolation, restored) at the crop's centre for :func:`write_panel`."""
+    from ssai3d_dask.ops.resample import resample_z_block
     from ssai3d_dask.restoration.kernels import denoise_planes, restore_in_memory
 
     crop = check_crop(vol, z_factor, origin)
     raw = np.asarray(vol.data[crop].compute(), np.float32)
     if raw.shape[0] * z_factor < 8:
         return {"skipped": f"the stack is {raw.shape[0]} planes thick: too thin to measure along z"}, {}
-    lateral = denoise_planes(norm.apply(raw), denoiser)
-    runs = {name: restore_in_memory(raw, z_factor, m, denoiser, norm, PAD_PX, precision=precision, device=device)
-            for name, m in (("interp", None), ("restored", model))}
-    ratios = {name: axial_excess(norm.apply(out), lateral) for name, out in runs.items()}
+    lateral = denoise_planes(norm.apply(raw), denoiser)  # denoised once; both runs start from these planes
+    identity = Normalization(0.0, 1.0, norm.percentiles, norm.foreground_threshold, norm.n_voxels_sampled)
+    runs = {"interp": resample_z_block(lateral, 0, slice(0, int(round(raw.shape[0] * z_factor))), z_factor),
+            "restored": restore_in_memory(lateral, z_factor, model, Denoiser(), identity, PAD_PX,
+                                          precision=precision, device=device)}
+    ratios = {name: axial_excess(out, lateral) for name, out in runs.items()}
     record = {"crop": [[s.start, s.stop] for s in crop], "limit": LIMIT, "limit_lateral": LIMIT_LATERAL,
               "z_over_lateral": round(ratios["restored"]["z"], 3),
               "lateral_over_input": round(ratios["restored"]["lateral"], 3),
@@ -79,16 +82,16 @@ def axial_check(vol: Volume, model, denoiser: Denoiser, norm: Normalization, z_f
     record["trusted"] = bool(record["z_over_lateral"] <= LIMIT and record["lateral_over_input"] <= LIMIT_LATERAL)
     if not record["trusted"]:
         logger.warning("on a crop of the stack, the adapted model puts %.2fx the input planes' fine detail (periods "
-                       "under %g px) along z and %.2fx along x/y (interpolation %.2fx and 1; limits %.2f and %.2f): it may be "
-                       "inventing texture. Look at axial_check.png; a narrower blur (--psf-lean 1.0, or --sigmas) "
-                       "or --denoise on usually helps", record["z_over_lateral"], record["period_px"],
+                       "under %g px) along z and %.2fx along x/y (interpolation %.2fx and 1; limits %.2f and %.2f): "
+                       "it may be inventing texture. Look at axial_check.png; a narrower blur (--psf-lean 1.0, or "
+                       "--sigmas) or --denoise on usually helps", record["z_over_lateral"], record["period_px"],
                        record["lateral_over_input"], record["interp_z_over_lateral"], LIMIT, LIMIT_LATERAL)
     else:
         logger.info("axial check: restored fine detail %.2fx the input planes' along z, %.2fx along x/y "
                     "(interpolation %.2fx and 1)", record["z_over_lateral"], record["lateral_over_input"],
                     record["interp_z_over_lateral"])
     y = raw.shape[1] // 2
-    return record, {name: norm.apply(out)[:, y, :] for name, out in runs.items()}
+    return record, {name: out[:, y, :] for name, out in runs.items()}
 
 
 def write_panel(images: dict, record: dict, path: Path) -> None:
