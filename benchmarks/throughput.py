@@ -98,13 +98,18 @@ def plain_copy(src: Path, dst: Path, chunks, pipeline: str | None) -> float:
         return time.perf_counter() - t
 
 
-def memory_fit(vol, model_dir: Path, regions: list[tuple[int, int, int]]) -> list[dict]:
+def memory_fit(vol, model_dir: Path, regions: list[tuple[int, int, int]], network: bool = True) -> list[dict]:
     """Peak resident memory of one region task for each region shape (its crop read, then computed), to
-    check ``plan.region_bytes``; each region is the first one of a plan with that region shape."""
+    check ``plan.region_bytes``; each region is the middle one of a plan with that region shape. Without
+    ``network`` the network is replaced by a copy of its input (same buffers, minutes instead of hours for
+    large regions on a CPU; the network's own activations are per batch and not measured then)."""
+    from ssai3d_dask.restoration import kernels
     from ssai3d_dask.restoration.dryrun import _PeakRSS
     from ssai3d_dask.restoration.plan import region_bytes
     from ssai3d_dask.restoration.task import compute_region
 
+    if not network:
+        kernels.run_slices = lambda model, slices, *a, **k: np.array(slices, np.float32, copy=True)
     rows = []
     for shape in regions:
         job = prepare_restore(vol, model_dir, RestoreSettings(region=shape, chunks=(16, 16, 16)))
@@ -115,7 +120,8 @@ def memory_fit(vol, model_dir: Path, regions: list[tuple[int, int, int]]) -> lis
             compute_region(plan, region, crop, job.spec, job.model.model, job.model.denoiser, None)
         idx = np.unravel_index(region.index, plan.grid)
         ext = int(np.prod([int(lengths[k]) for lengths, k in zip(plan.ext_lengths(), idx)]))  # edges included
-        rows.append({"region": list(region.shape), "halo": plan.halo[0], "ext_voxels": ext,
+        rows.append({"region": list(region.shape), "halo": plan.halo[0], "ext_voxels": ext, "network": network,
+                     "input": list(vol.shape), "core_voxels": int(np.prod(region.shape)),
                      "peak_bytes": mem.peak - mem.base + crop.nbytes, "estimate_bytes": region_bytes(region.shape, plan.halo[0])})
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -132,7 +138,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--work", type=Path, default=None, help="keep the input and model here between runs")
     ap.add_argument("--memory", default=None, help="only measure the peak memory of one task for these regions, "
-                    "e.g. 64,256,256;128,256,512")
+                    "e.g. 64,256,256;128,256,512 (appended to results/throughput_memory.json)")
+    ap.add_argument("--memory-copy-network", action="store_true",
+                    help="with --memory: replace the network by a copy (large regions in minutes on a CPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     shape = tuple(int(v) for v in args.shape.split(","))
@@ -145,8 +153,11 @@ def main() -> None:
     if not (model_dir / "manifest.json").exists():
         adapt(vol, model_dir, AdaptSettings(finetune=FinetuneSettings(iterations=1)), progress=False, overwrite=True)
     if args.memory:
-        rows = memory_fit(vol, model_dir, [tuple(int(v) for v in r.split(",")) for r in args.memory.split(";")])
-        (RESULTS / "throughput_memory.json").write_text(json.dumps(rows, indent=1))
+        rows = memory_fit(vol, model_dir, [tuple(int(v) for v in r.split(",")) for r in args.memory.split(";")],
+                          network=not args.memory_copy_network)
+        mpath = RESULTS / "throughput_memory.json"
+        old = json.loads(mpath.read_text()) if mpath.exists() else []
+        mpath.write_text(json.dumps(old + [dict(r, date=time.strftime("%Y-%m-%d")) for r in rows], indent=1))
         return
     kw = {"region": tuple(int(v) for v in args.region.split(","))} if args.region else {}
     if args.halo is not None:

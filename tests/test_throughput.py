@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from ssai3d_dask.io.volume import Volume, open_volume
+from ssai3d_dask.ops.padding import symmetric_pad
+from ssai3d_dask.ops.resample import ZResampledCrop, resample_z_block
 from ssai3d_dask.restoration import task
 from ssai3d_dask.restoration.plan import (EDGE_PAD_PX, auto_region, computed_pixel_ratio, halo_work, make_plan,
                                          region_bytes)
@@ -78,8 +80,8 @@ def test_local_restore_reads_the_next_region_while_computing_and_writes_behind(t
 def test_auto_region_fits_its_budget_covers_no_more_than_the_output_and_grows_with_memory():
     out = (256, 2048, 2048)
     ratios = []
-    for gib in (1, 2, 4, 8):
-        r = auto_region(out, (64, 128, 128), 96, gib * 2**30)
+    for gib in (0.5, 1, 2, 4, 8):
+        r = auto_region(out, (64, 128, 128), 96, int(gib * 2**30))
         assert all(n % u == 0 for n, u in zip(r, (64, 128, 128)))
         assert region_bytes(r, 96) <= gib * 2**30 or r == (64, 128, 128)  # one chunk is the floor
         assert all(n <= o for n, o in zip(r, out))
@@ -117,3 +119,20 @@ def test_zarrs_codec_pipeline_is_used_when_installed_and_writes_the_same_data(tm
             restore(vol, None, tmp_path / f"{pipeline}.ome.zarr", s, progress=False)
         outs[pipeline] = np.asarray(open_volume(tmp_path / f"{pipeline}.ome.zarr").data.compute())
     np.testing.assert_array_equal(outs[DEFAULT], outs[ZARRS])
+
+
+@pytest.mark.parametrize("pad", [((0, 0), (0, 0), (0, 0)), ((3, 5), (2, 0), (0, 4)), ((30, 17), (9, 11), (13, 8))])
+def test_slab_at_a_time_crop_equals_the_resampled_padded_array(pad):
+    """What a region task computes from a slab at a time is the z-resampled, reflect-padded crop, including
+    mirrors wider than the crop (tiny blocks at a face), and its extrema are those of that array."""
+    rng = np.random.default_rng(1)
+    planes = rng.random((7, 9, 6), np.float32)
+    z0_in, z_range, f = 3, (7, 20), 2.5  # output planes 7..19 from input planes 3..9
+    ref = symmetric_pad(resample_z_block(planes, z0_in, slice(*z_range), f), pad)
+    lazy = ZResampledCrop(planes, z0_in, z_range, f, pad)
+    assert lazy.shape == ref.shape and lazy.size == ref.size
+    np.testing.assert_array_equal(np.asarray(lazy), ref)
+    for key in [(slice(None), slice(2, 5), slice(None)), (slice(None), slice(None), slice(0, 3)),
+                (slice(4, 11), slice(1, -1), slice(5, None)), (slice(None), 0, slice(None))]:
+        np.testing.assert_array_equal(lazy[key], ref[key])
+    assert (lazy.min(), lazy.max()) == (ref.min(), ref.max())

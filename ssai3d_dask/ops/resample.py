@@ -52,3 +52,76 @@ def subsample_z(vol: np.ndarray, z_factor: float) -> np.ndarray:
         return vol
     pos = torch.from_numpy(np.arange(0, vol.shape[0] - 1 + 1e-9, z_factor))
     return resample_linear(np.asarray(vol, np.float32), 0, pos)
+
+
+def symmetric_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Indices into an axis of length ``n`` for positions ``idx`` of its symmetric (edge-repeating) mirror
+    padding, of any width: what :func:`ssai3d_dask.ops.padding.symmetric_pad` puts there."""
+    m = np.mod(idx, 2 * n)
+    return np.where(m < n, m, 2 * n - 1 - m)
+
+
+class ZResampledCrop:
+    """A crop's z-resampled, reflect-padded volume, computed a slab at a time instead of held whole.
+
+    Equals ``symmetric_pad(resample_z_block(planes, z0_in, slice(*z_range), z_factor), pad)``, but holds only
+    ``planes`` (dz/dx times fewer planes than the result): ``crop[:, a:b, :]`` (any slices of step 1)
+    gathers the lateral rows it needs, mirrored where they fall in the padding, then interpolates just
+    those along z, each output plane from its (mirrored) global index as the whole array would. A region
+    task's memory is then its input planes and its result, not 4 bytes per voxel of the resampled crop.
+    """
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, planes: np.ndarray, z0_in: int, z_range: tuple[int, int], z_factor: float,
+                 pad: "list[tuple[int, int]] | tuple" = ((0, 0), (0, 0), (0, 0))):
+        self.planes = np.asarray(planes, np.float32)
+        self.z0_in, self.z_factor = int(z0_in), float(z_factor)
+        self.z_range = (int(z_range[0]), int(z_range[1]))
+        self.pad = [(int(a), int(b)) for a, b in pad]
+        self.inner = (self.z_range[1] - self.z_range[0], self.planes.shape[1], self.planes.shape[2])
+        self.shape = tuple(n + a + b for n, (a, b) in zip(self.inner, self.pad))
+        self.size = int(np.prod(self.shape))
+
+    def _index(self, axis: int, key) -> np.ndarray:
+        start, stop, step = key.indices(self.shape[axis]) if isinstance(key, slice) else (key, key + 1, 1)
+        if step != 1:
+            raise ValueError("ZResampledCrop takes slices of step 1")
+        return symmetric_index(np.arange(start, stop) - self.pad[axis][0], self.inner[axis])
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        iz, iy, ix = (self._index(axis, k) for axis, k in enumerate(key))
+        sub = self.planes
+        if len(iy) != sub.shape[1] or np.any(iy != np.arange(len(iy))):
+            sub = sub[:, iy]
+        if len(ix) != sub.shape[2] or np.any(ix != np.arange(len(ix))):
+            sub = sub[:, :, ix]
+        pos = torch.from_numpy((self.z_range[0] + iz).astype(np.float64)) / self.z_factor
+        out = resample_linear(sub, 0, pos, offset=self.z0_in)
+        return out[tuple(0 if isinstance(k, (int, np.integer)) else slice(None) for k in key)]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:, :, :]
+        return out if dtype is None else out.astype(dtype)
+
+    def _extrema(self) -> tuple[float, float]:
+        """min and max of the whole (mirroring repeats values, so those of the unpadded resampled crop),
+        a band of rows at a time."""
+        if not hasattr(self, "_minmax"):
+            lo, hi = np.inf, -np.inf
+            rows = max(1, 2**24 // max(1, self.inner[0] * self.inner[2]))
+            pos = torch.arange(*self.z_range, dtype=torch.float64) / self.z_factor
+            for y in range(0, self.inner[1], rows):
+                band = resample_linear(self.planes[:, y:y + rows], 0, pos, offset=self.z0_in)
+                lo, hi = min(lo, float(band.min())), max(hi, float(band.max()))
+            self._minmax = (lo, hi)
+        return self._minmax
+
+    def min(self) -> float:
+        return self._extrema()[0]
+
+    def max(self) -> float:
+        return self._extrema()[1]

@@ -32,7 +32,7 @@ from ssai3d_dask.models.precision import as_input, autocast, compiled_forward
 from ssai3d_dask.restoration.plan import EDGE_PAD_PX, Plan, Region
 from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.ops.padding import symmetric_pad
-from ssai3d_dask.ops.resample import resample_z_block
+from ssai3d_dask.ops.resample import ZResampledCrop, resample_z_block
 from ssai3d_dask.errors import SettingsError
 
 logger = logging.getLogger(__name__)
@@ -42,25 +42,26 @@ VIEWS = ("mean", "xz", "yz")
 #: 2 threads): slices of 256 x 384 run at 9.4 slices/s one at a time, 6.4 four at a time, 3.4 sixteen at a
 #: time (larger batches fall out of cache); tiny slices need a batch to amortise the per-call overhead.
 CPU_BATCH_PIXELS = 2**17
-#: Slice pixels one group of a pass holds at once in :func:`restore_block` (64 Mpixel: 256 MiB of float32).
-STREAM_PIXELS = 2**26
+#: Slice pixels one group of a pass holds at once in :func:`restore_block` (16 Mpixel: 64 MiB of float32; the
+#: group is gathered, resampled, run and added into the core, a few such buffers at a time).
+STREAM_PIXELS = 2**24
 
 
-def extended_crop(plan: Plan, region: Region, crop_in: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+def extended_crop(plan: Plan, region: Region, crop_in: np.ndarray) -> tuple[ZResampledCrop, tuple[int, int, int]]:
     """The region's crop of the z-resampled volume, reflect-padded by ``plan.edge`` beyond its faces.
 
-    Returns the float32 array, the core and its halo inside the volume and at most ``plan.edge`` beyond a
-    face (:attr:`~ssai3d_dask.restoration.plan.Plan.ext_lengths`), and the offsets of the core inside it.
+    Returns it as a :class:`~ssai3d_dask.ops.resample.ZResampledCrop` (computed a slab at a time from the
+    input planes; ``np.asarray`` makes the whole float32 array), covering the core and its halo inside the
+    volume and at most ``plan.edge`` beyond a face (:attr:`~ssai3d_dask.restoration.plan.Plan.ext_lengths`),
+    and the offsets of the core inside it.
     """
     zo_in0, _ = plan.input_z_range(region)
     ext_lo = [max(c.start - h, 0) for c, h in zip(region.core, plan.halo)]
     ext_hi = [min(c.stop + h, o) for c, h, o in zip(region.core, plan.halo, plan.out_shape)]
-    z = resample_z_block(crop_in, zo_in0, slice(ext_lo[0], ext_hi[0]), plan.z_factor)
     pad = [(min(ext_lo[i] - (region.core[i].start - plan.halo[i]), plan.edge[i]),
             min((region.core[i].stop + plan.halo[i]) - ext_hi[i], plan.edge[i])) for i in range(3)]
-    if any(p for pair in pad for p in pair):
-        z = symmetric_pad(z, pad)
-    return z, tuple(c.start - lo + p[0] for c, lo, p in zip(region.core, ext_lo, pad))  # type: ignore[return-value]
+    ext = ZResampledCrop(crop_in, zo_in0, (ext_lo[0], ext_hi[0]), plan.z_factor, pad)
+    return ext, tuple(c.start - lo + p[0] for c, lo, p in zip(region.core, ext_lo, pad))  # type: ignore[return-value]
 
 
 def apply_network(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +163,7 @@ def restore_block(ext: np.ndarray, core_offset: Sequence[int], core_shape: Seque
     oz, oy, ox = core_offset
     cz, cy, cx = core_shape
     if model is not None and ext.size and float(ext.min()) == float(ext.max()):
-        level = constant_level(model, float(ext.flat[0]), max(core_offset), batch, device, precision, compile)
+        level = constant_level(model, float(ext.min()), max(core_offset), batch, device, precision, compile)
         return np.full(tuple(core_shape), level, np.float32)
 
     out = np.zeros(tuple(core_shape), np.float32)
@@ -202,13 +203,18 @@ def constant_level(model: torch.nn.Module, value: float, halo: int, batch: int |
     return float(out[0, halo:halo + period, halo:halo + period].mean(dtype=np.float64))
 
 
-def to_output(restored: np.ndarray, norm: Normalization, dtype: np.dtype) -> np.ndarray:
+def to_output(restored: np.ndarray, norm: Normalization, dtype: np.dtype, in_place: bool = False) -> np.ndarray:
     """Undo normalisation, clip to the dtype's range and cast (integers rounded).
 
-    In float32, in place on a copy: values of 16-bit data are integers far below 2**24, so rounding to
-    the output type is the same as in float64, at a quarter of the memory traffic.
+    In float32 (values of 16-bit data are integers far below 2**24, so rounding to the output type is the
+    same as in float64, at a quarter of the memory traffic), on a copy, or with ``in_place`` in
+    ``restored`` itself when it is a float32 array the caller no longer needs (a region's result: one
+    float32 copy of the core less per task).
     """
-    y = np.array(restored, dtype=np.float32, copy=True)
+    if in_place and isinstance(restored, np.ndarray) and restored.dtype == np.float32 and restored.flags.writeable:
+        y = restored
+    else:
+        y = np.array(restored, dtype=np.float32, copy=True)
     y *= np.float32(norm.high - norm.low)
     y += np.float32(norm.low)
     return cast_output(y, dtype)

@@ -184,14 +184,16 @@ def computed_pixel_ratio(plan: Plan, keep: np.ndarray, method: str, view: str) -
     return work / max(passes * voxels, 1.0)
 
 
-#: Peak memory of a running region task (bytes): per voxel of the extended crop (the z-resampled float32
-#: crop, and the raw, normalised and denoised planes, smaller by dz/dx) and per core voxel (the float32
-#: result and its cast), plus a fixed part (one group of slices through the network). Measured with
-#: ``benchmarks/throughput.py --memory`` (``results/throughput_memory.json``, small preset, CPU, fp32): 253 MB
-#: for a 64 x 128 x 128 region inside the volume (15.9 Mvoxel crop), 480 MB for 64 x 512 x 512 spanning it
-#: (42.5 Mvoxel crop); for those crops this model says 403 and 742 MB, a 1.5x margin, and
-#: :func:`auto_region` charges every region the full halo on every side, more still.
-BYTES_PER_EXT_VOXEL, BYTES_PER_CORE_VOXEL, BYTES_FIXED = 8, 8, 256 * 2**20
+#: Peak memory of a running region task (bytes): per voxel of the extended crop (its input planes, raw,
+#: normalised and denoised, dz/dx times fewer than the crop's voxels: the z-resampled crop is computed a
+#: slab at a time, :class:`~ssai3d_dask.ops.resample.ZResampledCrop`), per core voxel (the float32 result,
+#: cast in place, and the cast) and a fixed part (a few groups of slices through the network,
+#: :data:`~ssai3d_dask.restoration.kernels.STREAM_PIXELS`, and the model). Measured on CPU, dz/dx 2
+#: (``benchmarks/results/throughput_memory.json``): 423 MB for 64 x 512 x 512 with the small network
+#: (42.5 Mvoxel crop, 16.8 Mvoxel core), 558 MB and 1366 MB for 128 x 512 x 512 and 128 x 1024 x 1024
+#: with the network replaced by a copy (82.6 / 227 Mvoxel crops, 33.5 / 134 Mvoxel cores): this model
+#: says 1.7-1.8x that, and :func:`auto_region` charges every region the full halo on every side, more still.
+BYTES_PER_EXT_VOXEL, BYTES_PER_CORE_VOXEL, BYTES_FIXED = 4, 8, 384 * 2**20
 
 
 def region_bytes(region: Sequence[int], halo: int) -> int:

@@ -60,7 +60,7 @@ def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, mod
     if skipped:
         restored = ext[core]
     elif spec["method"] == "rl":
-        restored = richardson_lucy(ext, psf, spec["rl_iterations"], spec["device"])[core]
+        restored = richardson_lucy(np.asarray(ext), psf, spec["rl_iterations"], spec["device"])[core]
     else:
         if model is not None:
             prepare(model, spec["device"])  # the cached model, moved to the device channels-last once
@@ -68,7 +68,7 @@ def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, mod
                                  torch.device(spec["device"]),
                                  resolve_precision(spec.get("precision", "fp32"), spec["device"]),
                                  spec.get("compile", "off") == "on")
-    return to_output(restored, norm, np.dtype(spec["dtype"])), skipped
+    return to_output(restored, norm, np.dtype(spec["dtype"]), in_place=True), skipped
 
 
 def _worker_model(spec: dict):
