@@ -100,16 +100,33 @@ def pyramid_layout(shape: Sequence[int], voxel_size_um: Sequence[float], chunks:
     return levels
 
 
+#: Bytes of float32 one band of :func:`downsample_mean` works on: a few MiB stays in cache, where the whole
+#: block converted at once does not (8x faster on a 256 x 2048 x 512 uint16 block, identical result).
+DOWNSAMPLE_BAND_BYTES = 2**22
+
+
 def downsample_mean(block: np.ndarray, step: Sequence[int], dtype: np.dtype) -> np.ndarray:
     """Block mean by ``step`` per axis (excess trimmed), in float32, integers rounded, cast to ``dtype``.
 
     The one downsampling of the package: region tasks and the final pass both call it, so every level
     is the same function of level 0 wherever it was computed. Sums are taken axis by axis over strided
     views (a reshape-and-mean over non-adjacent axes is several times slower); for integer data up to
-    16 bits they are exact in float32, so the result does not depend on the order of summation.
+    16 bits they are exact in float32, so the result does not depend on the order of summation. The
+    block is taken a band of planes at a time (:data:`DOWNSAMPLE_BAND_BYTES`); each output voxel is the
+    same arithmetic on the same inputs whatever the band.
     """
     step = tuple(int(s) for s in step)
-    acc = block[tuple(slice(0, (n // s) * s) for n, s in zip(block.shape, step))].astype(np.float32)
+    shape = tuple((n // s) * s for n, s in zip(block.shape, step))
+    out = np.empty(tuple(n // s for n, s in zip(shape, step)), np.dtype(dtype))
+    band = max(1, DOWNSAMPLE_BAND_BYTES // max(1, 4 * math.prod(shape[1:]))) * step[0]
+    for z0 in range(0, shape[0], band):
+        z1 = min(z0 + band, shape[0])
+        out[z0 // step[0]:z1 // step[0]] = _downsample_band(block[z0:z1, :shape[1], :shape[2]], step, dtype)
+    return out
+
+
+def _downsample_band(block: np.ndarray, step: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    acc = block.astype(np.float32)
     for axis, s in enumerate(step):
         if s == 1:
             continue

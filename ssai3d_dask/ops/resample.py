@@ -61,6 +61,13 @@ def symmetric_index(idx: np.ndarray, n: int) -> np.ndarray:
     return np.where(m < n, m, 2 * n - 1 - m)
 
 
+def _as_slice(idx: np.ndarray) -> "slice | np.ndarray":
+    """A run of consecutive indices as a slice (a view, no copy), anything else as it is."""
+    if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and np.all(np.diff(idx) == 1):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
+
+
 class ZResampledCrop:
     """A crop's z-resampled, reflect-padded volume, computed a slab at a time instead of held whole.
 
@@ -76,7 +83,7 @@ class ZResampledCrop:
 
     def __init__(self, planes: np.ndarray, z0_in: int, z_range: tuple[int, int], z_factor: float,
                  pad: "list[tuple[int, int]] | tuple" = ((0, 0), (0, 0), (0, 0))):
-        self.planes = np.asarray(planes, np.float32)
+        self.planes = np.asarray(planes)  # any real dtype: converted to float32 a slab at a time
         self.z0_in, self.z_factor = int(z0_in), float(z_factor)
         self.z_range = (int(z_range[0]), int(z_range[1]))
         self.pad = [(int(a), int(b)) for a, b in pad]
@@ -94,13 +101,9 @@ class ZResampledCrop:
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (3 - len(key))
         iz, iy, ix = (self._index(axis, k) for axis, k in enumerate(key))
-        sub = self.planes
-        if len(iy) != sub.shape[1] or np.any(iy != np.arange(len(iy))):
-            sub = sub[:, iy]
-        if len(ix) != sub.shape[2] or np.any(ix != np.arange(len(ix))):
-            sub = sub[:, :, ix]
+        sub = self.planes[:, _as_slice(iy)][:, :, _as_slice(ix)]  # views where the rows are not mirrored
         pos = torch.from_numpy((self.z_range[0] + iz).astype(np.float64)) / self.z_factor
-        out = resample_linear(sub, 0, pos, offset=self.z0_in)
+        out = resample_linear(np.asarray(sub, np.float32), 0, pos, offset=self.z0_in)
         return out[tuple(0 if isinstance(k, (int, np.integer)) else slice(None) for k in key)]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
@@ -115,7 +118,7 @@ class ZResampledCrop:
             rows = max(1, 2**24 // max(1, self.inner[0] * self.inner[2]))
             pos = torch.arange(*self.z_range, dtype=torch.float64) / self.z_factor
             for y in range(0, self.inner[1], rows):
-                band = resample_linear(self.planes[:, y:y + rows], 0, pos, offset=self.z0_in)
+                band = resample_linear(np.asarray(self.planes[:, y:y + rows], np.float32), 0, pos, offset=self.z0_in)
                 lo, hi = min(lo, float(band.min())), max(hi, float(band.max()))
             self._minmax = (lo, hi)
         return self._minmax

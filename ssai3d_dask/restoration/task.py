@@ -20,7 +20,8 @@ from ssai3d_dask.models.folder import cached_folder
 from ssai3d_dask.models.precision import prepare, resolve_precision
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.ops.normalize import Normalization
-from ssai3d_dask.restoration.kernels import denoise_planes, extended_crop, restore_block, to_output
+from ssai3d_dask.restoration.kernels import (denoise_planes, extended_crop, interpolate_core, restore_block,
+                                             to_output)
 from ssai3d_dask.restoration.plan import Plan, Region
 from ssai3d_dask.restoration.rl import richardson_lucy
 from ssai3d_dask.settings import NETWORK_METHODS
@@ -48,9 +49,8 @@ def compute_region(plan: Plan, region: Region, crop: np.ndarray, spec: dict, mod
     region was skipped as background (``skip_background``: its denoised input stays at or under
     ``empty_level``, and the interpolation is the answer)."""
     if spec["method"] == "interp":  # in raw units: interpolation needs no normalisation (nor its rounding)
-        ext, offset = extended_crop(plan, region, np.asarray(crop, np.float32))
-        core = tuple(slice(o, o + c) for o, c in zip(offset, region.shape))
-        return cast_output(np.ascontiguousarray(ext[core]), np.dtype(spec["dtype"])), False
+        ext, offset = extended_crop(plan, region, crop)
+        return interpolate_core(ext, offset, region.shape, np.dtype(spec["dtype"])), False
     denoiser = denoiser or Denoiser()
     norm = Normalization.from_dict(spec["norm"])
     planes = denoise_planes(norm.apply(np.asarray(crop, np.float32)), denoiser)
