@@ -9,7 +9,7 @@ Methods, each through the package's pipeline on the isotropic grid (z resampled 
 - ssai3d      `ssai3d run --psf-bank paper` (the paper's fixed bank, sd 3-7 px);
 - ssai3d-auto `ssai3d run` with default settings (`--psf-bank auto`: one PSF, the stack's own axial blur
               estimate, along z; every layer fine-tuned);
-- ssai3d-wide `ssai3d run --psf-bank wide --selection snip` (the defaults until fidelity_calibrated.md: the
+- ssai3d-wide `ssai3d run --psf-bank wide --selection snip` (the defaults until archive/fidelity_calibrated.md: the
               paper's bank widened to centre 1.25x past the estimate when that is wider than sd 5 px, snip's 10 %
               of layers);
 - rl          Richardson-Lucy, 30 iterations, with the PSF *measured* from these beads (their crops in the

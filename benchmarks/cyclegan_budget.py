@@ -71,7 +71,7 @@ def main() -> None:
              f"Machine: {platform.machine()}, {args.threads} CPU threads, torch {torch.__version__}. Command: "
              f"`python benchmarks/cyclegan_budget.py --steps {args.steps}`. Stack: fidelity.py's experiment 6, x4 "
              f"(tubes {cfg['shape']}, axial blur sd 4 px, z every 4 voxels). Settings: {json.dumps(settings.to_dict())}.",
-             f"Training: {train_s:.0f} s; total {time.perf_counter() - t0:.0f} s. fidelity_blind.md has the 300-step "
+             f"Training: {train_s:.0f} s; total {time.perf_counter() - t0:.0f} s. archive/fidelity_blind.md has the 300-step "
              "column (PSNR 21.03, equal to interpolation).", "",
              "| metric | " + " | ".join(rows) + " |", "|---" * (len(rows) + 1) + "|"]
     lines += [f"| {m} | " + " | ".join(rows[n][m] for n in rows) + " |" for m in metrics]

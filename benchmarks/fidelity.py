@@ -8,8 +8,8 @@ Every method runs through the package's block pipeline (``ssai3d_dask.restoratio
               with the one true PSF (and subsampled like z)
 - ssai3d-full SSAI-3D, every layer fine-tuned, with the 25-PSF bank (``--psf-bank wide``, the former default)
 - ssai3d      SSAI-3D with the package's defaults (every layer fine-tuned, ``--psf-bank auto``: one PSF, the axial
-              blur estimated from the stack times ``--psf-lean`` (1.15 since fidelity_lean.md; 1.0 before), along z;
-              until fidelity_calibrated.md: snip's 10 % of layers and the paper's 25-PSF bank, widened only); the
+              blur estimated from the stack times ``--psf-lean`` (1.15 since archive/fidelity_lean.md; 1.0 before), along z;
+              until archive/fidelity_calibrated.md: snip's 10 % of layers and the paper's 25-PSF bank, widened only); the
               patches and fine-tuning steps are the size's (below)
 - rl-est      Richardson-Lucy with the PSF *estimated* from the stack (``ssai3d info --psf``: the axial blur
               beyond the lateral one; what a user without a measured PSF would do), 30 iterations
@@ -42,16 +42,17 @@ patches of 64 px). ``--size paper`` uses the paper's 300^3 cubes and 1000 / 3000
 
 The ``ssai3d-auto`` column is SSAI-3D sparse with a bank centred on the axial blur estimated from the stack
 itself (widths x0.6-1.4 of the estimate, :data:`~ssai3d_dask.adaptation.psf_estimate.AUTO_SPREAD`) instead of
-the paper's fixed sd 3-7 px: the variant fidelity_bank.md compared, which lost to the paper bank (the package's
+the paper's fixed sd 3-7 px: the variant archive/fidelity_bank.md compared, which lost to the paper bank (the package's
 ``--psf-bank wide`` only ever widens it). The one-PSF, widths-only and orientations-only columns
-(fidelity_bank_network.md) showed the spread of widths, not the bank's centre, to be what cost: the package's
+(archive/fidelity_bank_network.md) showed the spread of widths, not the bank's centre, to be what cost: the package's
 ``--psf-bank auto`` is now the estimate alone, along z.
 ``--methods`` runs a subset of the columns (the others show "-"); the blind and OT-CycleGAN columns were
-run that way into fidelity_blind.md (same phantoms and seeds, so their numbers sit beside fidelity.md's).
+run that way into archive/fidelity_blind.md (same phantoms and seeds, so their numbers sit beside fidelity.md's).
 
 Run: python benchmarks/fidelity.py [--size small|paper] [--only beads,strands,...] [--methods interp,rl,...]
-Writes benchmarks/results/fidelity.md (+ fidelity.json) and fidelity_<experiment>.png (beside --out, named
-after it).
+Writes benchmarks/results/archive/fidelity_run.md (+ .json) and its panels _<experiment>.png (beside --out,
+named after it); ``benchmarks/fidelity_table.py`` merges the current run of each column into
+benchmarks/results/fidelity.md.
 """
 
 from __future__ import annotations
@@ -459,7 +460,8 @@ def main() -> None:
                     help="seed of every learned method's sampling and training (the phantoms keep theirs): run "
                          "1, 2, ... to see how far a figure moves between trainings")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=RESULTS / "fidelity.md")
+    ap.add_argument("--out", type=Path, default=RESULTS / "archive" / "fidelity_run.md",
+                    help="the run's table (results/fidelity.md is the merged one: benchmarks/fidelity_table.py)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = dict(SIZES[args.size], train_seed=args.train_seed)

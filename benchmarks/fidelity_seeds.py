@@ -11,7 +11,7 @@ Run: python benchmarks/fidelity_seeds.py [--seeds 0,1,2] [--only tubes,undersamp
 Each seed's run is written to DIR/seed<N>.md (+ .json, panels) and reused when it is already there (a
 stopped run resumes at the next seed); DIR/seed<N>-*.md files (columns run on their own, e.g. CARE with
 another budget) are merged into that seed's, later files replacing a column of the same label. The output
-lists each merged file with the command that made it. Writes benchmarks/results/fidelity_seeds.md (+ .json).
+lists each merged file with the command that made it. Writes benchmarks/results/archive/fidelity_seeds.md (+ .json).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--versus", default="care", help="comma list of columns it is compared with")
     ap.add_argument("--work", type=Path, default=Path("/tmp/ssai3d-fidelity-seeds"),
                     help="folder of the per-seed runs (reused when present)")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "fidelity_seeds.md")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "archive/fidelity_seeds.md")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")

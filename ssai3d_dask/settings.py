@@ -189,8 +189,8 @@ class AdaptSettings(_PatchSettings):
     psf_lean: float = Field(1.15, ge=1.0, le=2.0,
                             description="--psf-bank auto trains on this multiple of the axial blur (estimated, or "
                                         "given by --sigmas): a network adapted on one blur under-corrects a wider "
-                                        "one far more than it over-corrects a narrower one (1.0: the blur as it is; "
-                                        "benchmarks/results/psf_lean.md).")
+                                        "one far more than it over-corrects a narrower one (1.0: the blur as it is, "
+                                        "for structure elongated along z).")
     angles_deg: tuple[float, ...] | None = Field(None, min_length=1,
                                                  description="PSF bank: orientations in degrees [default: 0 (auto); "
                                                              "-45,-22.5,0,22.5,45 (wide, paper)].",
@@ -204,8 +204,8 @@ class AdaptSettings(_PatchSettings):
     layers_fraction: float = Field(0.1, gt=0, le=1, description="Fraction of layers to fine-tune with --selection "
                                                                 "snip/surgeon/random.")
     selection: Literal["all", "surgeon", "snip", "random"] = Field(
-        "all", description="Which layers are fine-tuned: all (default: on the shipped 1.7M-parameter base, training "
-                           "every layer restored better than any 10%, benchmarks/results/fidelity_bank_network.md), "
+        "all", description="Which layers are fine-tuned: all (default: for the shipped 1.7M-parameter base, training "
+                           "every layer restores better than any 10%), "
                            "or --layers-fraction of them chosen by normalised snip, by the shipped surgeon (the "
                            "paper's sparse fine-tuning, for large bases) or at random (an ablation).")
     metrics_fraction: float = Field(0.01, gt=0, le=1, description="Fraction of the pairs for zero-shot metrics.")
@@ -391,8 +391,7 @@ class RestoreSettings(Settings):
     dtype: Literal["float32", "uint16", "uint8"] | None = Field(None, description="Output data type (default: the "
                                                                 "input's).")
     batch: int | None = Field(None, ge=1, description="Slices per forward pass (default: 32 on CUDA; on CPU about "
-                                                       "2**17 pixels, one 256 x 384 slice: the measured optima, "
-                                                       "benchmarks/results/compute*.md).")
+                                                       "2**17 pixels, one 256 x 384 slice: the measured optima).")
     device: Device = Field("auto", description="Where networks run.")
     precision: Precision = Field("auto", description=_PRECISION_HELP + " Resolved on each worker.")
     compile: Literal["auto", "on", "off"] = Field("auto", description="Compile the network with TorchInductor: "

@@ -40,8 +40,15 @@ def run(source: str | Path | Volume | Dataset, out: str | Path, model_dir: str |
     resume : bool
         Finish an interrupted run: an existing adapted model is reused and only missing regions are computed.
 
-    Returns the output path. The output and the model folder are checked against the input before anything
-    is adapted, so a wrong path fails in a second, not after the adaptation.
+    Returns
+    -------
+    Path
+        The output path.
+
+    Notes
+    -----
+    The output and the model folder are checked against the input before anything is adapted, so a wrong
+    path fails in a second, not after the adaptation.
     """
     adapt_settings = adapt_settings or AdaptSettings()
     restore_settings = restore_settings or RestoreSettings()

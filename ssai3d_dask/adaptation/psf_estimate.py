@@ -56,7 +56,7 @@ SIGMAS = np.round(np.arange(0.25, 20.01, 0.25), 2)
 #: the phantom renderer's or the camera's rounding, not the blur, sets the spectrum.
 DYNAMIC_RANGE = 1e-3
 #: Spread of a bank centred on the estimate (the paper's 3-7 px bank spans x0.6..x1.4 of 5 px): the variant
-#: benchmarks/fidelity.py's ssai3d-auto column runs, kept so fidelity_bank.md can be reproduced.
+#: benchmarks/fidelity.py's ssai3d-auto column runs, kept so archive/fidelity_bank.md can be reproduced.
 AUTO_SPREAD = (0.6, 0.8, 1.0, 1.2, 1.4)
 
 
@@ -65,9 +65,9 @@ AUTO_SPREAD = (0.6, 0.8, 1.0, 1.2, 1.4)
 #: measured: the real confocal beads (extra axial sd ~9.4 px from their measured PSF) gave axial/lateral FWHM
 #: 2.30 with a bank centred on 9.4 px and 2.00 centred on 12.06 px (1.28x); on the phantoms of
 #: benchmarks/fidelity.py the paper's bank (centre 5 px, 1.26x the true 3.97 px) restored beads and strands
-#: better than a bank centred on an accurate estimate (fidelity_bank.md). Where it made no difference: strands
+#: better than a bank centred on an accurate estimate (archive/fidelity_bank.md). Where it made no difference: strands
 #: blurred by sd 8 px, adapted on that stack, gave 11.73-11.75 dB with banks centred on the estimate (6.9 px),
-#: 1.25x past it and on the truth (fidelity_each.md).
+#: 1.25x past it and on the truth (archive/fidelity_each.md).
 BANK_LEAN = 1.25
 
 
@@ -75,7 +75,7 @@ def auto_bank_widths(sigmas_px: tuple[float, ...], estimate_px: float) -> tuple[
     """``--psf-bank wide``: the bank ``sigmas_px`` scaled by ``max(1, BANK_LEAN * estimate / median width)``.
 
     The bank only ever widens: narrower banks than the paper's 3-7 px did not restore better on the phantoms
-    (fidelity_bank.md), nor on tubes blurred only 1.4-2.4 px along z (bank_small_blur.md: the paper bank ahead
+    (archive/fidelity_bank.md), nor on tubes blurred only 1.4-2.4 px along z (bank_small_blur.md: the paper bank ahead
     of one centred on the estimate by 0.34-0.90 dB, noisy or not), so a stack blurred less than ~4 px keeps the
     paper's bank. A stack blurred beyond it
     (the real confocal beads: sd ~9.4 px on their 0.0225 um grid) gets a bank centred :data:`BANK_LEAN` times
