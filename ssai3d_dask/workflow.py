@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from ssai3d_dask.progress import ProgressLike
 from ssai3d_dask.adaptation.adapt import adapt_dataset
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.io.dataset import Dataset, dataset_from_volume, open_dataset
@@ -27,7 +28,7 @@ def default_model_dir(out: str | Path) -> Path:
 def run(source: str | Path | Volume | Dataset, out: str | Path, model_dir: str | Path | None = None,
         adapt_settings: AdaptSettings | None = None, restore_settings: RestoreSettings | None = None, *,
         voxel_size_um: Sequence[float] | None = None, channels=None, times=None, adapt_per_time: bool = False,
-        overwrite: bool = False, resume: bool = False, client=None, progress: bool = True) -> Path:
+        overwrite: bool = False, resume: bool = False, client=None, progress: ProgressLike = None) -> Path:
     """Adapt the base model to ``source`` (one model per channel), then restore ``source`` into ``out``.
 
     Parameters

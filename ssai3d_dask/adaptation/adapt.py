@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ssai3d_dask import __version__
+from ssai3d_dask.progress import ProgressLike
 from ssai3d_dask.models.checkpoint import load_model, load_network, shipped_path
 from ssai3d_dask.io.files import removed_on_failure
 from ssai3d_dask.models.folder import AdaptedModel, check_new_folder, write_folder
@@ -78,7 +79,7 @@ def _shipped_surgeon(model: NAFNet, base_sha256: str | None = None):
 
 
 def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | None = None,
-          progress: bool = True, overwrite: bool = False) -> AdaptedModel:
+          progress: ProgressLike = None, overwrite: bool = False) -> AdaptedModel:
     """Adapt the base model to ``vol``; write MODEL_DIR when ``out_dir`` is given."""
     settings = (settings or AdaptSettings()).fitted(vol)
     settings.check_volume(vol)
@@ -282,7 +283,7 @@ def model_subdir(ds, t: int | None, c: int | None, per_time: bool) -> str:
 
 
 def adapt_dataset(ds, out_dir: str | Path, settings: AdaptSettings | None = None, per_time: bool = False,
-                  overwrite: bool = False, progress: bool = True) -> dict:
+                  overwrite: bool = False, progress: ProgressLike = None) -> dict:
     """Adapt once per channel (its own statistics, denoiser and layers) into ``MODEL_DIR/c{c}``; every
     time point of a channel reuses its model unless ``per_time`` (then ``MODEL_DIR/t{t}/c{c}``).
 

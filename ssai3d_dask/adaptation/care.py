@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ssai3d_dask import __version__
+from ssai3d_dask.progress import ProgressLike
 from ssai3d_dask.models.folder import AdaptedModel, check_new_folder, write_folder
 from ssai3d_dask.models.unet import CareUNet
 from ssai3d_dask.adaptation.losses import l1_loss
@@ -39,7 +40,7 @@ from ssai3d_dask.settings import CareSettings, resolve_device
 logger = logging.getLogger(__name__)
 
 def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings,
-               progress: bool = True, overwrite: bool = False):
+               progress: ProgressLike = None, overwrite: bool = False):
     """Train a CARE U-Net from scratch on ``vol``'s lateral planes; write MODEL_DIR when ``out_dir`` is given.
 
     Returns an :class:`ssai3d_dask.adaptation.adapt.AdaptedModel` (network, normalisation, no denoiser).

@@ -46,6 +46,7 @@ from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.geometry import isotropic_geometry
 from ssai3d_dask.io.files import write_with
 from ssai3d_dask.io.volume import Volume
+from ssai3d_dask.progress import ProgressLike, as_progress
 from ssai3d_dask.models.checkpoint import load_state_strict, read_state
 from ssai3d_dask.models.folder import MANIFEST_FILE, AdaptedModel, check_new_folder, write_folder
 from ssai3d_dask.models.nafnet import count_parameters
@@ -319,14 +320,13 @@ def _resuming(out: Path | None, settings: CycleGANSettings, overwrite: bool) -> 
 
 
 def train_cyclegan(vol: Volume, out_dir: str | Path | None, settings: CycleGANSettings | None = None,
-                   progress: bool = True, overwrite: bool = False) -> AdaptedModel:
+                   progress: ProgressLike = None, overwrite: bool = False) -> AdaptedModel:
     """Train an OT-CycleGAN on ``vol`` alone; write MODEL_DIR (kind ``cyclegan``, the generator G) when
     ``out_dir`` is given. Rerunning with the same ``out_dir`` and settings resumes an interrupted run.
 
     Returns an :class:`~ssai3d_dask.models.folder.AdaptedModel` (G, normalisation, no denoiser).
+    ``progress``: :mod:`ssai3d_dask.progress` (None: silent).
     """
-    from tqdm.auto import tqdm
-
     settings = settings or CycleGANSettings()
     settings.check_volume(vol)
     out = Path(out_dir) if out_dir is not None else None
@@ -353,16 +353,16 @@ def train_cyclegan(vol: Volume, out_dir: str | Path | None, settings: CycleGANSe
     else:
         history["validation"].append({"iteration": 0, **trainer.validate(val)})
     t0 = time.perf_counter()
-    bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc="train OT-CycleGAN",
-               disable=not progress)
-    for it in bar:
+    bar = as_progress(progress).bar("train OT-CycleGAN", settings.iterations, initial=start, unit="step")
+    for it in range(start, settings.iterations):
         xb = _augment(train[rng.integers(0, len(train), settings.batch_size)], rng)
         yb = _augment(train[rng.integers(0, len(train), settings.batch_size)], rng)
         values = trainer.step(xb, yb, rng)
         done = it + 1
         if it % 10 == 0 or done == settings.iterations:
             history["loss"].append({"iteration": done, **{k: round(v, 5) for k, v in values.items()}})
-            bar.set_postfix({"cycle": f"{values['cycle']:.4f}", "D_Y acc": f"{values['d_y_accuracy']:.2f}"})
+            bar.postfix(cycle=f"{values['cycle']:.4f}", D_Y_acc=f"{values['d_y_accuracy']:.2f}")
+        bar.update(1)
         if out is not None and done % settings.checkpoint_every == 0 and done < settings.iterations:
             history["seconds"] += time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -370,6 +370,7 @@ def train_cyclegan(vol: Volume, out_dir: str | Path | None, settings: CycleGANSe
                     "iteration": done, "history": json.dumps(history), "settings": json.dumps(settings.to_dict())}
             out.mkdir(parents=True, exist_ok=True)
             write_with(out / RESUME_FILE, lambda tmp: torch.save(ckpt, tmp))
+    bar.close()
     history["seconds"] = round(history["seconds"] + time.perf_counter() - t0, 2)
     history["validation"].append({"iteration": settings.iterations, **trainer.validate(val)})
     before, after = history["validation"][0], history["validation"][-1]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssai3d_dask.progress import ProgressLike
 from ssai3d_dask.io.files import write_with
 from ssai3d_dask.models.checkpoint import load_state_strict, read_state
 from ssai3d_dask.models.nafnet import NAFNet, gray_forward
@@ -48,7 +49,7 @@ def validation_loss(model: NAFNet, blurred: torch.Tensor, sharp: torch.Tensor) -
 
 def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth: PairSynthesizer,
              settings: FinetuneSettings, val: tuple[torch.Tensor, torch.Tensor] | None = None,
-             progress: bool = True, seed: int = 0, checkpoint: Path | None = None, fingerprint: str = "") -> dict:
+             progress: ProgressLike = None, seed: int = 0, checkpoint: Path | None = None, fingerprint: str = "") -> dict:
     """Fine-tune ``model`` in place; returns a history with losses and timings.
 
     Parameters

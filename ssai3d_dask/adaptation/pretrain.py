@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ssai3d_dask import __version__
+from ssai3d_dask.progress import ProgressLike
 from ssai3d_dask.adaptation.losses import psnr_loss
 from ssai3d_dask.adaptation.training import fit, make_optimizer
 from ssai3d_dask.errors import SettingsError
@@ -58,7 +59,7 @@ def evaluate_psnr(model: NAFNet, degraded: torch.Tensor, sharp: torch.Tensor, ba
     return float(np.mean(pin)), float(np.mean(pout))
 
 
-def pretrain(out: str | Path, settings: PretrainSettings, progress: bool = True) -> Path:
+def pretrain(out: str | Path, settings: PretrainSettings, progress: ProgressLike = None) -> Path:
     """Train a base model and write it (fp16, with manifest) to ``out``, and the manifest with the
     weights' sha256 to ``out`` with suffix ``.json`` (the sidecar shipped beside the weights).
 

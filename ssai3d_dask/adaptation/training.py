@@ -12,6 +12,7 @@ import torch
 
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.models.precision import autocast, prepare
+from ssai3d_dask.progress import ProgressLike, as_progress
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def fit(model: torch.nn.Module, batch: Callable[[int], Sequence[torch.Tensor]],
         loss: Callable[..., torch.Tensor], opt: torch.optim.Optimizer, sched, iterations: int, *,
         start: int = 0, log: list | None = None, log_every: int = 10, clip_norm: float | None = None,
         after_step: Callable[[int], None] | None = None, desc: str = "train",
-        postfix: Callable[[float], dict] | None = None, progress: bool = True, precision: str = "fp32") -> float:
+        postfix: Callable[[float], dict] | None = None, progress: ProgressLike = None, precision: str = "fp32") -> float:
     """Steps ``start..iterations-1``: ``loss(*batch(it))`` -> backward -> (clip) -> step -> schedule.
 
     ``precision`` (resolved, :mod:`ssai3d_dask.models.precision`): ``bf16`` runs the forward pass and loss
@@ -55,13 +56,21 @@ def fit(model: torch.nn.Module, batch: Callable[[int], Sequence[torch.Tensor]],
     after step ``n`` (1-based count) for evaluation and checkpoints, and stops training by returning True.
     Returns the seconds taken.
     """
-    from tqdm.auto import tqdm
-
     device = next(model.parameters()).device
     prepare(model, device)
     t0 = time.perf_counter()
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=desc, disable=not progress)
-    for it in bar:
+    bar = as_progress(progress).bar(desc, iterations, initial=start, unit="step")
+    try:
+        _steps(model, opt, loss, batch, start, iterations, sched, clip_norm, log, log_every, after_step, postfix,
+               precision, device, bar)
+    finally:
+        bar.close()
+    return round(time.perf_counter() - t0, 2)
+
+
+def _steps(model, opt, loss, batch, start, iterations, sched, clip_norm, log, log_every, after_step, postfix,
+           precision, device, bar) -> None:
+    for it in range(start, iterations):
         model.train()
         inputs = batch(it)
         with autocast(precision, device):
@@ -76,7 +85,7 @@ def fit(model: torch.nn.Module, batch: Callable[[int], Sequence[torch.Tensor]],
         if log is not None and (it % log_every == 0 or it == iterations - 1):
             log.append((it, value.item()))
             if postfix is not None:
-                bar.set_postfix(postfix(value.item()))
+                bar.postfix(**postfix(value.item()))
+        bar.update(1)
         if after_step is not None and after_step(it + 1):
             break
-    return round(time.perf_counter() - t0, 2)

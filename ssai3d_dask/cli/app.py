@@ -15,6 +15,7 @@ import traceback
 
 import click
 
+from ssai3d_dask.progress import Progress, TqdmProgress
 from ssai3d_dask.errors import Interrupted, Ssai3dError
 
 logger = logging.getLogger("ssai3d_dask")
@@ -28,6 +29,13 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     # tifffile warns about the file structure (a missing page, odd metadata) before our own reader either
     # copes or stops with an error naming the fix; its words add noise there, so -v shows them
     logging.getLogger("tifffile").setLevel(logging.ERROR if verbose < 1 else logging.WARNING)
+
+
+def cli_progress() -> Progress:
+    """What the commands pass to the library as ``progress``: tqdm bars on stderr, none with ``-q``."""
+    ctx = click.get_current_context(silent=True)
+    quiet = bool(ctx is not None and ctx.find_root().params.get("quiet"))
+    return Progress() if quiet else TqdmProgress()
 
 
 class UserError(click.ClickException):

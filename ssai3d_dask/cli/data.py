@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import click
 
-from ssai3d_dask.cli.app import friendly_errors, main
+from ssai3d_dask.cli.app import cli_progress, friendly_errors, main
 from ssai3d_dask.errors import Ssai3dError
 from ssai3d_dask.cli.options import channel_option, level_option, time_option, voxel_option
 
@@ -121,7 +121,7 @@ def evaluate(pred, truth, raw, data_range, beads, json_out):
 @click.option("--shape", nargs=3, type=int, default=(64, 192, 192), show_default=True, metavar="Z Y X",
               help="Ground-truth shape; the raw stack has Z / 4 planes.")
 @click.option("--iterations", type=int, default=150, show_default=True,
-              help="Fine-tuning steps (150 keeps the demo near a minute on 2 CPU cores; 3000 lets adaptation run "
+              help="Fine-tuning steps (150 keeps the demo near two minutes on 2 CPU cores; 3000 lets adaptation run "
                    "to its validation plateau, as `adapt` does: ~1100 steps, +0.3 dB here).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=None, help="LocalCluster workers.")
@@ -129,9 +129,10 @@ def evaluate(pred, truth, raw, data_range, beads, json_out):
 def demo(out_dir, shape, iterations, seed, workers):
     """Simulate a tissue-like stack (textured nuclei among neurites) at anisotropy 4 with noise, adapt the
     shipped model to it, restore, score against the truth and write report.png (XY, XZ, YZ views)."""
-    from ssai3d_dask.evaluation.demo import run_demo
+    from ssai3d_dask.evaluation.demo import format_demo, run_demo
 
-    run_demo(out_dir, tuple(shape), iterations, seed, workers)
+    click.echo(format_demo(run_demo(out_dir, tuple(shape), iterations, seed, workers, progress=cli_progress()),
+                           out_dir))
 
 
 @main.command()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ssai3d_dask.cli.app import friendly_errors, main
+from ssai3d_dask.cli.app import cli_progress, friendly_errors, main
 from ssai3d_dask.cli.options import (Opt, channels_option, collect, config_option, config_sections, print_config,
                                      print_config_option, settings_options, stack, times_option, voxel_option)
 from ssai3d_dask.cli.train import ADAPT_OPTS, adapt_options
@@ -124,7 +124,8 @@ def restore(path, out, model_dir, voxel_size, channel, time_, dry_run, scheduler
         return _print_dry_run(ds, model_dir, out, settings, resume, workers, threads_per_worker)
     check_output(out, overwrite, resume, [ds.source] + ([model_dir] if model_dir else []))
     with _client(scheduler, workers, threads_per_worker, memory_limit, settings.method.name) as client:
-        click.echo(str(run_restore(ds, model_dir, out, settings, overwrite=overwrite, resume=resume, client=client)))
+        click.echo(str(run_restore(ds, model_dir, out, settings, overwrite=overwrite, resume=resume, client=client,
+                                   progress=cli_progress())))
 
 
 @main.command()
@@ -169,4 +170,4 @@ def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, dry_ru
                               extra=[note])
     with _client(scheduler, workers, threads_per_worker, memory_limit, "ssai3d") as client:
         click.echo(str(run_all(ds, out, model_dir, adapt, settings, adapt_per_time=adapt_per_time,
-                               overwrite=overwrite, resume=resume, client=client)))
+                               overwrite=overwrite, resume=resume, client=client, progress=cli_progress())))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ssai3d_dask.cli.app import friendly_errors, main
+from ssai3d_dask.cli.app import cli_progress, friendly_errors, main
 from ssai3d_dask.cli.options import (Opt, channel_option, channels_option, collect, config_option, config_sections,
                                      print_config, print_config_option, settings_options, stack, time_option,
                                      times_option, voxel_option)
@@ -53,7 +53,7 @@ def pretrain(out, config_file, print_cfg, **kw):
     settings = collect(PretrainSettings, PRETRAIN_OPTS, kw, config_sections(config_file).get("pretrain"))
     if print_cfg:
         return print_config({"pretrain": settings})
-    click.echo(str(run(out, settings)))
+    click.echo(str(run(out, settings, progress=cli_progress())))
 
 
 @main.command()
@@ -78,7 +78,7 @@ def adapt(path, out_dir, voxel_size, channel, time_, adapt_per_time, overwrite, 
     if print_cfg:
         return print_config({"adapt": settings})
     ds = open_dataset(path, voxel_size, channel, time_)
-    adapt_dataset(ds, out_dir, settings, per_time=adapt_per_time, overwrite=overwrite)
+    adapt_dataset(ds, out_dir, settings, per_time=adapt_per_time, overwrite=overwrite, progress=cli_progress())
     click.echo(str(out_dir))
 
 
@@ -102,7 +102,7 @@ def train_care(path, out_dir, voxel_size, channel, time_, overwrite, config_file
     if print_cfg:
         return print_config({"care": settings})
     vol = open_volume(path, voxel_size, channel, time_)
-    run_train(vol, out_dir, settings, overwrite=overwrite)
+    run_train(vol, out_dir, settings, overwrite=overwrite, progress=cli_progress())
     click.echo(str(out_dir))
 
 
@@ -131,7 +131,7 @@ def train_cyclegan(path, out_dir, voxel_size, channel, time_, overwrite, config_
     if print_cfg:
         return print_config({"cyclegan": settings})
     vol = open_volume(path, voxel_size, channel, time_)
-    run_train(vol, out_dir, settings, overwrite=overwrite)
+    run_train(vol, out_dir, settings, overwrite=overwrite, progress=cli_progress())
     click.echo(str(out_dir))
 
 

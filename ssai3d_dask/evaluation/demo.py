@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssai3d_dask.progress import ProgressLike
 from ssai3d_dask.adaptation.adapt import adapt
 from ssai3d_dask.settings import AdaptSettings
 from ssai3d_dask.restoration.cluster import close_client, make_client
@@ -68,7 +69,9 @@ def report_png(path: Path, volumes: dict[str, np.ndarray], title: str) -> None:
 
 
 def run_demo(out_dir: Path, shape=(64, 192, 192), iterations: int = 150, seed: int = 0,
-             workers: int | None = None) -> dict:
+             workers: int | None = None, progress: ProgressLike = None) -> dict:
+    """Simulate, adapt, restore and score; write OUT_DIR. Returns the metrics table (``_info`` holds the
+    phantom, the forward model and the seconds taken); :func:`format_demo` makes it text."""
     if len(shape) != 3 or shape[0] < 4 * Z_FACTOR or min(shape[1:]) < 64:
         raise SettingsError(f"demo --shape {tuple(shape)} is too small: z needs at least {4 * Z_FACTOR} (the raw "
                             f"stack has z / {Z_FACTOR} planes) and y, x at least 64 (the training patch)")
@@ -84,11 +87,12 @@ def run_demo(out_dir: Path, shape=(64, 192, 192), iterations: int = 150, seed: i
     vol = open_volume(out_dir / "raw.ome.zarr")
     settings = AdaptSettings(n_patches=128, patch_px=64,
                              finetune=FinetuneSettings(iterations=iterations, batch_size=8), seed=seed)
-    adapt(vol, out_dir / "model", settings, overwrite=True)
+    adapt(vol, out_dir / "model", settings, overwrite=True, progress=progress)
     client = make_client(workers=workers)
     try:
         restore(vol, out_dir / "model", out_dir / "restored.ome.zarr",
-                RestoreSettings(chunks=(64, 96, 96), region=(64, 192, 192), halo=32), overwrite=True, client=client)
+                RestoreSettings(chunks=(64, 96, 96), region=(64, 192, 192), halo=32), overwrite=True, client=client,
+                progress=progress)
     finally:
         close_client(client)
     restored = open_volume(out_dir / "restored.ome.zarr").data.compute().astype(np.float32)
@@ -105,9 +109,13 @@ def run_demo(out_dir: Path, shape=(64, 192, 192), iterations: int = 150, seed: i
     report_png(out_dir / "report.png", {"raw (linear z)": interp, "ssai3d": restored, "truth": truth_f},
                f"ssai3d demo: PSNR {table['raw (linear z)']['psnr_db']:.2f} -> {table['ssai3d']['psnr_db']:.2f} dB,"
                f" SSIM {table['raw (linear z)']['ssim']:.3f} -> {table['ssai3d']['ssim']:.3f} (L = 65535)")
+    return table
+
+
+def format_demo(table: dict, out_dir: Path) -> str:
+    """The demo's metrics table and what it wrote, as text."""
     from ssai3d_dask.evaluation.evaluate import format_table
 
-    print(format_table({k: v for k, v in table.items() if not k.startswith("_")}))
-    print(f"wrote {out_dir}/ (raw, restored, truth OME-Zarr; metrics.json; report.png) in "
-          f"{table['_info']['seconds']:.0f} s")
-    return table
+    return (format_table({k: v for k, v in table.items() if not k.startswith("_")})
+            + f"\nwrote {out_dir}/ (raw, restored, truth OME-Zarr; metrics.json; report.png) in "
+            f"{table['_info']['seconds']:.0f} s")

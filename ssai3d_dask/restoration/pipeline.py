@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ssai3d_dask import __version__
+from ssai3d_dask.progress import ProgressLike
 from ssai3d_dask.settings import NETWORK_METHODS, RestoreSettings
 from ssai3d_dask.models.folder import cached_folder, check_folder
 from ssai3d_dask.ops.denoise import Denoiser
@@ -322,7 +323,7 @@ def _share_fill(jobs: list[RestoreJob]) -> float:
 
 
 def restore(vol, model_dir: str | Path | None, out: str | Path, settings: RestoreSettings | None = None,
-            overwrite: bool = False, resume: bool = False, client=None, progress: bool = True) -> Path:
+            overwrite: bool = False, resume: bool = False, client=None, progress: ProgressLike = None) -> Path:
     """Restore a :class:`Volume` (or every slice of a :class:`~ssai3d_dask.io.dataset.Dataset`) into a
     multiscale OME-Zarr at ``out`` with isotropic voxels.
 
@@ -352,7 +353,7 @@ def restore(vol, model_dir: str | Path | None, out: str | Path, settings: Restor
 
 
 def _restore(ds, models: dict, out: Path, settings: RestoreSettings, overwrite: bool, resume: bool, client,
-             progress: bool) -> Path:
+             progress: ProgressLike) -> Path:
     from itertools import chain
 
     from ssai3d_dask.restoration.scheduling import run_regions

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import chain, islice
 
+from ssai3d_dask.progress import ProgressLike, as_progress
 from ssai3d_dask.errors import Interrupted
 from ssai3d_dask.restoration import task
 from ssai3d_dask.restoration.task import run_region
@@ -154,14 +155,13 @@ def _local(out: str, todo: Iterator[tuple]) -> Iterator[dict]:
 
 
 def run_regions(todo: Iterator[tuple], n_todo: int, out: str, client=None, in_flight: int | None = None,
-                progress: bool = True) -> dict:
+                progress: ProgressLike = None) -> dict:
     """Run every (job, region index) of ``todo`` and return totals: regions, voxels, background regions, seconds,
-    and the network precisions the workers used (each resolves ``auto`` on its own hardware)."""
-    from tqdm.auto import tqdm
-
+    and the network precisions the workers used (each resolves ``auto`` on its own hardware). Each finished
+    region is reported to ``progress`` (:mod:`ssai3d_dask.progress`; None: silent)."""
     results = _distributed(out, todo, client, in_flight) if client is not None else _local(out, todo)
     t0 = time.perf_counter()
-    bar = tqdm(total=n_todo, desc="restore", unit="region", disable=not progress, smoothing=0.05)
+    bar = as_progress(progress).bar("restore", n_todo, unit="region")
     regions = voxels = skipped = nbytes = 0
     precisions: set[str] = set()
     with stop_on_sigterm():
@@ -173,7 +173,7 @@ def run_regions(todo: Iterator[tuple], n_todo: int, out: str, client=None, in_fl
             skipped += res["skipped"]
             nbytes += res["bytes_read"]
             bar.update(1)
-            bar.set_postfix(Mvox_s=f"{voxels / 1e6 / max(time.perf_counter() - t0, 1e-9):.2f}", refresh=False)
+            bar.postfix(Mvox_s=f"{voxels / 1e6 / max(time.perf_counter() - t0, 1e-9):.2f}")
         stopped = _STOP.is_set()
     bar.close()
     if stopped:
