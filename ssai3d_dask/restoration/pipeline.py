@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,7 +27,7 @@ from ssai3d_dask.progress import ProgressLike
 from ssai3d_dask.settings import NETWORK_METHODS, RestoreSettings
 from ssai3d_dask.models.folder import cached_folder, check_folder
 from ssai3d_dask.ops.denoise import Denoiser
-from ssai3d_dask.errors import Interrupted, SettingsError, VolumeError
+from ssai3d_dask.errors import Interrupted, SettingsError
 from ssai3d_dask.geometry import Geometry, isotropic_geometry, output_shape
 from ssai3d_dask.io.lock import RunLock
 from ssai3d_dask.io.omezarr import MultiscaleWriter, check_output
@@ -36,10 +35,12 @@ from ssai3d_dask.restoration.plan import Plan, auto_region, computed_pixel_ratio
 from ssai3d_dask.io.pyramid import Level, pyramid_layout
 from ssai3d_dask.restoration.kernels import default_halo, to_output
 from ssai3d_dask.restoration.rl import default_rl_halo, gaussian_psf_on_grid, load_psf
+from ssai3d_dask.restoration.failures import after_failure, resume_command, storage_error
+from ssai3d_dask.restoration.pruning import prune_regions, share_fill, unwritten_level
 from ssai3d_dask.adaptation.sampling import volume_statistics
 from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.io.source import Source
-from ssai3d_dask.io.tissue import Occupancy, TissueViews, tissue_views
+from ssai3d_dask.io.tissue import Occupancy, tissue_views
 from ssai3d_dask.io.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def prepare_restore(vol: Volume, model_dir: str | Path | None, settings: Restore
     levels = pyramid_layout(plan.out_shape, geom.out_voxel_um, plan.chunks, plan.region_shape,
                             settings.shard_shape(plan.region_shape))
     source = vol.source_handle()
-    keep, pruned = _prune(plan, tissue_views(vol), settings)
+    keep, pruned = prune_regions(plan, tissue_views(vol), settings)
     spec = {"method": settings.method.name, "model_dir": str(Path(model_dir).resolve()) if model_dir else None,
             "psf_path": None, "rl_iterations": getattr(settings.method, "iterations", None), "norm": norm.to_dict(), "view": settings.view,
             "batch": settings.batch or (32 if settings.resolved_device() == "cuda" else None),
@@ -192,80 +193,7 @@ def _tasks_per_machine(settings: RestoreSettings) -> int:
     return gpu_count() if settings.resolved_device() == "cuda" else default_workers(settings.method.name)
 
 
-def _prune(plan: Plan, views: TissueViews, settings: RestoreSettings) -> tuple[np.ndarray, dict]:
-    """Regions whose input reach touches written data (all of them with skip_empty off, or when the store
-    cannot say what it holds)."""
-    keep = np.ones(plan.grid, bool)
-    pruned = {"unwritten": 0}
-    if settings.skip_empty and views.written is not None:
-        keep &= views.written.any_in(plan.input_bounds())
-        pruned["unwritten"] = int(keep.size - keep.sum())
-    return keep, pruned
-
-
-def level_tolerance(dtype: np.dtype, norm: Normalization) -> float:
-    """How far two output levels may lie apart and still be one: none for integers (cast values are
-    equal or not), 1e-4 of the normalised range for floats (the arithmetic of different crop shapes)."""
-    return 0.0 if np.issubdtype(dtype, np.integer) else 1e-4 * abs(norm.high - norm.low)
-
-
-def unwritten_level(plan: Plan, spec: dict, fill_in: float, model=None, denoiser: Denoiser | None = None,
-                    psf: np.ndarray | None = None) -> float | None:
-    """What computing a region whose whole input is ``fill_in`` (never-written chunks) gives, so that such
-    regions can be pruned and read it as the output's fill value with the same result as computing them.
-
-    The region is computed by :func:`~ssai3d_dask.restoration.task.compute_region` itself, once for every
-    distinct region shape of the plan (at most 8: full regions and those cut short at the far edges;
-    a constant crop costs one slice per pass, see :func:`~ssai3d_dask.restoration.kernels.restore_block`).
-    Returns None when the outputs are not one value (within :func:`level_tolerance`): then pruning would
-    change the result.
-    """
-    from ssai3d_dask.restoration.task import compute_region
-
-    if not np.isfinite(fill_in):
-        return None
-    dtype = np.dtype(spec["dtype"])
-    lengths = plan.core_lengths()
-    picks = [sorted({0, len(n) - 1}) for n in lengths]  # region 0 and the last along each axis: every shape
-    values = []
-    for kz in picks[0]:
-        for ky in picks[1]:
-            for kx in picks[2]:
-                region = plan.region(int(np.ravel_multi_index((kz, ky, kx), plan.grid)))
-                crop = np.full(tuple(s.stop - s.start for s in plan.input_crop(region)), fill_in, np.float32)
-                out, _ = compute_region(plan, region, crop, spec, model, denoiser, psf)
-                values.append(np.asarray(out, np.float64).ravel())
-    values = np.concatenate(values)
-    lo, hi = float(values.min()), float(values.max())
-    if hi - lo > level_tolerance(dtype, Normalization.from_dict(spec["norm"])):
-        logger.info("output on the input's fill value %g spans %g..%g: unwritten regions are computed", fill_in, lo, hi)
-        return None
-    return float(np.median(values))
-
-
 # --- the whole restoration ------------------------------------------------------------------------
-
-def _after_failure(out: Path, writer: MultiscaleWriter, created: bool, n_keep: int) -> None:
-    """A failed restoration leaves no output, or a resumable one, and says which."""
-    done = len(writer.done_blocks())
-    if created and done == 0:
-        shutil.rmtree(out, ignore_errors=True)
-        logger.error("restoration failed before any region was written; nothing was kept at %s", out)
-    else:
-        logger.error("restoration stopped with %d of %d regions written; %s is resumable: rerun the same command "
-                     "with --resume", done, n_keep, out)
-
-
-def resume_command() -> str:
-    """The command line that finishes this run: the same arguments with --resume (and without --overwrite)."""
-    import shlex
-    import sys
-
-    args = [a for a in sys.argv[1:] if a != "--overwrite"]
-    if Path(sys.argv[0]).name not in ("ssai3d", "__main__.py") or not args:  # called from Python
-        return "call restore() again with resume=True"
-    return shlex.join(["ssai3d", *args, *([] if "--resume" in args else ["--resume"])])
-
 
 def run_record(job: RestoreJob) -> dict:
     """What must not change between a run and its ``--resume`` (results would otherwise mix)."""
@@ -306,20 +234,6 @@ def slice_models(ds, model_dir, method: str) -> dict:
                             f"adapt those channels (`ssai3d adapt INPUT --out {model_dir} --channel ...`) or select "
                             f"the channels it has with --channel")
     return found
-
-
-def _share_fill(jobs: list[RestoreJob]) -> float:
-    """One zarr fill value for all slices: the lowest of their levels for unwritten input. A slice with
-    pruned regions whose own level differs from it is computed everywhere (pruned regions would read wrong)."""
-    pruning = [j.fill_value for j in jobs if j.keep.size != j.keep.sum()]
-    fill = min(pruning) if pruning else jobs[0].fill_value
-    for j in jobs:
-        if abs(j.fill_value - fill) > level_tolerance(j.dtype, j.norm) and j.keep.size != j.keep.sum():
-            j.notes.append(f"slice {j.prefix.rstrip('-')}: its output on unwritten input {j.fill_value:g} differs "
-                           f"from the output fill value {fill:g}; all its regions are computed")
-            j.keep = np.ones_like(j.keep)
-            j.pruned = {"unwritten": 0}
-    return fill
 
 
 def restore(vol, model_dir: str | Path | None, out: str | Path, settings: RestoreSettings | None = None,
@@ -364,7 +278,7 @@ def _restore(ds, models: dict, out: Path, settings: RestoreSettings, overwrite: 
         job.spec["lead"] = lead
         job.spec["prefix"] = "".join(f"{a}{i}" for a, i in zip(ds.axes, lead)) + ("-" if lead else "")
         jobs.append(job)
-    fill = _share_fill(jobs) if len(jobs) > 1 else jobs[0].fill_value
+    fill = share_fill(jobs) if len(jobs) > 1 else jobs[0].fill_value
     first = jobs[0]
     for note in dict.fromkeys(n for j in jobs for n in j.notes):
         logger.warning(note)
@@ -422,38 +336,18 @@ def _restore(ds, models: dict, out: Path, settings: RestoreSettings, overwrite: 
                           "output_mvoxel_per_s": round(stats["voxels"] / 1e6 / max(stats["seconds"], 1e-9), 4)}}
         writer.write_metadata(None, provenance)  # omero windows from the written data, per channel
     except Interrupted as exc:
-        _after_failure(out, writer, created, n_keep)
+        after_failure(out, writer, created, n_keep)
         raise Interrupted(f"{exc}; {out} is resumable: {resume_command()}") from None
     except OSError as exc:
-        _after_failure(out, writer, created, n_keep)
+        after_failure(out, writer, created, n_keep)
         left = (n_keep - len(writer.done_blocks())) * math.prod(plan.region_shape) * first.dtype.itemsize
         err = storage_error(exc, out, left)
         if err is None:
             raise
         raise err from exc
     except BaseException:
-        _after_failure(out, writer, created, n_keep)
+        after_failure(out, writer, created, n_keep)
         raise
     return out
 
 
-def storage_error(exc: OSError, out: Path, bytes_left: int) -> VolumeError | None:
-    """A one-line error for an output that filled up or went away while being written (None for others)."""
-    import errno
-
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        try:
-            free = shutil.disk_usage(out if out.exists() else out.parent).free
-        except OSError:
-            free = None
-        return VolumeError(f"no space left to write {out} ({exc.strerror}; {_gib(free)} free, up to "
-                           f"{_gib(bytes_left)} still to write, uncompressed); free space or raise the quota, then: "
-                           f"{resume_command()}")
-    if exc.errno in (errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.EROFS) or not out.parent.exists():
-        return VolumeError(f"the output {out} became unwritable ({exc.strerror or exc}): was its file system "
-                           f"unmounted or made read-only? When it is back: {resume_command()}")
-    return None
-
-
-def _gib(n: int | None) -> str:
-    return "unknown" if n is None else f"{n / 2**30:.2f} GiB"

@@ -13,7 +13,6 @@ import time
 import numpy as np
 import torch
 
-from ssai3d_dask.io.casting import cast_output
 from ssai3d_dask.io.omezarr import write_region_levels
 from ssai3d_dask.io.source import Source, read_checked
 from ssai3d_dask.models.folder import cached_folder
