@@ -96,14 +96,9 @@ def train_care(path, out_dir, voxel_size, channel, time_, overwrite, config_file
     Restore with `ssai3d restore PATH OUT --method care --model MODEL_DIR`.
     """
     from ssai3d_dask.adaptation.care import train_care as run_train
-    from ssai3d_dask.io.volume import open_volume
 
-    settings = collect(CareSettings, CARE_OPTS, kw, config_sections(config_file).get("care"))
-    if print_cfg:
-        return print_config({"care": settings})
-    vol = open_volume(path, voxel_size, channel, time_)
-    run_train(vol, out_dir, settings, overwrite=overwrite, progress=cli_progress())
-    click.echo(str(out_dir))
+    _train_baseline(run_train, "care", CareSettings, CARE_OPTS, path, out_dir, voxel_size, channel, time_, overwrite,
+                    config_file, print_cfg, kw)
 
 
 @main.command("train-cyclegan")
@@ -125,11 +120,19 @@ def train_cyclegan(path, out_dir, voxel_size, channel, time_, overwrite, config_
     Restore with `ssai3d restore PATH OUT --method cyclegan --model MODEL_DIR`.
     """
     from ssai3d_dask.adaptation.cyclegan import train_cyclegan as run_train
+
+    _train_baseline(run_train, "cyclegan", CycleGANSettings, CYCLEGAN_OPTS, path, out_dir, voxel_size, channel, time_,
+                    overwrite, config_file, print_cfg, kw)
+
+
+def _train_baseline(run_train, section, settings_cls, opts, path, out_dir, voxel_size, channel, time_, overwrite,
+                    config_file, print_cfg, kw) -> None:
+    """What train-care and train-cyclegan share: settings from options and file, or print them; train; say where."""
     from ssai3d_dask.io.volume import open_volume
 
-    settings = collect(CycleGANSettings, CYCLEGAN_OPTS, kw, config_sections(config_file).get("cyclegan"))
+    settings = collect(settings_cls, opts, kw, config_sections(config_file).get(section))
     if print_cfg:
-        return print_config({"cyclegan": settings})
+        return print_config({section: settings})
     vol = open_volume(path, voxel_size, channel, time_)
     run_train(vol, out_dir, settings, overwrite=overwrite, progress=cli_progress())
     click.echo(str(out_dir))

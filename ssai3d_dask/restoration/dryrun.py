@@ -233,7 +233,7 @@ def adaptation_stand_in(ds, adapt_settings) -> tuple:
 
     import torch
 
-    from ssai3d_dask.adaptation.sampling import volume_statistics
+    from ssai3d_dask.io.statistics import volume_statistics
     from ssai3d_dask.geometry import isotropic_geometry
     from ssai3d_dask.models.checkpoint import load_model
     from ssai3d_dask.models.folder import AdaptedModel

@@ -2,7 +2,7 @@
 
 Geometry (:mod:`ssai3d_dask.geometry`). The output grid puts z on the lateral pixel: ``Zo = round(Z * f)``
 with ``f = dz / dx``; output plane ``i`` sits at input coordinate ``i / f``
-(linear interpolation, clamped at the ends; :func:`ssai3d_dask.adaptation.psf.resample_linear`,
+(linear interpolation, clamped at the ends; :func:`ssai3d_dask.ops.resample.resample_linear`,
 the function training used). The output is cut into regions of whole output
 chunks (:mod:`ssai3d_dask.restoration.plan`); each region is processed with a halo in z, y and x.
 

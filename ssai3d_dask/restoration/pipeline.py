@@ -37,7 +37,7 @@ from ssai3d_dask.restoration.kernels import default_halo, to_output
 from ssai3d_dask.restoration.rl import default_rl_halo, gaussian_psf_on_grid, load_psf
 from ssai3d_dask.restoration.failures import after_failure, resume_command, storage_error
 from ssai3d_dask.restoration.pruning import prune_regions, share_fill, unwritten_level
-from ssai3d_dask.adaptation.sampling import volume_statistics
+from ssai3d_dask.io.statistics import volume_statistics
 from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.io.source import Source
 from ssai3d_dask.io.tissue import Occupancy, tissue_views
