@@ -14,7 +14,8 @@ alone on the machine:
   level 0 with its chunks), with zarr-python's codec pipeline and, when installed, ``zarrs``'.
 
 Run: python benchmarks/throughput.py [--shape 32,512,512] [--z-factor 2] [--label NAME] [--region Z,Y,X]
-Appends a labelled row to benchmarks/results/throughput.json and rewrites throughput.md.
+Writes a labelled row into benchmarks/results/throughput.json in place of the row for the same input and mode
+(that one goes to results/archive/throughput_history.json) and rewrites throughput.md.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--work", type=Path, default=None, help="keep the input and model here between runs")
     ap.add_argument("--memory", default=None, help="only measure the peak memory of one task for these regions, "
-                    "e.g. 64,256,256;128,256,512 (appended to results/throughput_memory.json)")
+                    "e.g. 64,256,256;128,256,512 (written into results/throughput_memory.json in place of earlier rows for the same regions)")
     ap.add_argument("--memory-copy-network", action="store_true",
                     help="with --memory: replace the network by a copy (large regions in minutes on a CPU)")
     args = ap.parse_args()
@@ -159,8 +160,8 @@ def main() -> None:
         rows = memory_fit(vol, model_dir, [tuple(int(v) for v in r.split(",")) for r in args.memory.split(";")],
                           network=not args.memory_copy_network)
         mpath = RESULTS / "throughput_memory.json"
-        old = json.loads(mpath.read_text()) if mpath.exists() else []
-        mpath.write_text(json.dumps(old + [dict(r, date=time.strftime("%Y-%m-%d")) for r in rows], indent=1))
+        rows = [dict(r, date=time.strftime("%Y-%m-%d")) for r in rows]
+        keep_current(mpath, rows, lambda r: (tuple(r["region"]), r["network"], tuple(r["input"])))
         return
     kw = {"region": tuple(int(v) for v in args.region.split(","))} if args.region else {}
     if args.halo is not None:
@@ -202,10 +203,21 @@ def main() -> None:
     shutil.rmtree(work / "copy.zarr", ignore_errors=True)
     print(json.dumps(row, indent=1))
     jpath = RESULTS / "throughput.json"
-    rows = json.loads(jpath.read_text()) if jpath.exists() else []
-    rows.append(row)
-    jpath.write_text(json.dumps(rows, indent=1))
-    write_md(rows)
+    write_md(keep_current(jpath, [row], lambda r: (tuple(r["shape_in"]), r["z_factor"], r.get("restore_s") is None)))
+
+
+def keep_current(path: Path, new: list[dict], key) -> list[dict]:
+    """Write ``new`` into the record at ``path`` in place of the rows with the same ``key`` (same input and
+    mode); the rows they replace go to ``archive/<name>_history.json``. Returns the current rows."""
+    rows = json.loads(path.read_text()) if path.exists() else []
+    keys = {key(r) for r in new}
+    old = [r for r in rows if key(r) in keys]
+    if old:
+        hist = RESULTS / "archive" / f"{path.stem}_history.json"
+        hist.write_text(json.dumps((json.loads(hist.read_text()) if hist.exists() else []) + old, indent=1))
+    rows = [r for r in rows if key(r) not in keys] + new
+    path.write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 def write_md(rows: list[dict]) -> None:

@@ -61,31 +61,25 @@ def fit(model: torch.nn.Module, batch: Callable[[int], Sequence[torch.Tensor]],
     t0 = time.perf_counter()
     bar = as_progress(progress).bar(desc, iterations, initial=start, unit="step")
     try:
-        _steps(model, opt, loss, batch, start, iterations, sched, clip_norm, log, log_every, after_step, postfix,
-               precision, device, bar)
+        for it in range(start, iterations):
+            model.train()
+            inputs = batch(it)
+            with autocast(precision, device):
+                value = loss(*inputs)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if log is not None and (it % log_every == 0 or it == iterations - 1):
+                log.append((it, value.item()))
+                if postfix is not None:
+                    bar.postfix(**postfix(value.item()))
+            bar.update(1)
+            if after_step is not None and after_step(it + 1):
+                break
     finally:
         bar.close()
     return round(time.perf_counter() - t0, 2)
-
-
-def _steps(model, opt, loss, batch, start, iterations, sched, clip_norm, log, log_every, after_step, postfix,
-           precision, device, bar) -> None:
-    for it in range(start, iterations):
-        model.train()
-        inputs = batch(it)
-        with autocast(precision, device):
-            value = loss(*inputs)
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        if clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-        opt.step()
-        if sched is not None:
-            sched.step()
-        if log is not None and (it % log_every == 0 or it == iterations - 1):
-            log.append((it, value.item()))
-            if postfix is not None:
-                bar.postfix(**postfix(value.item()))
-        bar.update(1)
-        if after_step is not None and after_step(it + 1):
-            break
