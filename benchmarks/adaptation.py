@@ -70,8 +70,8 @@ def main() -> None:
             a = adapt(vol, None, s, progress=False)
             secs = time.perf_counter() - t
             out = restore_in_memory(sim.raw, 4.0, a.model, a.denoiser, a.norm, args.halo)
-            rows.append((label, *axial_scores(out, sim.truth), secs, a.manifest["history"]["trainable_parameters"]))
-            bytes_read = a.manifest["sampling"]
+            rows.append((label, *axial_scores(out, sim.truth), secs, a.manifest.history["trainable_parameters"]))
+            bytes_read = a.manifest.extra["sampling"]
         lines += [f"## {case}", "", "| method | PSNR (dB) | XZ SSIM | adapt wall time (s) | trainable parameters |",
                   "|---|---|---|---|---|"]
         lines += [f"| {r[0]} | {r[1]:.2f} | {r[2]:.4f} | {r[3]:.1f} | {r[4]} |" for r in rows]

@@ -164,7 +164,7 @@ def end_to_end_rows(device, tmp: Path, quick, shape, steps):
                               finetune=FinetuneSettings(iterations=steps, device=device.type, precision=prec))
             t = time.perf_counter()
             a = adapt(vol, tmp / f"{preset}-{prec}", s, progress=False)
-            h = a.manifest["history"]
+            h = a.manifest.history
             adapt_rows.append(f"| {preset} | {prec} ({h['precision']}) | {steps} | {time.perf_counter() - t:.1f} | "
                               f"{h['seconds']:.1f} | {h['val_psnr_before']:.2f} | {h['val_psnr_after']:.2f} |")
             models[prec] = tmp / f"{preset}-{prec}"

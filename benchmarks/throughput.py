@@ -119,7 +119,7 @@ def memory_fit(vol, model_dir: Path, regions: list[tuple[int, int, int]], networ
         region = plan.region(int(np.ravel_multi_index(tuple(g // 2 for g in plan.grid), plan.grid)))  # inside
         crop = job.source.read(plan.input_crop(region))
         with _PeakRSS() as mem, torch.inference_mode():
-            compute_region(plan, region, crop, job.spec, job.model.model, job.model.denoiser, None)
+            compute_region(plan, region, crop, job.spec, job.resources)
         idx = np.unravel_index(region.index, plan.grid)
         ext = int(np.prod([int(lengths[k]) for lengths, k in zip(plan.ext_lengths(), idx)]))  # edges included
         rows.append({"region": list(region.shape), "halo": plan.halo[0], "ext_voxels": ext, "network": network,
@@ -184,7 +184,7 @@ def main() -> None:
         row["restore_s"] = time.perf_counter() - t
         row["restore_mvox_s"] = voxels / 1e6 / row["restore_s"]
         row["network_s"] = network_alone(model_dir, tuple(report["output"]["shape"]), settings.precision,
-                                         args.threads, args.device, job.spec["batch"], job.spec["compile"] == "on")
+                                         args.threads, args.device, job.spec.batch, job.spec.compile)
         row["network_mvox_s"] = voxels / 1e6 / row["network_s"]
         row["fraction_of_network"] = row["network_s"] / row["restore_s"]
     t = time.perf_counter()

@@ -36,6 +36,8 @@ _API = {
     "run": "ssai3d_dask.workflow",
     "simulate": "ssai3d_dask.evaluation.simulate",
     "load_model_folder": "ssai3d_dask.models.folder",
+    "read_provenance": "ssai3d_dask.restoration.records",
+    "ModelManifest": "ssai3d_dask.models.manifest",
     "AdaptSettings": "ssai3d_dask.settings",
     "FinetuneSettings": "ssai3d_dask.settings",
     "CareSettings": "ssai3d_dask.settings",

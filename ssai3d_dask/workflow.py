@@ -14,6 +14,7 @@ from ssai3d_dask.io.lock import RunLock
 from ssai3d_dask.io.omezarr import check_output
 from ssai3d_dask.io.volume import Volume
 from ssai3d_dask.models.folder import MODEL_FILE
+from ssai3d_dask.settings import DEFAULT_METHOD
 from ssai3d_dask.restoration.pipeline import restore
 from ssai3d_dask.settings import AdaptSettings, RestoreSettings
 
@@ -53,7 +54,7 @@ def run(source: str | Path | Volume | Dataset, out: str | Path, model_dir: str |
     """
     adapt_settings = adapt_settings or AdaptSettings()
     restore_settings = restore_settings or RestoreSettings()
-    if restore_settings.method.name != "ssai3d":
+    if restore_settings.method.name != DEFAULT_METHOD:
         raise SettingsError(f"run adapts an SSAI-3D model; for --method {restore_settings.method.name} use "
                             f"`ssai3d restore` (after `ssai3d train-care` or `ssai3d train-cyclegan`)")
     if isinstance(source, Dataset):

@@ -55,6 +55,9 @@ def make_model_dir(path, z_factor: float, low: float = 0.0, high: float = 1.0, d
     import torch
 
     from ssai3d_dask.models.folder import write_folder
+    from ssai3d_dask.models.manifest import ModelManifest
+    from ssai3d_dask.ops.denoise import Denoiser
+    from ssai3d_dask.ops.normalize import Normalization
     from ssai3d_dask.models.nafnet import build
 
     torch.manual_seed(seed)
@@ -63,11 +66,9 @@ def make_model_dir(path, z_factor: float, low: float = 0.0, high: float = 1.0, d
         for n, p in model.named_parameters():
             if n.endswith(("beta", "gamma")):
                 p.normal_(0, 0.2)
-    manifest = {"kind": "adapted", "z_factor": z_factor, "pool_window_px": model.local_window(),
-                "normalization": {"low": low, "high": high, "percentiles": [0.1, 99.9], "foreground_threshold": 0.1,
-                                  "n_voxels_sampled": 0},
-                "denoiser": {"h": denoise_h, "estimated_noise": 0.05 if denoise_h else 0.0,
-                             "mode": "on" if denoise_h else "off"}}
+    manifest = ModelManifest("adapted", z_factor, Normalization(low, high, foreground_threshold=0.1),
+                             Denoiser(denoise_h, 0.05 if denoise_h else 0.0, "on" if denoise_h else "off"),
+                             pool_window_px=model.local_window())
     write_folder(path, model, manifest)
     return path
 

@@ -493,9 +493,9 @@ def test_given_widths_or_angles_replace_the_auto_banks_and_the_config_keeps_them
     # given blurs replace the estimate and are leaned as it is; 'paper' takes them as they are
     s = AdaptSettings(n_patches=8, patch_px=32, sigmas_px=(2.0, 3.0), psf_lean=1.2,
                       finetune=FinetuneSettings(iterations=1))
-    bank = adapt(vol, None, s, progress=False).manifest["psf_bank"]
+    bank = adapt(vol, None, s, progress=False).manifest.extra["psf_bank"]
     assert bank["sigmas_px"] == [2.4, 3.6] and bank["angles_deg"] == [0.0] and bank["lean"] == 1.2
-    bank = adapt(vol, None, s.model_copy(update={"psf_bank": "paper"}), progress=False).manifest["psf_bank"]
+    bank = adapt(vol, None, s.model_copy(update={"psf_bank": "paper"}), progress=False).manifest.extra["psf_bank"]
     assert bank["sigmas_px"] == [2.0, 3.0] and "lean" not in bank and len(bank["angles_deg"]) == 5
     # a printed default config read back leaves the bank to the mode (no widths written in)
     cfg = tmp_path / "c.yaml"
@@ -520,8 +520,8 @@ def test_auto_bank_falls_back_to_the_fixed_bank_when_the_stack_is_too_thin(tmp_p
     with caplog.at_level("WARNING"):
         adapted = adapt(vol, None, s, progress=False)
     assert "too small to estimate" in caplog.text and "fixed PSF bank" in caplog.text
-    assert adapted.manifest["psf_bank"]["sigmas_px"] == [3.0, 4.0, 5.0, 6.0, 7.0]
-    assert "too small to estimate" in adapted.manifest["psf_estimate"]["error"]
+    assert adapted.manifest.extra["psf_bank"]["sigmas_px"] == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert "too small to estimate" in adapted.manifest.extra["psf_estimate"]["error"]
     # a measured blur given with --sigmas needs no estimate: still one leaned PSF along z
     adapted = adapt(vol, None, s.model_copy(update={"sigmas_px": (4.0,), "psf_lean": 1.25}), progress=False)
-    assert adapted.manifest["psf_bank"]["sigmas_px"] == [5.0] and adapted.manifest["psf_bank"]["angles_deg"] == [0.0]
+    assert adapted.manifest.extra["psf_bank"]["sigmas_px"] == [5.0] and adapted.manifest.extra["psf_bank"]["angles_deg"] == [0.0]

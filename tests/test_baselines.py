@@ -128,10 +128,10 @@ def test_care_trains_and_is_block_invariant(tmp_path):
     settings = CareSettings(psf_sigma_um=(0.3, 0.05, 0.05), n_patches=32, patch_px=32, iterations=80, batch_size=8,
                             lr=3e-3, base=4, depth=2)
     adapted = train_care(vol, tmp_path / "care", settings, progress=False)
-    hist = adapted.manifest["history"]
+    hist = adapted.manifest.history
     # before = the identity (zero-initialised output); measured 0.0925 -> 0.0882
     assert hist["val_l1_after"] < 0.97 * hist["val_l1_before"]
-    assert adapted.manifest["blur_sigma_px"] == pytest.approx(np.sqrt(9 - 0.25))
+    assert adapted.manifest.extra["blur_sigma_px"] == pytest.approx(np.sqrt(9 - 0.25))
     model, manifest = load_network(tmp_path / "care" / "model.pt", expect="care-unet")
     assert manifest["kind"] == "care" and model.reach_px == 22
     outs = []

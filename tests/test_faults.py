@@ -174,7 +174,7 @@ def test_a_killed_adaptation_rerun_reaches_the_same_weights(tmp_path, monkeypatc
     s = AdaptSettings(n_patches=16, patch_px=32, finetune=FinetuneSettings(
         iterations=16, batch_size=2, eval_every=2, patience=6, cooldown=4, checkpoint_every=4))
     adapt_dataset(ds, tmp_path / "whole", s, progress=False)
-    assert load_folder(tmp_path / "whole").manifest["history"]["steps"] > 9
+    assert load_folder(tmp_path / "whole").manifest.history["steps"] > 9
     real = ft._Budget.__call__
 
     def killed(self, step):
@@ -193,4 +193,4 @@ def test_a_killed_adaptation_rerun_reaches_the_same_weights(tmp_path, monkeypatc
     a, b = load_folder(tmp_path / "whole"), load_folder(tmp_path / "m")
     for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(x, y), k
-    assert a.manifest["history"]["val_curve"] == b.manifest["history"]["val_curve"]
+    assert a.manifest.history["val_curve"] == b.manifest.history["val_curve"]

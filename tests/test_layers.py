@@ -19,7 +19,7 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_restoration_imports_no_training_stage_nor_the_layers_above_it():
     banned = ("ssai3d_dask.adaptation", "ssai3d_dask.evaluation", "ssai3d_dask.cli", "ssai3d_dask.workflow")
-    edges = {(f.name, m) for f in (PKG / "restoration").glob("*.py") for m in imported_modules(f)
+    edges = {(f.name, m) for f in (PKG / "restoration").rglob("*.py") for m in imported_modules(f)
              if m.startswith(banned)}
     assert not edges, edges
 

@@ -13,7 +13,10 @@ import ssai3d_dask
 from ssai3d_dask.cli import friendly_errors, main
 from ssai3d_dask.errors import CheckpointError, SettingsError
 from ssai3d_dask.io.volume import Volume
-from ssai3d_dask.models.folder import FOLDER_VERSION, check_folder, load_folder, read_manifest, write_folder
+from ssai3d_dask.models.folder import FOLDER_VERSION, load_folder, read_manifest, write_folder
+from ssai3d_dask.models.manifest import ModelManifest
+from ssai3d_dask.ops.normalize import Normalization
+from ssai3d_dask.restoration.methods import get_method
 from ssai3d_dask.models.unet import CareUNet
 from ssai3d_dask.restoration.pipeline import restore
 from ssai3d_dask.settings import (AdaptSettings, CareSettings, RestoreSettings, RLMethod, dump_config,
@@ -132,13 +135,12 @@ def test_model_folder_is_versioned_complete_and_checked(tmp_path):
     assert not list(d.glob(".*.tmp"))
     loaded = load_folder(d)
     assert loaded.z_factor == 2.0 and loaded.kind == "adapted"
-    check_folder(d, "ssai3d")
+    get_method("ssai3d").check_model(d)
     with pytest.raises(SettingsError, match="use --method ssai3d"):
-        check_folder(d, "care")
-    care = write_folder(tmp_path / "c", CareUNet(4, 2), {"kind": "care", "z_factor": 2.0,
-                                                        "normalization": {"low": 0.0, "high": 1.0}})
+        get_method("care").check_model(d)
+    care = write_folder(tmp_path / "c", CareUNet(4, 2), ModelManifest("care", 2.0, Normalization(0.0, 1.0)))
     with pytest.raises(SettingsError, match="use --method care"):
-        check_folder(care, "ssai3d")
+        get_method("ssai3d").check_model(care)
     assert isinstance(load_folder(care).model, CareUNet)
     (d / "manifest.json").write_text(json.dumps(manifest | {"format_version": FOLDER_VERSION + 1}))
     with pytest.raises(CheckpointError, match="newer ssai3d-dask"):

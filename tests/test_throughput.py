@@ -25,11 +25,11 @@ def test_computed_pixel_ratio_counts_the_halo_inside_the_volume_and_the_edge_bey
     ez, ey = 128 + 64, np.array([32 + 256 + 96, 96 + 256 + 96, 96 + 256 + 96, 96 + 256 + 32])
     assert [list(e) for e in plan.ext_lengths()] == [[ez], list(ey), list(ey)]
     one_pass = 256 * ez * ey.sum() * 4 / (128 * 1024 * 1024)  # the x (or y) slices of every region, over voxels
-    assert computed_pixel_ratio(plan, keep, "ssai3d", "mean") == pytest.approx(one_pass)
-    assert computed_pixel_ratio(plan, keep, "ssai3d", "xz") == pytest.approx(one_pass)
-    assert computed_pixel_ratio(plan, keep, "rl", "mean") == pytest.approx(ez * ey.sum() ** 2 / (128 * 1024 * 1024))
+    assert computed_pixel_ratio(plan, keep, "mean") == pytest.approx(one_pass)
+    assert computed_pixel_ratio(plan, keep, "xz") == pytest.approx(one_pass)
+    assert computed_pixel_ratio(plan, keep, "volume") == pytest.approx(ez * ey.sum() ** 2 / (128 * 1024 * 1024))
     flat = make_plan((64, 1024, 1024), 2.0, (64, 128, 128), (128, 256, 256), (0, 0, 0))
-    assert computed_pixel_ratio(flat, keep, "ssai3d", "mean") == pytest.approx(1.0)
+    assert computed_pixel_ratio(flat, keep, "mean") == pytest.approx(1.0)
 
 
 def test_local_restore_reads_the_next_region_while_computing_and_writes_behind(tmp_path, monkeypatch):
@@ -85,7 +85,7 @@ def test_auto_region_fits_its_budget_covers_no_more_than_the_output_and_grows_wi
         assert all(n % u == 0 for n, u in zip(r, (64, 128, 128)))
         assert region_bytes(r, 96) <= gib * 2**30 or r == (64, 128, 128)  # one chunk is the floor
         assert all(n <= o for n, o in zip(r, out))
-        ratios.append(halo_work(r, 96, "ssai3d", "mean") / (2 * np.prod(r)))
+        ratios.append(halo_work(r, 96, "mean") / (2 * np.prod(r)))
     assert ratios == sorted(ratios, reverse=True) and ratios[-1] < 0.6 * ratios[0]
     # a small volume gets one region, and its shards are the region unless given
     assert auto_region((64, 256, 256), (64, 128, 128), 96, 16 * 2**30) == (64, 256, 256)

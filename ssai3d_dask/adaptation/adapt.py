@@ -22,7 +22,8 @@ from ssai3d_dask import __version__
 from ssai3d_dask.progress import ProgressLike
 from ssai3d_dask.models.checkpoint import load_model, load_network, shipped_path
 from ssai3d_dask.io.files import removed_on_failure
-from ssai3d_dask.models.folder import AdaptedModel, check_new_folder, write_folder
+from ssai3d_dask.models.folder import AdaptedModel, check_new_folder, slice_subfolder, write_folder
+from ssai3d_dask.models.manifest import InputRef, ModelManifest
 from ssai3d_dask.ops.denoise import calibrate, fit_noise_model
 from ssai3d_dask.adaptation.finetune import RESUME_FILE, finetune
 from ssai3d_dask.adaptation.axial_check import axial_check, write_panel
@@ -181,38 +182,31 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
     centre = tuple(int(v) for v in np.asarray(ps.origins[brightest]) + np.array([0, half, half]))
     check, check_images = axial_check(vol, model, denoiser, norm, z_factor, centre)
     timings["axial_check_s"] = round(time.perf_counter() - t, 2)
-    manifest = {
-        "kind": "adapted",
-        "package_version": __version__,
-        "base_model": {k: base_manifest.get(k) for k in ("preset", "sha256", "command")} | {"source": settings.base},
-        "input": {"source": vol.source, "shape": list(vol.shape), "voxel_size_um": list(vol.voxel_size_um),
-                  "selection": vol.selection},
-        "z_factor": z_factor,
-        "normalization": norm.to_dict(),
-        "denoiser": denoiser.to_dict(),
-        "input_noise": noise.to_dict(),
-        "psf_bank": bank.to_dict() | {"source": settings.psf_bank}
-        | ({"lean": settings.psf_lean} if settings.psf_bank == "auto" else {}),
-        "psf_estimate": (psf_estimate.to_dict() if psf_estimate is not None
-                         else {"error": estimate_error} if estimate_error else None),
-        "pool_window_px": model.pool_window,
-        "reach": model.reach,
-        "axial_check": check,
-        "selection": {"method": method, "surgeon": surgeon_src, "fraction": settings.layers_fraction,
-                      "layers": layers if layers is not None else names},
-        "layer_metrics": {n: {"score": float(s), "raw": dict(zip(METRIC_NAMES, map(float, r))),
-                              "normalized": dict(zip(METRIC_NAMES, map(float, q)))}
-                          for n, s, r, q in zip(names, scores, raw_metrics, norm_metrics)},
-        "metric_pairs": n_metric,
-        "sampling": {"patches": len(patches), "candidates": ps.candidates, "bytes_read": ps.bytes_read,
-                     "volume_bytes": vol.nbytes},
-        "settings": settings.to_dict(),
-        "history": history,
-        "precision": {"finetune": history["precision"], "metrics": "fp32"},
-        "timings": timings,
-        "data_hash": _data_hash(vol, ps.patches),
-    }
-    adapted = AdaptedModel(model, norm, denoiser, z_factor, manifest)
+    manifest = ModelManifest(
+        kind="adapted", z_factor=z_factor, normalization=norm, denoiser=denoiser, input=InputRef.of(vol),
+        settings=settings.to_dict(), history=history, package_version=__version__,
+        pool_window_px=model.pool_window, reach=model.reach,
+        extra={
+            "base_model": {k: base_manifest.get(k) for k in ("preset", "sha256", "command")} | {"source": settings.base},
+            "input_noise": noise.to_dict(),
+            "psf_bank": bank.to_dict() | {"source": settings.psf_bank}
+            | ({"lean": settings.psf_lean} if settings.psf_bank == "auto" else {}),
+            "psf_estimate": (psf_estimate.to_dict() if psf_estimate is not None
+                             else {"error": estimate_error} if estimate_error else None),
+            "axial_check": check,
+            "selection": {"method": method, "surgeon": surgeon_src, "fraction": settings.layers_fraction,
+                          "layers": layers if layers is not None else names},
+            "layer_metrics": {n: {"score": float(s), "raw": dict(zip(METRIC_NAMES, map(float, r))),
+                                  "normalized": dict(zip(METRIC_NAMES, map(float, q)))}
+                              for n, s, r, q in zip(names, scores, raw_metrics, norm_metrics)},
+            "metric_pairs": n_metric,
+            "sampling": {"patches": len(patches), "candidates": ps.candidates, "bytes_read": ps.bytes_read,
+                         "volume_bytes": vol.nbytes},
+            "precision": {"finetune": history["precision"], "metrics": "fp32"},
+            "timings": timings,
+            "data_hash": _data_hash(vol, ps.patches),
+        })
+    adapted = AdaptedModel(model, manifest)
     if out_dir is not None:
         write_model_dir(adapted, out_dir, val, check_images)
         resume.unlink(missing_ok=True)  # the result is written: nothing left to resume
@@ -222,9 +216,9 @@ def adapt(vol: Volume, out_dir: str | Path | None, settings: AdaptSettings | Non
 def write_model_dir(adapted: AdaptedModel, out_dir: str | Path, val: tuple[torch.Tensor, torch.Tensor],
                     check_images: dict | None = None) -> Path:
     """model.pt (our checkpoint format, manifest inside), validation.png, axial_check.png, manifest.json."""
-    extra = {"validation.png": lambda p: _validation_png(adapted.model, val, p, adapted.manifest.get("history", {}))}
+    extra = {"validation.png": lambda p: _validation_png(adapted.model, val, p, adapted.manifest.history or {})}
     if check_images:
-        extra["axial_check.png"] = lambda p: write_panel(check_images, adapted.manifest["axial_check"], p)
+        extra["axial_check.png"] = lambda p: write_panel(check_images, adapted.manifest.extra["axial_check"], p)
     return write_folder(out_dir, adapted.model, adapted.manifest, extra)
 
 
@@ -273,15 +267,6 @@ def _validation_png(model: NAFNet, val: tuple[torch.Tensor, torch.Tensor], path:
     plt.close(fig)
 
 
-def model_subdir(ds, t: int | None, c: int | None, per_time: bool) -> str:
-    """Where the model of slice (t, c) lives inside MODEL_DIR: ``c{c}`` per channel when several channels
-    are restored, ``t{t}/...`` with per-time adaptation, MODEL_DIR itself for one channel."""
-    parts = [f"t{t}"] if per_time and t is not None else []
-    if ds.channels is not None and len(ds.channels) > 1:
-        parts.append(f"c{c}")
-    return "/".join(parts)
-
-
 def adapt_dataset(ds, out_dir: str | Path, settings: AdaptSettings | None = None, per_time: bool = False,
                   overwrite: bool = False, progress: ProgressLike = None) -> dict:
     """Adapt once per channel (its own statistics, denoiser and layers) into ``MODEL_DIR/c{c}``; every
@@ -298,7 +283,7 @@ def adapt_dataset(ds, out_dir: str | Path, settings: AdaptSettings | None = None
     done: dict = {}
     with removed_on_failure(out, keep=lambda p: any(p.rglob(RESUME_FILE))):  # a killed fine-tuning resumes
         for _, t, c, vol in ds.slices():
-            sub = model_subdir(ds, t, c, per_time)
+            sub = slice_subfolder(ds.channels, t, c, per_time)
             if sub in done:
                 continue
             logger.info("adapting %s (channel %s, time %s) into %s", ds.source, c, t, out / sub if sub else out)

@@ -25,6 +25,7 @@ import torch
 from ssai3d_dask import __version__
 from ssai3d_dask.progress import ProgressLike
 from ssai3d_dask.models.folder import AdaptedModel, check_new_folder, write_folder
+from ssai3d_dask.models.manifest import InputRef, ModelManifest
 from ssai3d_dask.models.unet import CareUNet
 from ssai3d_dask.adaptation.losses import l1_loss
 from ssai3d_dask.adaptation.training import fit, make_optimizer, split_validation
@@ -45,8 +46,6 @@ def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings,
 
     Returns an :class:`ssai3d_dask.adaptation.adapt.AdaptedModel` (network, normalisation, no denoiser).
     """
-    from ssai3d_dask.ops.denoise import Denoiser
-
     settings = settings.fitted(vol)
     settings.check_volume(vol)
     check_new_folder(out_dir, overwrite)
@@ -81,13 +80,11 @@ def train_care(vol: Volume, out_dir: str | Path | None, settings: CareSettings,
     logger.info("CARE: %d parameters, %d steps in %.1f s, validation L1 %.4f -> %.4f", history["parameters"],
                 settings.iterations, history["seconds"], history["val_l1_before"], history["val_l1_after"])
     model.cpu().eval()
-    manifest = {"kind": "care", "package_version": __version__,
-                "input": {"source": vol.source, "shape": list(vol.shape), "voxel_size_um": list(vol.voxel_size_um),
-                          "selection": vol.selection},
-                "z_factor": z_factor, "normalization": norm.to_dict(), "blur_sigma_px": sigma,
-                "settings": settings.to_dict(), "history": history,
-                "seconds_total": round(time.perf_counter() - t_start, 2)}
-    adapted = AdaptedModel(model, norm, Denoiser(), z_factor, manifest)
+    manifest = ModelManifest(kind="care", z_factor=z_factor, normalization=norm, input=InputRef.of(vol),
+                             settings=settings.to_dict(), history=history, package_version=__version__,
+                             reach_px=model.reach_px,
+                             extra={"blur_sigma_px": sigma, "seconds_total": round(time.perf_counter() - t_start, 2)})
+    adapted = AdaptedModel(model, manifest)
     if out_dir is not None:
         write_folder(out_dir, model, manifest)
     return adapted

@@ -49,10 +49,10 @@ from ssai3d_dask.io.volume import Volume
 from ssai3d_dask.progress import ProgressLike, as_progress
 from ssai3d_dask.models.checkpoint import load_state_strict, read_state
 from ssai3d_dask.models.folder import MANIFEST_FILE, AdaptedModel, check_new_folder, write_folder
+from ssai3d_dask.models.manifest import InputRef, ModelManifest
 from ssai3d_dask.models.nafnet import count_parameters
 from ssai3d_dask.models.precision import as_input, autocast, prepare, resolve_precision
 from ssai3d_dask.models.unet import PatchDiscriminator, UNet3D
-from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.ops.grid import chunk_bounds
 from ssai3d_dask.ops.normalize import Normalization
 from ssai3d_dask.ops.resample import resample_z_block
@@ -378,13 +378,11 @@ def train_cyclegan(vol: Volume, out_dir: str | Path | None, settings: CycleGANSe
                 settings.iterations - start, history["seconds"], before["cycle"], after["cycle"],
                 before["d_y_accuracy"], after["d_y_accuracy"])
     G = nets.G.cpu().eval().to(memory_format=torch.contiguous_format)
-    manifest = {"kind": "cyclegan", "package_version": __version__,
-                "input": {"source": vol.source, "shape": list(vol.shape), "voxel_size_um": list(vol.voxel_size_um),
-                          "selection": vol.selection},
-                "z_factor": geom.z_factor, "normalization": norm.to_dict(), "reach_px": G.reach_px,
-                "settings": settings.to_dict(), "history": history,
-                "seconds_total": round(time.perf_counter() - t_start, 2)}
+    manifest = ModelManifest(kind="cyclegan", z_factor=geom.z_factor, normalization=norm, input=InputRef.of(vol),
+                             settings=settings.to_dict(), history=history, package_version=__version__,
+                             reach_px=G.reach_px,
+                             extra={"seconds_total": round(time.perf_counter() - t_start, 2)})
     if out is not None:
         write_folder(out, G, manifest)
         (out / RESUME_FILE).unlink(missing_ok=True)
-    return AdaptedModel(G, norm, Denoiser(), geom.z_factor, manifest)
+    return AdaptedModel(G, manifest)

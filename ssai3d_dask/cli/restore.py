@@ -13,7 +13,8 @@ from ssai3d_dask.cli.options import (Opt, channels_option, collect, config_optio
                                      print_config_option, settings_options, stack, times_option, voxel_option)
 from ssai3d_dask.cli.train import ADAPT_OPTS, adapt_options
 from ssai3d_dask.errors import SettingsError
-from ssai3d_dask.settings import METHODS, AdaptSettings, RestoreSettings, RLMethod
+from ssai3d_dask.settings import DEFAULT_METHOD, METHODS, AdaptSettings, RestoreSettings, RLMethod
+from ssai3d_dask.settings.restoration import check_method_parameters
 
 RESTORE_OPTS = [Opt("chunks"), Opt("region"), Opt("region_memory", metavar="SIZE"), Opt("halo"), Opt("view"), Opt("dtype"), Opt("batch"),
                 Opt("skip_empty"), Opt("skip_background"), Opt("shards"), Opt("sharding"), Opt("ngff_version"), Opt("compile"),
@@ -50,9 +51,11 @@ def restore_settings(kw: dict, section: dict | None) -> RestoreSettings:
     if method and method != current.get("name"):
         current = {"name": method}
     rl = {o.field: v for o in RL_OPTS if (v := kw.pop(o.dest, None)) is not None}
-    if rl and current.get("name") != "rl":
-        raise SettingsError("--psf-sigma-um/--psf/--rl-iterations are for --method rl (CARE takes its PSF at "
-                            "`ssai3d train-care`)")
+    if rl:
+        try:
+            check_method_parameters(current.get("name", DEFAULT_METHOD), rl)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
     if "psf_file" in rl:
         rl["psf_file"] = str(rl["psf_file"])
     return collect(RestoreSettings, RESTORE_OPTS, kw, section, {"method": {**current, **rl}} if current else None)
@@ -149,7 +152,7 @@ def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, dry_ru
     """
     from ssai3d_dask.io.dataset import open_dataset
     from ssai3d_dask.io.omezarr import check_output
-    from ssai3d_dask.restoration.dryrun import adaptation_stand_in
+    from ssai3d_dask.adaptation.estimate import adaptation_stand_in
     from ssai3d_dask.workflow import run as run_all
 
     sections = config_sections(config_file)
@@ -157,7 +160,7 @@ def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, dry_ru
     adapt = collect(AdaptSettings, ADAPT_OPTS, kw, sections.get("adapt"))
     kw.update({k: v for k, v in shared.items() if v is not None})
     settings = restore_settings(kw, sections.get("restore"))  # bad sizes fail now, not after adapting
-    if settings.method.name != "ssai3d":
+    if settings.method.name != DEFAULT_METHOD:
         raise SettingsError(f"run adapts an SSAI-3D model; the settings ask for method {settings.method.name}: use "
                             f"`ssai3d restore` for it")
     if print_cfg:
@@ -168,6 +171,6 @@ def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, dry_ru
         stand_in, note = adaptation_stand_in(ds, adapt)
         return _print_dry_run(ds, None, out, settings, resume, workers, threads_per_worker, adapted=stand_in,
                               extra=[note])
-    with _client(scheduler, workers, threads_per_worker, memory_limit, "ssai3d") as client:
+    with _client(scheduler, workers, threads_per_worker, memory_limit, DEFAULT_METHOD) as client:
         click.echo(str(run_all(ds, out, model_dir, adapt, settings, adapt_per_time=adapt_per_time,
                                overwrite=overwrite, resume=resume, client=client, progress=cli_progress())))

@@ -82,34 +82,48 @@ def adapt(path, out_dir, voxel_size, channel, time_, adapt_per_time, overwrite, 
     click.echo(str(out_dir))
 
 
-@main.command("train-care")
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="MODEL_DIR to write.")
-@stack(voxel_option, channel_option, time_option)
-@settings_options(CareSettings, CARE_OPTS)
-@click.option("--overwrite", is_flag=True, help="Replace an existing MODEL_DIR.")
-@stack(config_option, print_config_option)
-@friendly_errors
-def train_care(path, out_dir, voxel_size, channel, time_, overwrite, config_file, print_cfg, **kw):
+def _baseline_command(name: str, section: str, settings_cls, opts, overwrite_help: str):
+    """A command that trains a baseline from scratch on PATH into --out MODEL_DIR (train-care, train-cyclegan):
+    the decorated function documents it and returns the training function (imported when the command runs)."""
+
+    def decorate(trainer):
+        @main.command(name, help=trainer.__doc__)
+        @click.argument("path", type=click.Path(path_type=Path))
+        @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="MODEL_DIR to write.")
+        @stack(voxel_option, channel_option, time_option)
+        @settings_options(settings_cls, opts)
+        @click.option("--overwrite", is_flag=True, help=overwrite_help)
+        @stack(config_option, print_config_option)
+        @friendly_errors
+        def command(path, out_dir, voxel_size, channel, time_, overwrite, config_file, print_cfg, **kw):
+            from ssai3d_dask.io.volume import open_volume
+
+            settings = collect(settings_cls, opts, kw, config_sections(config_file).get(section))
+            if print_cfg:
+                return print_config({section: settings})
+            vol = open_volume(path, voxel_size, channel, time_)
+            trainer()(vol, out_dir, settings, overwrite=overwrite, progress=cli_progress())
+            click.echo(str(out_dir))
+
+        return command
+
+    return decorate
+
+
+@_baseline_command("train-care", "care", CareSettings, CARE_OPTS, "Replace an existing MODEL_DIR.")
+def train_care():
     """Train the CARE baseline from scratch on PATH's lateral planes with one known PSF; write MODEL_DIR.
 
     Restore with `ssai3d restore PATH OUT --method care --model MODEL_DIR`.
     """
     from ssai3d_dask.adaptation.care import train_care as run_train
 
-    _train_baseline(run_train, "care", CareSettings, CARE_OPTS, path, out_dir, voxel_size, channel, time_, overwrite,
-                    config_file, print_cfg, kw)
+    return run_train
 
 
-@main.command("train-cyclegan")
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="MODEL_DIR to write.")
-@stack(voxel_option, channel_option, time_option)
-@settings_options(CycleGANSettings, CYCLEGAN_OPTS)
-@click.option("--overwrite", is_flag=True, help="Replace an existing MODEL_DIR (and any unfinished training in it).")
-@stack(config_option, print_config_option)
-@friendly_errors
-def train_cyclegan(path, out_dir, voxel_size, channel, time_, overwrite, config_file, print_cfg, **kw):
+@_baseline_command("train-cyclegan", "cyclegan", CycleGANSettings, CYCLEGAN_OPTS,
+                   "Replace an existing MODEL_DIR (and any unfinished training in it).")
+def train_cyclegan():
     """Train the OT-CycleGAN baseline (Park et al. 2022) on PATH alone (no PSF, no truth); write MODEL_DIR.
 
     Two 3D generators (G: anisotropic -> isotropic, F: back) and two 2D discriminators (axial slices of G's
@@ -121,21 +135,7 @@ def train_cyclegan(path, out_dir, voxel_size, channel, time_, overwrite, config_
     """
     from ssai3d_dask.adaptation.cyclegan import train_cyclegan as run_train
 
-    _train_baseline(run_train, "cyclegan", CycleGANSettings, CYCLEGAN_OPTS, path, out_dir, voxel_size, channel, time_,
-                    overwrite, config_file, print_cfg, kw)
-
-
-def _train_baseline(run_train, section, settings_cls, opts, path, out_dir, voxel_size, channel, time_, overwrite,
-                    config_file, print_cfg, kw) -> None:
-    """What train-care and train-cyclegan share: settings from options and file, or print them; train; say where."""
-    from ssai3d_dask.io.volume import open_volume
-
-    settings = collect(settings_cls, opts, kw, config_sections(config_file).get(section))
-    if print_cfg:
-        return print_config({section: settings})
-    vol = open_volume(path, voxel_size, channel, time_)
-    run_train(vol, out_dir, settings, overwrite=overwrite, progress=cli_progress())
-    click.echo(str(out_dir))
+    return run_train
 
 
 @main.command("train-surgeon")

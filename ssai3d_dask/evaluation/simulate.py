@@ -36,18 +36,24 @@ from ssai3d_dask.errors import SettingsError
 logger = logging.getLogger(__name__)
 
 
+def _splat(vol: np.ndarray, c: np.ndarray, reach, inside, value) -> None:
+    """Max-combine a solid body into ``vol`` in place: voxels within ``reach`` (per axis) of the centre ``c``
+    where ``inside(dz, dy, dx)`` holds take ``value`` (a number, or a function of the box's slices)."""
+    lo = np.maximum(np.floor(c - reach).astype(int), 0)
+    hi = np.minimum(np.ceil(c + reach).astype(int) + 1, vol.shape)
+    if np.any(lo >= hi):
+        return
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    zz, yy, xx = np.ogrid[box]
+    mask = inside(zz - c[0], yy - c[1], xx - c[2])
+    sub = vol[box]
+    np.maximum(sub, np.where(mask, value(box) if callable(value) else value, 0).astype(vol.dtype), out=sub)
+
+
 def _splat_spheres(vol: np.ndarray, centers: np.ndarray, radii: np.ndarray, values: np.ndarray) -> None:
     """Draw solid balls (max-combined) into ``vol`` in place."""
-    shape = np.array(vol.shape)
     for c, r, v in zip(centers, radii, values):
-        lo = np.maximum(np.floor(c - r).astype(int), 0)
-        hi = np.minimum(np.ceil(c + r).astype(int) + 1, shape)
-        if np.any(lo >= hi):
-            continue
-        zz, yy, xx = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        mask = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r * r
-        sub = vol[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        np.maximum(sub, np.where(mask, v, 0).astype(vol.dtype), out=sub)
+        _splat(vol, c, r, lambda dz, dy, dx, r=r: dz ** 2 + dy ** 2 + dx ** 2 <= r * r, v)
 
 
 def _render_curves(shape: Sequence[int], curves: list[tuple[np.ndarray, float, float]]) -> np.ndarray:
@@ -189,14 +195,8 @@ def tissue(shape: Sequence[int], rng: np.random.Generator, nuclei_fraction: floa
     texture = np.clip(1 + 0.25 * texture / (texture.std() + 1e-6), 0.5, 1.5)
     for c, axes, v in zip(rng.uniform(0, shape, (n_nuclei, 3)), rng.uniform(4, 9, (n_nuclei, 3)),
                           rng.uniform(0.25, 0.5, n_nuclei)):
-        lo = np.maximum(np.floor(c - axes).astype(int), 0)
-        hi = np.minimum(np.ceil(c + axes).astype(int) + 1, shape)
-        if np.any(lo >= hi):
-            continue
-        zz, yy, xx = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        inside = ((zz - c[0]) / axes[0]) ** 2 + ((yy - c[1]) / axes[1]) ** 2 + ((xx - c[2]) / axes[2]) ** 2 <= 1
-        sub = vol[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        np.maximum(sub, np.where(inside, v * texture[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], 0), out=sub)
+        _splat(vol, c, axes, lambda dz, dy, dx, a=axes: (dz / a[0]) ** 2 + (dy / a[1]) ** 2 + (dx / a[2]) ** 2 <= 1,
+               lambda box, v=v: v * texture[box])
     n = neurites or max(3, int(np.prod(shape) / 40000))
     size = np.array(shape, np.float64)
     curves = []

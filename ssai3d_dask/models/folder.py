@@ -29,6 +29,7 @@ import torch
 from ssai3d_dask.errors import CheckpointError, SettingsError, VolumeError
 from ssai3d_dask.io.files import check_creatable, write_json, write_with
 from ssai3d_dask.models.checkpoint import load_network, save_network
+from ssai3d_dask.models.manifest import FOLDER_VERSION, ModelManifest
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.ops.normalize import Normalization
 
@@ -36,13 +37,12 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
-#: Version of the manifest layout; a folder from a newer package is refused, not misread.
-FOLDER_VERSION = 1
-#: kind -> (network in model.pt, restore method, command that makes it)
+#: kind -> (network in model.pt, command that makes it); the method restoring each kind says so itself
+#: (:data:`ssai3d_dask.restoration.methods.REGISTRY`)
 KINDS = {
-    "adapted": ("nafnet", "ssai3d", "ssai3d adapt"),
-    "care": ("care-unet", "care", "ssai3d train-care"),
-    "cyclegan": ("cyclegan-generator", "cyclegan", "ssai3d train-cyclegan"),
+    "adapted": ("nafnet", "ssai3d adapt"),
+    "care": ("care-unet", "ssai3d train-care"),
+    "cyclegan": ("cyclegan-generator", "ssai3d train-cyclegan"),
 }
 #: kind -> how the error messages name it
 KIND_NAMES = {"adapted": "SSAI-3D", "care": "CARE", "cyclegan": "OT-CycleGAN"}
@@ -50,17 +50,27 @@ KIND_NAMES = {"adapted": "SSAI-3D", "care": "CARE", "cyclegan": "OT-CycleGAN"}
 
 @dataclass
 class AdaptedModel:
-    """What restoration needs: the network, normalisation, denoiser, and the geometry it was adapted for."""
+    """What restoration needs: the network and its manifest (normalisation, denoiser, the geometry it was
+    made for)."""
 
     model: torch.nn.Module
-    norm: Normalization
-    denoiser: Denoiser
-    z_factor: float
-    manifest: dict
+    manifest: ModelManifest
 
     @property
     def kind(self) -> str:
-        return self.manifest.get("kind", "adapted")
+        return self.manifest.kind
+
+    @property
+    def norm(self) -> Normalization:
+        return self.manifest.normalization
+
+    @property
+    def denoiser(self) -> Denoiser:
+        return self.manifest.denoiser
+
+    @property
+    def z_factor(self) -> float:
+        return self.manifest.z_factor
 
     @classmethod
     def load(cls, model_dir: str | Path) -> AdaptedModel:
@@ -71,7 +81,17 @@ def is_model_folder(path: str | Path) -> bool:
     return (Path(path) / MODEL_FILE).is_file()
 
 
-def read_manifest(model_dir: str | Path) -> dict:
+def _parse(raw: dict, d: Path) -> ModelManifest:
+    """A folder's manifest from its JSON (folders from before kinds hold SSAI-3D models), of a known kind."""
+    manifest = ModelManifest.from_dict({"kind": "adapted", **raw}, str(d))
+    known = ", ".join(KINDS)
+    if manifest.kind in KINDS:
+        return manifest
+    raise CheckpointError(f"{d} holds a model of kind {manifest.kind!r}, which this version cannot restore with "
+                          f"(known: {known})")
+
+
+def read_manifest(model_dir: str | Path) -> ModelManifest:
     """The folder's manifest (from ``manifest.json``, else from inside ``model.pt``), version-checked."""
     d = Path(model_dir)
     if not is_model_folder(d):
@@ -79,20 +99,14 @@ def read_manifest(model_dir: str | Path) -> dict:
                             f"`ssai3d train-care` or `ssai3d train-cyclegan`")
     m = d / MANIFEST_FILE
     try:
-        manifest = json.loads(m.read_text()) if m.exists() else load_network(d / MODEL_FILE)[1]
+        raw = json.loads(m.read_text()) if m.exists() else load_network(d / MODEL_FILE)[1]
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{m} is not valid JSON ({exc}); the folder is damaged, adapt again") from exc
-    if int(manifest.get("format_version", 1)) > FOLDER_VERSION:
-        raise CheckpointError(f"{d} was written by a newer ssai3d-dask (model folder version "
-                              f"{manifest['format_version']}); upgrade the package")
-    if manifest.get("kind", "adapted") not in KINDS:
-        raise CheckpointError(f"{d} holds a model of kind {manifest.get('kind')!r}, which this version cannot "
-                              f"restore with (known: {', '.join(KINDS)})")
-    return manifest
+    return _parse(raw, d)
 
 
 def folder_kind(model_dir: str | Path) -> str:
-    return read_manifest(model_dir).get("kind", "adapted")
+    return read_manifest(model_dir).kind
 
 
 def check_new_folder(out_dir: str | Path | None, overwrite: bool) -> None:
@@ -107,50 +121,76 @@ def check_new_folder(out_dir: str | Path | None, overwrite: bool) -> None:
         raise VolumeError(f"model folder {out_dir} already exists; pass --overwrite or another --out")
 
 
-def write_folder(out_dir: str | Path, model: torch.nn.Module, manifest: dict,
+def write_folder(out_dir: str | Path, model: torch.nn.Module, manifest: ModelManifest,
                  extra_files: dict[str, Callable[[Path], object]] | None = None) -> Path:
     """Write ``model.pt``, the extra files (name -> writer of a path) and ``manifest.json`` (last)."""
-    kind = manifest.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"manifest kind must be one of {list(KINDS)}, got {kind!r}")
-    manifest = {**manifest, "format_version": FOLDER_VERSION}
+    if manifest.kind not in KINDS:
+        raise ValueError(f"manifest kind must be one of {list(KINDS)}, got {manifest.kind!r}")
+    record = manifest.replace(format_version=FOLDER_VERSION).to_dict()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # incomplete until the manifest is back
-    save_network(model, out / MODEL_FILE, manifest)
+    save_network(model, out / MODEL_FILE, record)
     for name, writer in (extra_files or {}).items():
         write_with(out / name, writer)
-    write_json(out / MANIFEST_FILE, manifest)
+    write_json(out / MANIFEST_FILE, record)
     return out
 
 
-def check_folder(model_dir: str | Path | None, method: str) -> None:
-    """``model_dir`` exists and holds the kind of network ``method`` runs."""
-    maker = next(cmd for _, m, cmd in KINDS.values() if m == method)
-    if model_dir is None:
-        raise SettingsError(f"method {method} needs --model MODEL_DIR (from `{maker}`)"
-                            + (", or use `ssai3d run`" if method == "ssai3d" else ""))
-    if not is_model_folder(model_dir):
-        raise SettingsError(f"{model_dir} is not a model folder (no {MODEL_FILE}); make one with `{maker}`")
-    kind = folder_kind(model_dir)
-    if KINDS[kind][1] != method:
-        raise SettingsError(f"{model_dir} holds a model of kind {kind} ({KIND_NAMES[kind]}), not one for --method "
-                            f"{method}; "
-                            f"use --method {KINDS[kind][1]} with it")
-
-
 def load_folder(model_dir: str | Path) -> AdaptedModel:
-    """Load a model folder: the network (float32, eval, CPU) with its normalisation and denoiser."""
+    """Load a model folder: the network (float32, eval, CPU) with its manifest."""
     d = Path(model_dir)
     manifest = read_manifest(d)
-    kind = manifest.get("kind", "adapted")
-    model, inner = load_network(d / MODEL_FILE, expect=KINDS[kind][0])
-    manifest = inner or manifest
-    if kind == "adapted":
-        model.set_pool_window(manifest.get("pool_window_px", model.local_window()))
-    denoiser = Denoiser.from_dict(manifest.get("denoiser")) if kind == "adapted" else Denoiser()
-    return AdaptedModel(model, Normalization.from_dict(manifest["normalization"]), denoiser,
-                        float(manifest["z_factor"]), manifest)
+    model, inner = load_network(d / MODEL_FILE, expect=KINDS[manifest.kind][0])
+    if inner:
+        manifest = _parse(inner, d)
+    if manifest.kind == "adapted":
+        model.set_pool_window(manifest.pool_window_px or model.local_window())
+    return AdaptedModel(model, manifest)
+
+
+# --- the per-channel layout: MODEL_DIR, or MODEL_DIR/c{c}, or MODEL_DIR/t{t}/c{c} ---------------------------
+
+def slice_subfolder(channels, t: int | None, c: int | None, per_time: bool) -> str:
+    """Where the model of slice (t, c) lives inside MODEL_DIR: ``c{c}`` per channel when several channels
+    are restored, ``t{t}/...`` with per-time adaptation, MODEL_DIR itself (``""``) for one channel."""
+    parts = [f"t{t}"] if per_time and t is not None else []
+    if channels is not None and len(channels) > 1:
+        parts.append(f"c{c}")
+    return "/".join(parts)
+
+
+def slice_folders(model_dir: str | Path | None, keys, channels, check: Callable | None = None) -> dict | None:
+    """The model folder of every (t, c) slice in ``keys`` under a folder of per-slice models (the layout of
+    :func:`slice_subfolder`: ``MODEL_DIR/t{t}/c{c}``, else ``MODEL_DIR/t{t}``, else ``MODEL_DIR/c{c}``).
+
+    Returns None when ``model_dir`` is one model folder (or none, or holds no model at all), after
+    ``check(model_dir)``; raises SettingsError naming the slices without a model. ``check`` (the restoring
+    method's, which says what is wrong with a folder) is called on every folder found.
+    """
+    check = check or (lambda d: None)
+    if model_dir is None or is_model_folder(model_dir) or not any(Path(model_dir).glob(f"**/{MODEL_FILE}")):
+        check(model_dir)
+        if model_dir is not None and is_model_folder(model_dir) and channels is not None and len(channels) > 1:
+            raise SettingsError(f"{model_dir} holds one model, this input has channels {channels}: channels "
+                                f"differ, so each needs its own adaptation (`ssai3d run` or `ssai3d adapt` on the "
+                                f"whole input write MODEL_DIR/c0, c1, ...); or choose one with --channel")
+        return None
+    root, found, missing = Path(model_dir), {}, []
+    for t, c in keys:
+        candidates = ([root / f"t{t}" / f"c{c}", root / f"t{t}"] if t is not None else []) + [root / f"c{c}"]
+        hit = next((d for d in candidates if is_model_folder(d)), None)
+        if hit is None:
+            missing.append(f"c{c}" if t is None else f"t{t}/c{c}")
+        found[(t, c)] = hit
+    if missing:
+        have = sorted(str(p.relative_to(root).parent) for p in root.glob(f"**/{MODEL_FILE}"))
+        raise SettingsError(f"{model_dir} has no model for {', '.join(missing)} (it holds {', '.join(have) or 'none'}); "
+                            f"adapt those channels (`ssai3d adapt INPUT --out {model_dir} --channel ...`) or select "
+                            f"the channels it has with --channel")
+    for folder in dict.fromkeys(found.values()):
+        check(folder)
+    return found
 
 
 _CACHE: dict = {}

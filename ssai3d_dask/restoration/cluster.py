@@ -24,11 +24,12 @@ def gpu_count() -> int:
 
 
 def default_workers(method: str | None = None) -> int:
-    """LocalCluster workers by default: one per GPU; else one per core for ``interp`` (bound by numpy and the
-    codecs, one core per task: that beats one worker with a multi-threaded torch pool), else
-    min(4, cores // 2), at least 1."""
-    cores = os.cpu_count() or 1
-    return gpu_count() or (cores if method == "interp" else max(1, min(4, cores // 2)))
+    """LocalCluster workers by default: one per GPU; else what the method asks for on this machine's cores
+    (:meth:`~ssai3d_dask.restoration.methods.RestorationMethod.default_workers`: one per core for
+    interpolation, min(4, cores // 2) for the others), at least 1."""
+    from ssai3d_dask.restoration.methods import DEFAULT_METHOD, get_method
+
+    return gpu_count() or max(1, get_method(method or DEFAULT_METHOD).default_workers(os.cpu_count() or 1))
 
 
 def make_client(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int | None = None,

@@ -64,27 +64,24 @@ def calibrate(job: RestoreJob) -> dict | None:
     start = [s.start // c for s, c in zip(region.core, plan.chunks)]
     sub = piece.region(int(np.ravel_multi_index(start, piece.grid)))
     torch.set_num_threads(os.cpu_count() or 1)
-    adapted = job.model
-    model = getattr(adapted, "model", None)
-    denoiser = getattr(adapted, "denoiser", None)
     t0 = time.perf_counter()
     crop = job.source.read(piece.input_crop(sub))
     read_s = time.perf_counter() - t0
-    spec = dict(job.spec, skip_background=False)  # time the real computation, even on a dim piece
-    if spec.get("compile") == "on":  # compile first: the estimate is for the compiled steady state
+    spec = job.spec.replace(skip_background=False)  # time the real computation, even on a dim piece
+    if spec.compile:  # compile first: the estimate is for the compiled steady state
         with torch.inference_mode():
-            compute_region(piece, sub, crop, spec, model, denoiser, job.psf)
+            compute_region(piece, sub, crop, spec, job.resources)
     with _PeakRSS() as mem, torch.inference_mode():
         t0 = time.perf_counter()
-        compute_region(piece, sub, crop, spec, model, denoiser, job.psf)
+        compute_region(piece, sub, crop, spec, job.resources)
         seconds = time.perf_counter() - t0
     ext_len = [int(lengths[k]) for lengths, k in zip(piece.ext_lengths(), start)]  # the piece's own crop
     work = float(region_work([np.array([s]) for s in sub.shape], [np.array([e]) for e in ext_len],
-                             job.settings.method.name, job.settings.view)[0, 0, 0])
+                             job.method.work_view(job.settings.view))[0, 0, 0])
     ext = math.prod(ext_len)
     return {"core": list(sub.shape), "seconds": seconds, "read_seconds": read_s, "work": work,
             "peak_rss_bytes": mem.peak - mem.base, "ext_voxels": ext, "threads": torch.get_num_threads(),
-            "device": job.spec["device"]}
+            "device": job.spec.device}
 
 
 def _units_touched(lengths: np.ndarray, unit: int) -> np.ndarray:
@@ -143,21 +140,20 @@ def dry_run(job: RestoreJob, out: str | Path | None = None, resume: bool = False
         "levels": per_level,
         "files": {"data": int(files), "completion_records": n_keep},
         "bytes_read": read_bytes, "bytes_written_max": written, "notes": list(job.notes),
-        "computed_pixel_ratio": round(computed_pixel_ratio(plan, keep, job.settings.method.name,
-                                                           job.settings.view), 3),
+        "computed_pixel_ratio": round(computed_pixel_ratio(plan, keep, job.method.work_view(job.settings.view)), 3),
     }
     if measure:
         cal = calibrate(job)
         report["calibration"] = cal
         if cal is not None:
-            work = region_work(core, plan.ext_lengths(), job.settings.method.name, job.settings.view)
+            work = region_work(core, plan.ext_lengths(), job.method.work_view(job.settings.view))
             todo_frac = report["regions"]["to_run"] / max(n_keep, 1)
             total = float((work * keep).sum()) * todo_frac * cal["seconds"] / cal["work"]
             region_ext = math.prod(r + 2 * plan.halo[0] for r in plan.region_shape)
             report["estimate"] = {
                 "seconds_this_machine": total + cal["read_seconds"] * report["regions"]["to_run"],
-                "seconds_per_region": halo_work(plan.region_shape, plan.halo[0], job.settings.method.name,
-                                                job.settings.view)
+                "seconds_per_region": halo_work(plan.region_shape, plan.halo[0],
+                                                job.method.work_view(job.settings.view))
                 * cal["seconds"] / cal["work"],
                 "peak_bytes_per_task": cal["peak_rss_bytes"] * region_ext / cal["ext_voxels"]}
             input_bytes = math.prod(plan.in_shape) * itemsize_in
@@ -224,54 +220,3 @@ def format_report(r: dict, workers: int | None = None, threads_per_worker: int =
         lines.append("time         nothing to run")
     lines += [f"note         {n}" for n in r["notes"]]
     return "\n".join(lines)
-
-
-def adaptation_stand_in(ds, adapt_settings) -> tuple:
-    """For ``run --dry-run``: the base model standing in for the adapted one (same architecture, so the same
-    cost) and a note with the measured time of a fine-tuning step."""
-    import time
-
-    import torch
-
-    from ssai3d_dask.io.statistics import volume_statistics
-    from ssai3d_dask.geometry import isotropic_geometry
-    from ssai3d_dask.models.checkpoint import load_model
-    from ssai3d_dask.models.folder import AdaptedModel
-    from ssai3d_dask.models.nafnet import gray_forward
-    from ssai3d_dask.models.precision import autocast, prepare, resolve_precision
-    from ssai3d_dask.ops.denoise import Denoiser
-    from ssai3d_dask.settings import resolve_device
-
-    vol = ds.first
-    adapt_settings = adapt_settings.fitted(vol)
-    adapt_settings.check_volume(vol)
-    model, _ = load_model(adapt_settings.base)
-    model.set_pool_window(model.local_window())
-    denoiser = Denoiser(0.05, 0.05, "on") if adapt_settings.denoise == "on" else Denoiser()
-    stand_in = AdaptedModel(model, volume_statistics(vol, adapt_settings.seed), denoiser,
-                            isotropic_geometry(vol.shape, vol.voxel_size_um).z_factor, {})
-    ft = adapt_settings.finetune
-    device = resolve_device(ft.device)
-    precision = resolve_precision(ft.precision, device)
-    prepare(model, device)
-    x = torch.rand(ft.batch_size, 1, adapt_settings.patch_px, adapt_settings.patch_px, device=device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-9)
-    steps = []
-    for _ in range(3):  # the step as fine-tuning runs it: same device, precision and layout
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        with autocast(precision, device):
-            loss = gray_forward(model.train(), x).float().abs().mean()
-        loss.backward()
-        opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        steps.append(time.perf_counter() - t0)
-    model.eval()
-    step = min(steps[1:])
-    bounded = "at most " if ft.patience or ft.max_minutes is not None else ""
-    note = (f"adaptation   {bounded}{ft.iterations} fine-tuning steps x {step:.2f} s (measured, batch {ft.batch_size}, "
-            f"{adapt_settings.patch_px} px) = ~{ft.iterations * step / 60:.0f} min, plus sampling, denoiser "
-            f"calibration and zero-shot metrics; restore times above use the base model as a stand-in"
-            + ("; with --denoise auto the denoiser (if chosen) adds its cost" if adapt_settings.denoise == "auto" else ""))
-    return stand_in, note

@@ -149,39 +149,42 @@ def make_plan(in_shape: Sequence[int], z_factor: float, chunks: Sequence[int], r
                 tuple(int(h) for h in halo))  # type: ignore[arg-type]
 
 
-#: Methods that run on whole extended crops (3D); the others run a 2D network on XZ/YZ slices.
-VOLUME_METHODS = ("rl", "interp", "cyclegan")
+#: What :func:`region_work` counts: the XZ and/or YZ slice passes of a 2D network, or the voxels of the
+#: extended crop for a method computing on it as a volume (a method says which:
+#: :meth:`~ssai3d_dask.restoration.methods.RestorationMethod.work_view`).
+WORK_VIEWS = ("mean", "xz", "yz", "volume")
 
 
-def region_work(core: list[np.ndarray], ext: list[np.ndarray], method: str, view: str) -> np.ndarray:
+def region_work(core: list[np.ndarray], ext: list[np.ndarray], view: str) -> np.ndarray:
     """Work units per region, over the outer product of per-axis core and extended-crop lengths: for a 2D
     network the pixels of the XZ/YZ slices it runs on, ``cy ez ex + cx ez ey`` (one term for one view); for
-    the volume methods the voxels of the extended crop ``ez ey ex``."""
+    ``view="volume"`` the voxels of the extended crop ``ez ey ex``."""
+    if view not in WORK_VIEWS:
+        raise ValueError(f"work view must be one of {WORK_VIEWS}, got {view!r}")
     cz, cy, cx = (np.asarray(c, np.float64) for c in core)
     ez, ey, ex = (np.asarray(e, np.float64) for e in ext)
     ez, ey, ex = ez[:, None, None], ey[None, :, None], ex[None, None, :]
-    if method in VOLUME_METHODS:
+    if view == "volume":
         return ez * ey * ex
     xz = cy[None, :, None] * ez * ex
     yz = cx[None, None, :] * ez * ey
     return {"mean": xz + yz, "xz": xz + 0 * yz, "yz": yz + 0 * xz}[view]
 
 
-def halo_work(shape, halo: int, method: str, view: str) -> float:
+def halo_work(shape, halo: int, view: str) -> float:
     """:func:`region_work` of one region of ``shape`` with the full halo on every side."""
-    return float(region_work([np.array([s]) for s in shape], [np.array([s + 2 * halo]) for s in shape], method,
-                             view)[0, 0, 0])
+    return float(region_work([np.array([s]) for s in shape], [np.array([s + 2 * halo]) for s in shape], view)[0, 0, 0])
 
 
-def computed_pixel_ratio(plan: Plan, keep: np.ndarray, method: str, view: str) -> float:
+def computed_pixel_ratio(plan: Plan, keep: np.ndarray, view: str) -> float:
     """Pixels (voxels) computed over the least a method must compute for the kept regions: 2 slice passes
-    per output voxel for a 2D network with ``view="mean"`` (1 for one view), the output voxels for a volume
-    method. 1.0 is no halo overhead; inside a large volume, 128 x 256 x 256 regions with a 96-px halo are 4.4."""
+    per output voxel for a 2D network with ``view="mean"`` (1 for one view), the output voxels for
+    ``view="volume"``. 1.0 is no halo overhead; inside a large volume, 128 x 256 x 256 regions with a 96-px
+    halo are 4.4."""
     core = plan.core_lengths()
-    work = float((region_work(core, plan.ext_lengths(), method, view) * keep).sum())
-    voxels = float((region_work(core, core, "interp", view) * keep).sum())
-    passes = 2 if method not in VOLUME_METHODS and view == "mean" else 1
-    return work / max(passes * voxels, 1.0)
+    work = float((region_work(core, plan.ext_lengths(), view) * keep).sum())
+    voxels = float((region_work(core, core, "volume") * keep).sum())
+    return work / max((2 if view == "mean" else 1) * voxels, 1.0)
 
 
 #: Peak memory of a running region task (bytes): per voxel of the extended crop (its input planes, raw,
@@ -203,7 +206,7 @@ def region_bytes(region: Sequence[int], halo: int) -> int:
 
 
 def auto_region(out_shape: Sequence[int], unit: Sequence[int], halo: int, budget_bytes: int,
-                method: str = "ssai3d", view: str = "mean") -> tuple[int, int, int]:
+                view: str = "mean") -> tuple[int, int, int]:
     """The region (whole ``unit`` blocks: the chunks, or the shards) with the least computed work per output
     voxel whose task fits ``budget_bytes`` (:func:`region_bytes`): starting from one unit, the axis whose
     doubling lowers the work most is doubled, while that fits and the axis is shorter than the output.
@@ -212,7 +215,7 @@ def auto_region(out_shape: Sequence[int], unit: Sequence[int], halo: int, budget
 
     def per_voxel(r) -> float:  # an axis the region spans has only the edge's reflection, not the halo
         ext = [np.array([n + 2 * (min(halo, EDGE_PAD_PX) if n >= o else halo)]) for n, o in zip(r, out_shape)]
-        return float(region_work([np.array([n]) for n in r], ext, method, view)[0, 0, 0]) / math.prod(r)
+        return float(region_work([np.array([n]) for n in r], ext, view)[0, 0, 0]) / math.prod(r)
 
     while True:
         best = None

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ssai3d_dask.io.tissue import TissueViews
-from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.ops.normalize import Normalization
+from ssai3d_dask.restoration.methods import Resources
 from ssai3d_dask.restoration.plan import Plan
+from ssai3d_dask.restoration.spec import TaskSpec
 from ssai3d_dask.settings import RestoreSettings
 
 if TYPE_CHECKING:
@@ -37,8 +38,7 @@ def level_tolerance(dtype: np.dtype, norm: Normalization) -> float:
     return 0.0 if np.issubdtype(dtype, np.integer) else 1e-4 * abs(norm.high - norm.low)
 
 
-def unwritten_level(plan: Plan, spec: dict, fill_in: float, model=None, denoiser: Denoiser | None = None,
-                    psf: np.ndarray | None = None) -> float | None:
+def unwritten_level(plan: Plan, spec: TaskSpec, fill_in: float, resources: Resources | None = None) -> float | None:
     """What computing a region whose whole input is ``fill_in`` (never-written chunks) gives, so that such
     regions can be pruned and read it as the output's fill value with the same result as computing them.
 
@@ -52,7 +52,7 @@ def unwritten_level(plan: Plan, spec: dict, fill_in: float, model=None, denoiser
 
     if not np.isfinite(fill_in):
         return None
-    dtype = np.dtype(spec["dtype"])
+    dtype = spec.out_dtype
     lengths = plan.core_lengths()
     picks = [sorted({0, len(n) - 1}) for n in lengths]  # region 0 and the last along each axis: every shape
     values = []
@@ -61,11 +61,11 @@ def unwritten_level(plan: Plan, spec: dict, fill_in: float, model=None, denoiser
             for kx in picks[2]:
                 region = plan.region(int(np.ravel_multi_index((kz, ky, kx), plan.grid)))
                 crop = np.full(tuple(s.stop - s.start for s in plan.input_crop(region)), fill_in, np.float32)
-                out, _ = compute_region(plan, region, crop, spec, model, denoiser, psf)
+                out, _ = compute_region(plan, region, crop, spec, resources)
                 values.append(np.asarray(out, np.float64).ravel())
     values = np.concatenate(values)
     lo, hi = float(values.min()), float(values.max())
-    if hi - lo > level_tolerance(dtype, Normalization.from_dict(spec["norm"])):
+    if hi - lo > level_tolerance(dtype, spec.norm):
         logger.info("output on the input's fill value %g spans %g..%g: unwritten regions are computed", fill_in, lo, hi)
         return None
     return float(np.median(values))

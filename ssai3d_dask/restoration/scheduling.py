@@ -88,7 +88,7 @@ def _distributed(out: str, todo: Iterator[tuple], client, in_flight: int | None)
     if head is None:
         return
     todo = chain([head], todo)
-    device = head[0].spec["device"]
+    device = head[0].spec.device
     in_flight = in_flight or default_in_flight(client, device)
     resources = {"GPU": 1 / task.TASKS_PER_GPU} if device == "cuda" else None
     token = uuid.uuid4().hex[:8]
@@ -101,7 +101,7 @@ def _distributed(out: str, todo: Iterator[tuple], client, in_flight: int | None)
                                                                                       hash=False)
         plan, region, _, _, spec = task_payload(job, out, i)
         return client.submit(run_region, plan, region, scattered[id(job)], out, spec,
-                             key=f"restore-{spec.get('prefix', '')}{region.block_id}-{token}", pure=False,
+                             key=f"restore-{spec.prefix}{region.block_id}-{token}", pure=False,
                              resources=resources)
 
     logger.debug("submitting with at most %d tasks in flight", in_flight)
@@ -137,7 +137,7 @@ def _local(out: str, todo: Iterator[tuple]) -> Iterator[dict]:
             if item is None or _STOP.is_set():
                 return None
             job, i = item
-            region, spec = job.plan.region(i), dict(job.spec, torch_threads=threads)
+            region, spec = job.plan.region(i), job.spec.replace(torch_threads=threads)
             return job, region, spec, time.perf_counter(), reader.submit(task.read_region, job.plan, region,
                                                                          job.source, spec)
 

@@ -30,10 +30,10 @@ from ssai3d_dask.settings.adaptation import (CYCLEGAN_PRESETS, AdaptSettings, Ca
                                              FinetuneSettings, PretrainSettings)
 from ssai3d_dask.settings.base import (CONFIG_VERSION, Device, Precision, Settings, flag_of,
                                        resolve_device)
-from ssai3d_dask.settings.restoration import (METHODS, NETWORK_METHODS, InterpMethod, NetworkMethod, RestoreSettings,
+from ssai3d_dask.settings.restoration import (DEFAULT_METHOD, METHOD_SETTINGS, METHODS, InterpMethod, NetworkMethod, RestoreSettings,
                                               RLMethod)
 
-__all__ = ["CONFIG_VERSION", "CYCLEGAN_PRESETS", "METHODS", "NETWORK_METHODS", "SECTIONS", "AdaptSettings",
+__all__ = ["CONFIG_VERSION", "CYCLEGAN_PRESETS", "DEFAULT_METHOD", "METHOD_SETTINGS", "METHODS", "SECTIONS", "AdaptSettings",
            "CareSettings", "CycleGANSettings", "Device", "FinetuneSettings", "InterpMethod", "NetworkMethod",
            "Precision", "PretrainSettings", "RLMethod", "RestoreSettings", "Settings", "dump_config", "flag_of",
            "read_config", "resolve_device"]

@@ -4,7 +4,7 @@ volume is cut, computed and written."""
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -46,10 +46,25 @@ class InterpMethod(Settings):
 
 
 Method = Annotated[NetworkMethod | RLMethod | InterpMethod, Field(discriminator="name")]
-METHODS = ("ssai3d", "care", "cyclegan", "rl", "interp")
-#: Methods that restore with a network from a model folder.
-NETWORK_METHODS = ("ssai3d", "care", "cyclegan")
-_RL_FLAT = {"psf_sigma_um": "psf_sigma_um", "psf_file": "psf_file", "rl_iterations": "iterations"}
+#: Every method's settings model by its name (the method itself: :mod:`ssai3d_dask.restoration.methods`).
+METHOD_SETTINGS: dict[str, type[Settings]] = {n: m for m in (NetworkMethod, RLMethod, InterpMethod)
+                                               for n in get_args(m.model_fields["name"].annotation)}
+METHODS = tuple(METHOD_SETTINGS)
+#: The method ``restore`` uses when none is given, and the one ``run`` adapts a model for.
+DEFAULT_METHOD: str = NetworkMethod.model_fields["name"].default
+#: Parameters the CLI gives beside --method (flat) and the method settings' fields they set.
+_FLAT = {"psf_sigma_um": "psf_sigma_um", "psf_file": "psf_file", "rl_iterations": "iterations"}
+
+
+def check_method_parameters(method: str, params) -> None:
+    """Refuse parameters the method's settings model has no field for, naming the methods that take them."""
+    foreign = [p for p in params if p not in METHOD_SETTINGS[method].model_fields]
+    if foreign:
+        flags = "/".join(sorted({f"--{k.replace('_', '-')}" for k, v in _FLAT.items() if v in foreign}
+                                | {f"--{p.replace('_', '-')}" for p in foreign if p not in _FLAT.values()}))
+        owners = sorted(n for n, m in METHOD_SETTINGS.items() if set(foreign) <= set(m.model_fields))
+        raise ValueError(f"{flags} are for --method {' or '.join(owners) or '(none)'}, not {method} (CARE takes its "
+                         f"PSF at `ssai3d train-care`)")
 
 
 class RestoreSettings(Settings):
@@ -101,13 +116,11 @@ class RestoreSettings(Settings):
             return data
         data = dict(data)
         method = data.get("method", "ssai3d")
-        flat = {v: x for k, v in _RL_FLAT.items() if (x := data.pop(k, None)) is not None}
+        flat = {v: x for k, v in _FLAT.items() if (x := data.pop(k, None)) is not None}
         if isinstance(method, str):
             if method not in METHODS:
                 raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-            if flat and method != "rl":
-                raise ValueError("--psf-sigma-um/--psf/--rl-iterations are for --method rl (CARE takes its PSF at "
-                                 "`ssai3d train-care`)")
+            check_method_parameters(method, flat)
             data["method"] = {"name": method, **flat}
         elif flat:
             raise ValueError("give the rl parameters inside method, not beside it")
