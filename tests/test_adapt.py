@@ -488,7 +488,7 @@ def test_given_widths_or_angles_replace_the_auto_banks_and_the_config_keeps_them
     s = AdaptSettings(n_patches=8, patch_px=32, angles_deg=(-10.0, 0.0, 10.0), psf_lean=1.0,
                       finetune=FinetuneSettings(iterations=1, batch_size=2))
     man = adapt(vol, None, s, progress=False).manifest
-    bank, est = man["psf_bank"], man["psf_estimate"]["sigma_px"]
+    bank, est = man.extra["psf_bank"], man.extra["psf_estimate"]["sigma_px"]
     assert bank["angles_deg"] == [-10.0, 0.0, 10.0] and bank["sigmas_px"] == [round(est, 3)]
     # given blurs replace the estimate and are leaned as it is; 'paper' takes them as they are
     s = AdaptSettings(n_patches=8, patch_px=32, sigmas_px=(2.0, 3.0), psf_lean=1.2,
