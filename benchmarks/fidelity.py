@@ -21,7 +21,7 @@ Every method runs through the package's block pipeline (``ssai3d_dask.restoratio
 - ssai3d-z    SSAI-3D sparse, bank of five widths centred on the estimate (x0.6-1.4) along z only (angle 0)
 - ssai3d-tilt SSAI-3D sparse, bank of the estimate's one width at the paper's five orientations
 - ssai3d-true SSAI-3D with the package's defaults but given the true (nominal) PSF, as CARE and RL are: the true
-              axial sd beyond the lateral one in place of the estimate (``--sigmas``; leaned by ``--psf-lean`` as the
+              axial sd beyond the lateral one in place of the estimate (``--sigmas-px``; leaned by ``--psf-lean`` as the
               estimate is), along z (what the blind estimate costs)
 - ssai3d-each (PSF mismatch only) SSAI-3D with default settings adapted on *each* test stack, as a user runs
               ``ssai3d run`` on every stack; the other learned columns adapt once on the sd-5 stack there

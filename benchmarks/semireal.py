@@ -15,7 +15,7 @@ the Fourier resolution along z against x. The blind PSF estimate is reported aga
 
 Methods (``--methods``): interp; rl (the true PSF, at its best iteration count against the truth, so the
 peer is at its strongest); care (trained with the true PSF, its own default budget); ssai3d (the package's
-defaults); ssai3d-true (the defaults given the true axial width with ``--sigmas``); ssai3d-snip (the paper's
+defaults); ssai3d-true (the defaults given the true axial width with ``--sigmas-px``); ssai3d-snip (the paper's
 sparse fine-tuning: normalised snip's 10 % of layers); cyclegan (OT-CycleGAN, its default budget).
 
 ``../shared/data/cellseg3d_mesospim_nuclei`` is held out and never used here.

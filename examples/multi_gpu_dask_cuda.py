@@ -2,7 +2,7 @@
 
 Needs `pip install dask-cuda`. Equivalent CLI on a running scheduler:
     dask-scheduler &  CUDA_VISIBLE_DEVICES=0,1 dask-cuda-worker tcp://127.0.0.1:8786 --resources GPU=1 &
-    ssai3d run stack.tif out.ome.zarr --scheduler tcp://127.0.0.1:8786 --device cuda
+    ssai3d run stack.tif out.ome.zarr --cluster tcp://127.0.0.1:8786 --device cuda
 
     python examples/multi_gpu_dask_cuda.py stack.tif out.ome.zarr
 """

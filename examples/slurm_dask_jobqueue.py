@@ -4,6 +4,11 @@ Needs `pip install dask-jobqueue` on the login node and the same environment on 
 Adapt once (one GPU job), then restore on many workers; each worker loads the model once and
 processes regions; an interrupted run continues with resume=True.
 
+From the shell the same is one option (the jobs described once in ~/.config/dask/jobqueue.yaml):
+
+    ssai3d restore /data/brain.ome.zarr /scratch/brain-iso.ome.zarr --model /scratch/brain-iso.ome.zarr.model \
+        --device cuda --cluster slurm --jobs 8
+
 Before submitting, see what the run will cost from the login node (no cluster, nothing written):
 
     ssai3d restore /data/brain.ome.zarr /scratch/brain-iso.ome.zarr --model /scratch/brain-iso.ome.zarr.model \

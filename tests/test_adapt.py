@@ -522,6 +522,6 @@ def test_auto_bank_falls_back_to_the_fixed_bank_when_the_stack_is_too_thin(tmp_p
     assert "too small to estimate" in caplog.text and "fixed PSF bank" in caplog.text
     assert adapted.manifest.extra["psf_bank"]["sigmas_px"] == [3.0, 4.0, 5.0, 6.0, 7.0]
     assert "too small to estimate" in adapted.manifest.extra["psf_estimate"]["error"]
-    # a measured blur given with --sigmas needs no estimate: still one leaned PSF along z
+    # a measured blur given with --sigmas-px needs no estimate: still one leaned PSF along z
     adapted = adapt(vol, None, s.model_copy(update={"sigmas_px": (4.0,), "psf_lean": 1.25}), progress=False)
     assert adapted.manifest.extra["psf_bank"]["sigmas_px"] == [5.0] and adapted.manifest.extra["psf_bank"]["angles_deg"] == [0.0]

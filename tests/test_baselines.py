@@ -160,8 +160,8 @@ def test_cli_method_model_mismatch(tmp_path):
 
     write_simulation(sim, tmp_path / "ph", dtype="float32", chunks=(16, 64, 64))
     raw = str(tmp_path / "ph" / "raw.ome.zarr")
-    r = CliRunner().invoke(main, ["-q", "train-care", raw, "--out", str(tmp_path / "care"), "--psf-sigma-um",
-                                  "0.3", "0.05", "0.05", "--iterations", "2", "--patches", "8", "--patch", "32"])
+    r = CliRunner().invoke(main, ["-q", "train-care", raw, str(tmp_path / "care"), "--psf-sigma-um",
+                                  "0.3", "0.05", "0.05", "--iterations", "2", "--n-patches", "8", "--patch-px", "32"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["restore", raw, str(tmp_path / "o.ome.zarr"), "--model", str(tmp_path / "care")])
     assert r.exit_code == 2 and "use --method care" in r.output

@@ -142,8 +142,8 @@ def test_cli_train_restore_and_mismatched_folders(tmp_path):
 
     write_simulation(sim, tmp_path / "ph", dtype="float32", chunks=(16, 64, 64))
     raw = str(tmp_path / "ph" / "raw.ome.zarr")
-    r = CliRunner().invoke(main, ["-q", "train-cyclegan", raw, "--out", str(tmp_path / "cg"), "--iterations", "2",
-                                  "--volume", "16", "--volumes", "8", "--slices", "2"])
+    r = CliRunner().invoke(main, ["-q", "train-cyclegan", raw, str(tmp_path / "cg"), "--iterations", "2",
+                                  "--volume-px", "16", "--n-volumes", "8", "--slices", "2"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["restore", raw, str(tmp_path / "o.ome.zarr"), "--model", str(tmp_path / "cg")])
     assert r.exit_code == 2 and "use --method cyclegan" in r.output
@@ -155,10 +155,10 @@ def test_cli_train_restore_and_mismatched_folders(tmp_path):
     r = CliRunner().invoke(main, ["restore", raw, str(tmp_path / "o.ome.zarr"), "--method", "cyclegan",
                                   "--model", str(tmp_path / "cg"), "--view", "xz"])
     assert r.exit_code == 2 and "--view" in r.output
-    r = CliRunner().invoke(main, ["train-cyclegan", raw, "--out", str(tmp_path / "cg"), "--volume", "18"])
+    r = CliRunner().invoke(main, ["train-cyclegan", raw, str(tmp_path / "cg"), "--volume-px", "18"])
     assert r.exit_code == 2 and "multiple of 4" in r.output
-    r = CliRunner().invoke(main, ["train-cyclegan", raw, "--out", str(tmp_path / "cg"), "--iterations", "2",
-                                  "--volume", "16"])
+    r = CliRunner().invoke(main, ["train-cyclegan", raw, str(tmp_path / "cg"), "--iterations", "2",
+                                  "--volume-px", "16"])
     assert r.exit_code == 2 and "--overwrite" in r.output  # a finished model folder is not silently replaced
     assert not (tmp_path / "o.ome.zarr").exists()
     r = CliRunner().invoke(main, ["-q", "restore", raw, str(tmp_path / "o.ome.zarr"), "--method", "cyclegan",

@@ -148,8 +148,8 @@ def test_imagej_tiff_channels(tmp_path):
 def test_run_adapts_one_model_per_channel(tmp_path):
     _write_ngff(tmp_path / "in.ome.zarr", _two_channel((48, 64, 64)), "czyx", labels=["a", "b"])
     out = tmp_path / "o.ome.zarr"
-    res = CliRunner().invoke(main, ["-q", "run", str(tmp_path / "in.ome.zarr"), str(out), "--patches", "16",
-                                    "--patch", "32", "--iterations", "2", "--batch-size", "2", "--chunks", "16", "32",
+    res = CliRunner().invoke(main, ["-q", "run", str(tmp_path / "in.ome.zarr"), str(out), "--n-patches", "16",
+                                    "--patch-px", "32", "--iterations", "2", "--batch-size", "2", "--chunks", "16", "32",
                                     "32", "--region", "32", "32", "64", "--halo", "32",
                                     "--workers", "1", "--denoise", "off"])
     assert res.exit_code == 0, res.output

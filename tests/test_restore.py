@@ -16,7 +16,7 @@ from ssai3d_dask.models.folder import AdaptedModel
 from ssai3d_dask.models.precision import prepare
 from ssai3d_dask.ops.denoise import Denoiser
 from ssai3d_dask.restoration.pipeline import restore
-from ssai3d_dask.settings import RestoreSettings
+from ssai3d_dask.settings import ClusterSettings, RestoreSettings
 from ssai3d_dask.restoration.plan import make_plan
 from ssai3d_dask.restoration.kernels import restore_in_memory
 from ssai3d_dask.ops.normalize import Normalization
@@ -272,7 +272,7 @@ def test_closing_the_cli_client_stops_the_local_cluster_it_started():
 
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
-    with _client(None, 2, 1, None, "interp") as client:
+    with _client(ClusterSettings(workers=2, threads_per_worker=1), "interp") as client:
         assert len(client.scheduler_info()["workers"]) == 2
         started = {p.pid for p in me.children(recursive=True)} - before
         assert started  # processes=True: the workers are child processes

@@ -30,7 +30,7 @@ def test_settings_are_checked_when_built_and_name_the_option():
         RestoreSettings(view="xy")
     with pytest.raises(SettingsError, match=r"finetune.optimizer \(--optimizer\)"):
         AdaptSettings(finetune={"optimizer": "sgd"})  # once fell back to Adam silently
-    with pytest.raises(SettingsError, match=r"n_patches \(--patches\)"):
+    with pytest.raises(SettingsError, match=r"n_patches \(--n-patches\)"):
         AdaptSettings(n_patches=0)
     with pytest.raises(SettingsError, match="multiples of 16"):
         RestoreSettings(chunks=(10, 16, 16))

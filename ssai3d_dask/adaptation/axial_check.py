@@ -84,7 +84,7 @@ def axial_check(vol: Volume, model, denoiser: Denoiser, norm: Normalization, z_f
         logger.warning("on a crop of the stack, the adapted model puts %.2fx the input planes' fine detail (periods "
                        "under %g px) along z and %.2fx along x/y (interpolation %.2fx and 1; limits %.2f and %.2f): "
                        "it may be inventing texture. Look at axial_check.png; a narrower blur (--psf-lean 1.0, or "
-                       "--sigmas) or --denoise on usually helps", record["z_over_lateral"], record["period_px"],
+                       "--sigmas-px) or --denoise on usually helps", record["z_over_lateral"], record["period_px"],
                        record["lateral_over_input"], record["interp_z_over_lateral"], LIMIT, LIMIT_LATERAL)
     else:
         logger.info("axial check: restored fine detail %.2fx the input planes' along z, %.2fx along x/y "

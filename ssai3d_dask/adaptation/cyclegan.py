@@ -99,7 +99,7 @@ def sample_subvolumes(vol: Volume, n: int, size: int, norm: Normalization, seed:
     zo = geom.out_shape[0]
     zin, y, x = vol.shape
     if size > min(y, x) or size > zo:
-        raise SettingsError(f"sub-volume size {size} exceeds the isotropic volume {(zo, y, x)}; pass a smaller --volume")
+        raise SettingsError(f"sub-volume size {size} exceeds the isotropic volume {(zo, y, x)}; pass a smaller --volume-px")
     rng = np.random.default_rng(seed)
     weights = chunk_weights(vol)
     bounds = chunk_bounds(vol.data.chunks)
@@ -131,7 +131,7 @@ def sample_subvolumes(vol: Volume, n: int, size: int, norm: Normalization, seed:
         logger.warning("only %d of %d sub-volumes found foreground after %d candidates", len(kept), n, candidates)
     if len(kept) < N_VALIDATION + 2:
         raise SettingsError(f"only {len(kept)} sub-volumes of {size}^3 could be sampled from {vol.source}; pass a "
-                            f"smaller --volume")
+                            f"smaller --volume-px")
     return SubVolumes(np.stack(kept), np.array(origins), candidates)
 
 

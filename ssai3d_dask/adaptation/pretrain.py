@@ -24,7 +24,7 @@ from ssai3d_dask.progress import ProgressLike
 from ssai3d_dask.adaptation.losses import psnr_loss
 from ssai3d_dask.adaptation.training import fit, make_optimizer
 from ssai3d_dask.errors import SettingsError
-from ssai3d_dask.settings import PretrainSettings
+from ssai3d_dask.settings import PretrainSettings, resolve_device
 from ssai3d_dask.io.files import write_json, write_with
 from ssai3d_dask.models.precision import resolve_precision
 from ssai3d_dask.models.checkpoint import load_model, load_network, load_state_strict, read_state, save_network, sha256_file
@@ -67,15 +67,16 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: ProgressLike
     the iteration; rerunning with the same ``out`` continues from it.
     """
     out = Path(out)
+    device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     parent = None
     if settings.init:
         model, parent = load_model(settings.init)
         if model.config.to_dict() != PRESETS[settings.preset].to_dict():
             raise SettingsError(f"--init {settings.init} is not a '{settings.preset}' model; pass --preset to match it")
-        model = model.float().to(settings.device)
+        model = model.float().to(device)
     else:
-        model = build(settings.preset).to(settings.device)
+        model = build(settings.preset).to(device)
     patch = settings.patch_px or model.config.train_size
     opt, sched = make_optimizer(model.parameters(), "adamw", settings.lr, settings.weight_decay, settings.iterations,
                                 final_lr=1e-6, betas=(0.9, 0.9))
@@ -87,7 +88,7 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: ProgressLike
     resume = out.with_name(out.name + ".resume.pt")
     if resume.exists():
         state = read_state(resume, ("model", "optimizer", "scheduler", "rng", "torch_rng", "iteration", "history"),
-                           settings.device)
+                           device)
         load_state_strict(model, state["model"], str(resume))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -96,16 +97,16 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: ProgressLike
         start, history = int(state["iteration"]), json.loads(state["history"])
         logger.info("resuming pretraining at iteration %d", start)
     t0 = time.perf_counter()
-    precision = resolve_precision(settings.precision, settings.device)
+    precision = resolve_precision(settings.precision, device)
 
     def batch(_: int) -> tuple[torch.Tensor, torch.Tensor]:
         sharp = random_crops(images, settings.batch_size, patch, rng)
         degraded = degrade(sharp, rng, settings.max_axial_sd)
-        return degraded.to(settings.device), sharp.to(settings.device)
+        return degraded.to(device), sharp.to(device)
 
     def after_step(done: int) -> None:
         if done % settings.eval_every == 0 or done == settings.iterations:
-            pin, pout = evaluate_psnr(model, held_x.to(settings.device), held_y.to(settings.device))
+            pin, pout = evaluate_psnr(model, held_x.to(device), held_y.to(device))
             history.append({"iteration": done, "heldout_psnr_in": pin, "heldout_psnr_out": pout})
             logger.info("iteration %d: held-out PSNR %.2f -> %.2f dB", done, pin, pout)
         if done % settings.checkpoint_every == 0 and done < settings.iterations:
@@ -132,7 +133,7 @@ def pretrain(out: str | Path, settings: PretrainSettings, progress: ProgressLike
         "machine": platform.processor() or platform.machine(),
         "package_version": __version__,
         "command": f"ssai3d pretrain {out} --preset {settings.preset} --iterations {settings.iterations} "
-                   f"--batch-size {settings.batch_size} --patch {patch} --lr {settings.lr} --seed {settings.seed} "
+                   f"--batch-size {settings.batch_size} --patch-px {patch} --lr {settings.lr} --seed {settings.seed} "
                    f"--max-axial-sd {settings.max_axial_sd:g} --precision {precision}"
                    + (f" --init {settings.init}" if settings.init else ""),
     }

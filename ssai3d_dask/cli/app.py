@@ -80,3 +80,8 @@ def main(verbose: int, quiet: bool) -> None:
     from a file: `--print-config > s.yaml`, edit, then `--config s.yaml`.
     """
     _setup_logging(verbose, quiet)
+
+
+from ssai3d_dask.cli.options import Command  # noqa: E402  (every subcommand: one grammar, help in sections)
+
+main.command_class = Command

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from urllib.parse import quote
 
@@ -10,7 +9,8 @@ import click
 
 from ssai3d_dask.cli.app import cli_progress, friendly_errors, main
 from ssai3d_dask.errors import Ssai3dError
-from ssai3d_dask.cli.options import channel_option, level_option, time_option, voxel_option
+from ssai3d_dask.cli.options import (channel_option, emit_json, json_option, level_option, positional, time_option,
+                                     voxel_option)
 
 
 @main.command()
@@ -19,13 +19,13 @@ from ssai3d_dask.cli.options import channel_option, level_option, time_option, v
 @channel_option
 @time_option
 @level_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option
 @click.option("--psf", "psf", is_flag=True,
               help="Estimate the stack's axial blur relative to its lateral blur from the data (reads ~100 small "
                    "windows) and print only that, and the width `adapt --psf-bank auto` (the default) trains on: "
                    "the estimate times --psf-lean (1.15 by default). `--psf-bank wide` centres its bank past it.")
 @friendly_errors
-def info(path, voxel_size, channel, time_, level, as_json, psf):
+def info(path, voxel_size, channel, time_, level, json_to, psf):
     """Describe a volume without reading voxel data: shape, dtype, chunks, voxel size, levels, size on disk."""
     from ssai3d_dask.io.describe import describe
 
@@ -36,9 +36,7 @@ def info(path, voxel_size, channel, time_, level, as_json, psf):
 
         vol = open_volume(path, voxel_size, channel=channel, time=time_)
         est = estimate_axial_blur(vol, volume_statistics(vol))
-        if as_json:
-            click.echo(json.dumps(est.to_dict(), indent=2))
-        else:
+        if not emit_json(est.to_dict(), json_to):
             from ssai3d_dask.settings import AdaptSettings
 
             lean = AdaptSettings().psf_lean
@@ -46,8 +44,7 @@ def info(path, voxel_size, channel, time_, level, as_json, psf):
                        f"(the estimate x {lean:g}, --psf-lean)")
         return
     d = describe(path, voxel_size, channel, time_, level)
-    if as_json:
-        click.echo(json.dumps(d, indent=2))
+    if emit_json(d, json_to):
         return
     for k, v in d.items():
         click.echo(f"{k:>18}: {v}")
@@ -101,23 +98,24 @@ def simulate(kind, out, shape, voxel_size, anisotropy, sigma_lateral, sigma_axia
               help="Raw stack: also scored after linear z interpolation onto the truth grid.")
 @click.option("--data-range", type=float, default=None, help="L for PSNR/SSIM (default: truth max - min).")
 @click.option("--beads", is_flag=True, help="Also report bead FWHM per axis (um).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
-              help="Write the table as JSON here (default: PRED.metrics.json beside PRED).")
+@json_option
 @friendly_errors
-def evaluate(pred, truth, raw, data_range, beads, json_out):
-    """Score a restored volume against ground truth: PSNR, SSIM, MS-SSIM, MSE, NCC, Fourier resolution."""
+def evaluate(pred, truth, raw, data_range, beads, json_to):
+    """Score a restored volume against ground truth: PSNR, SSIM, MS-SSIM, MSE, NCC, Fourier resolution.
+
+    The table is printed and written as JSON beside PRED (PRED.metrics.json) unless --json says otherwise.
+    """
     from ssai3d_dask.evaluation.evaluate import evaluate_paths, format_table
-    from ssai3d_dask.io.files import write_json
 
     table = evaluate_paths(pred, truth, raw, data_range, beads)
-    click.echo(format_table(table))
-    json_out = json_out or Path(str(pred).rstrip("/") + ".metrics.json")
-    write_json(json_out, table)
-    click.echo(f"wrote {json_out}")
+    json_to = json_to or Path(str(pred).rstrip("/") + ".metrics.json")
+    if not emit_json(table, json_to):
+        click.echo(format_table(table))
+        click.echo(f"wrote {json_to}")
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True)
+@positional("out_dir", old="--out", required=False, metavar="[OUT]", type=click.Path(path_type=Path))
 @click.option("--shape", nargs=3, type=int, default=(64, 192, 192), show_default=True, metavar="Z Y X",
               help="Ground-truth shape; the raw stack has Z / 4 planes.")
 @click.option("--iterations", type=int, default=150, show_default=True,
@@ -128,9 +126,11 @@ def evaluate(pred, truth, raw, data_range, beads, json_out):
 @friendly_errors
 def demo(out_dir, shape, iterations, seed, workers):
     """Simulate a tissue-like stack (textured nuclei among neurites) at anisotropy 4 with noise, adapt the
-    shipped model to it, restore, score against the truth and write report.png (XY, XZ, YZ views)."""
+    shipped model to it, restore, score against the truth and write report.png (XY, XZ, YZ views) into OUT
+    (default: demo-output)."""
     from ssai3d_dask.evaluation.demo import format_demo, run_demo
 
+    out_dir = out_dir or Path("demo-output")
     click.echo(format_demo(run_demo(out_dir, tuple(shape), iterations, seed, workers, progress=cli_progress()),
                            out_dir))
 

@@ -88,26 +88,128 @@ def _default_text(info) -> str:
     return f" [default: {d}]"
 
 
-def settings_options(model: type[Settings], opts: list[Opt]):
-    """A decorator adding one click option per field in ``opts``."""
+def settings_options(model: type[Settings], opts: list[Opt], section: str | None = None):
+    """A decorator adding one click option per field in ``opts``, spelled as the field (``--patch-px`` for
+    ``patch_px``; a nested field by its last part), under the help ``section`` (default: by its flag,
+    :data:`SECTIONS`). A field's former spelling (``former_flag``) keeps working, with a warning."""
 
     def decorate(fn):
         for o in reversed(opts):
             info, owner = _field_info(model, o.field)
-            name = o.flag or flag_of(owner, o.field.split(".")[-1])
+            leaf = o.field.split(".")[-1]
+            name = o.flag or flag_of(owner, leaf)
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
             help_ = (info.description or "") + _default_text(info)
             if _strip_optional(info.annotation) is bool:
-                # a switch pair: the field's flag names the "off" side when it starts with --no-
-                on = "--" + o.field.split(".")[-1].replace("_", "-")
-                off = name if name.startswith("--no-") else "--no-" + name[2:]
                 on_default = "on" if info.default else "off"
-                fn = click.option(f"{on}/{off}", o.dest, default=None, help=f"{help_} [default: {on_default}]")(fn)
+                fn = click.option(f"{name}/--no-{name[2:]}", o.dest, default=None,
+                                  help=f"{help_} [default: {on_default}]")(fn)
+                if "former_flag" in extra:  # a former --no-... spelling
+                    fn = former(extra["former_flag"], o.dest, f"--no-{name[2:]}", is_flag=True, flag_value=False)(fn)
             else:
                 kwargs = _click_kwargs(info) | ({"metavar": o.metavar} if o.metavar else {})
                 fn = click.option(name, o.dest, default=None, **kwargs, help=help_)(fn)
+                if "former_flag" in extra:
+                    fn = former(extra["former_flag"], o.dest, name, **kwargs)(fn)
+            fn.__click_params__[-1 if "former_flag" not in extra else -2].section = section
         return fn
 
     return decorate
+
+
+# --- one grammar for every command: former spellings, help in sections ------------------------------
+
+#: Help sections, in order, and the options that go in each (by their first flag); others: "Options".
+SECTIONS = {
+    "Input": ("--voxel-size", "--channel", "--time", "--level"),
+    "Output": ("--overwrite", "--resume", "--dtype", "--chunks", "--shards", "--sharding", "--ngff-version",
+               "--json"),
+    "Method": ("--model", "--method", "--psf-sigma-um", "--psf-file", "--rl-iterations", "--halo", "--view",
+               "--skip-empty", "--skip-background", "--empty-level"),
+    "Compute": ("--region", "--region-memory", "--batch", "--device", "--precision", "--compile", "--dry-run",
+                "--in-flight"),
+    "Cluster": ("--scheduler", "--cluster", "--jobs", "--workers", "--threads-per-worker", "--memory-limit"),
+    "Settings file": ("--config", "--print-config"),
+}
+_SECTION_OF = {flag: name for name, flags in SECTIONS.items() for flag in flags}
+
+
+def former(old: str, dest: str, new: str, **kwargs):
+    """The former spelling ``old`` of the option or argument ``dest`` (now ``new``): hidden from the help,
+    it still works for one release, with a warning on stderr (:class:`Command` moves its value to ``dest``)."""
+
+    def decorate(fn):
+        fn = click.option(old, f"former__{dest}__{old.strip('-').replace('-', '_')}", hidden=True, default=None,
+                          **kwargs)(fn)
+        fn.__click_params__[-1].replaces = (dest, new)
+        return fn
+
+    return decorate
+
+
+class Command(click.Command):
+    """Every subcommand: former spellings moved to their new names (with a warning), a positional argument
+    marked ``needed`` required once they are, and the help grouped into :data:`SECTIONS`."""
+
+    def invoke(self, ctx: click.Context):
+        for p in self.params:
+            if not hasattr(p, "replaces"):
+                continue
+            value = ctx.params.pop(p.name, None)
+            if value is None:
+                continue
+            dest, new = p.replaces
+            old = p.opts[0]
+            if ctx.params.get(dest) not in (None, ()):
+                raise click.UsageError(f"{old} is the former spelling of {new}: give one of them", ctx)
+            click.echo(f"Warning: {old} is deprecated and goes in the next release; use {new}", err=True)
+            ctx.params[dest] = value
+        for p in self.params:
+            if getattr(p, "needed", False) and ctx.params.get(p.name) is None:
+                raise click.MissingParameter(ctx=ctx, param=p)
+        return super().invoke(ctx)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        groups: dict[str, list] = {}
+        for p in self.get_params(ctx):
+            record = p.get_help_record(ctx)
+            if record is not None:
+                name = getattr(p, "section", None) or _SECTION_OF.get(p.opts[0].split("/")[0], "Options")
+                groups.setdefault(name, []).append(record)
+        for name in [*SECTIONS, *(g for g in groups if g not in SECTIONS)]:
+            if name in groups:
+                with formatter.section(name):
+                    formatter.write_dl(groups[name])
+
+
+def positional(name: str, old: str | None = None, required: bool = True, **kwargs):
+    """A positional argument (``IN``, ``OUT``, ``MODEL_DIR``) that used to be the option ``old``: both work for
+    one release; one of them is required."""
+
+    def decorate(fn):
+        if old:
+            fn = former(old, name, kwargs.get("metavar") or name.upper(), type=kwargs.get("type"))(fn)
+        fn = click.argument(name, required=not old and required, **kwargs)(fn)
+        fn.__click_params__[-1].needed = required
+        return fn
+
+    return decorate
+
+
+def one_index(flag: str):
+    """Parse ``--channel``/``--time`` for a command that works on one of them: the selection syntax of
+    ``restore`` and ``run`` (:func:`~ssai3d_dask.io.dataset.parse_selection`), which must name one."""
+
+    def convert(ctx, param, value):
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: this command works on one {flag[2:]}; give its index (restore, "
+                                     f"run and adapt take lists, ranges and all)", ctx, param) from None
+
+    return convert
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
@@ -151,8 +253,10 @@ def print_config(sections: dict[str, Settings]) -> None:
 voxel_option = click.option(
     "--voxel-size", nargs=3, type=float, default=None, metavar="DZ DY DX",
     help="Voxel size in micrometres (z, y, x). Overrides the file's metadata; required when the file has none.")
-channel_option = click.option("--channel", type=int, default=None, help="Channel index for multi-channel data.")
-time_option = click.option("--time", "time_", type=int, default=None, help="Time point for time series.")
+channel_option = click.option("--channel", default=None, metavar="SEL", callback=one_index("--channel"),
+                              help="The channel of multi-channel data, by its index (one here).")
+time_option = click.option("--time", "time_", default=None, metavar="SEL", callback=one_index("--time"),
+                           help="The time point of a time series, by its index (one here).")
 channels_option = click.option(
     "--channel", default=None, metavar="SEL",
     help="Channels to process: an index, a list (0,2), a range (1-3) or all (default: all). With several, the "
@@ -160,6 +264,26 @@ channels_option = click.option(
 times_option = click.option(
     "--time", "time_", default=None, metavar="SEL",
     help="Time points to process, like --channel (default: all); several keep the time axis in the output.")
+json_option = click.option(
+    "--json", "json_to", is_flag=False, flag_value="-", default=None, metavar="[PATH]",
+    help="The result as JSON: printed (--json alone) instead of the text, or written to PATH.")
+
+
+def emit_json(data, to: str | Path | None) -> bool:
+    """Write ``data`` as JSON where ``--json`` says (``-``: stdout); whether it was printed instead of the text."""
+    import json
+
+    if to is None:
+        return False
+    if str(to) == "-":
+        click.echo(json.dumps(data, indent=2, default=str))
+        return True
+    from ssai3d_dask.io.files import write_json
+
+    write_json(Path(to), data)
+    return False
+
+
 level_option = click.option("--level", type=int, default=0, show_default=True,
                             help="OME-Zarr pyramid level to read (0 = full resolution).")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import click
 
 from ssai3d_dask.cli.app import cli_progress, friendly_errors, main
-from ssai3d_dask.cli.options import (Opt, channels_option, collect, config_option, config_sections, print_config,
+from ssai3d_dask.cli.options import (Opt, channels_option, former, collect, config_option, config_sections, print_config,
                                      print_config_option, settings_options, stack, times_option, voxel_option)
 from ssai3d_dask.cli.train import ADAPT_OPTS, adapt_options
 from ssai3d_dask.errors import SettingsError
-from ssai3d_dask.settings import DEFAULT_METHOD, METHODS, AdaptSettings, RestoreSettings, RLMethod
+from ssai3d_dask.settings import DEFAULT_METHOD, METHODS, AdaptSettings, ClusterSettings, RestoreSettings, RLMethod
 from ssai3d_dask.settings.restoration import check_method_parameters
 
 RESTORE_OPTS = [Opt("chunks"), Opt("region"), Opt("region_memory", metavar="SIZE"), Opt("halo"), Opt("view"), Opt("dtype"), Opt("batch"),
@@ -21,16 +21,15 @@ RESTORE_OPTS = [Opt("chunks"), Opt("region"), Opt("region_memory", metavar="SIZE
                 Opt("device"), Opt("precision")]
 RL_OPTS = [Opt("psf_sigma_um", metavar="SZ SY SX"), Opt("psf_file", metavar="FILE"), Opt("iterations")]
 
+CLUSTER_OPTS = [Opt("cluster", metavar="local|slurm|pbs|lsf|ADDRESS"), Opt("jobs"), Opt("adaptive"), Opt("workers"),
+                Opt("threads_per_worker"), Opt("memory_limit", metavar="SIZE")]
+
 _run_options = stack(
     click.option("--dry-run", is_flag=True,
                  help="Print the plan (regions, pruning, files, bytes, memory and time measured on one calibration "
                       "piece) and exit without writing anything."),
-    click.option("--scheduler", default=None, help="Address of an existing Dask scheduler (default: LocalCluster)."),
-    click.option("--workers", type=int, default=None,
-                 help="LocalCluster workers (default: one per GPU, else min(4, cores/2) for networks and one per "
-                      "core for --method interp)."),
-    click.option("--threads-per-worker", type=int, default=1, show_default=True),
-    click.option("--memory-limit", default=None, help="Per-worker memory limit, e.g. 4GiB (default: auto)."),
+    settings_options(ClusterSettings, CLUSTER_OPTS),
+    former("--scheduler", "opt__cluster", "--cluster"),
     click.option("--overwrite", is_flag=True, help="Replace an existing output."),
     click.option("--resume", is_flag=True, help="Finish an interrupted output: only missing regions are computed."),
     config_option, print_config_option,
@@ -61,20 +60,23 @@ def restore_settings(kw: dict, section: dict | None) -> RestoreSettings:
     return collect(RestoreSettings, RESTORE_OPTS, kw, section, {"method": {**current, **rl}} if current else None)
 
 
-@contextmanager
-def _client(scheduler, workers, threads_per_worker, memory_limit, method: str):
-    from ssai3d_dask.restoration.cluster import close_client, default_workers, make_client
+def cluster_settings(kw: dict, section: dict | None) -> ClusterSettings:
+    """ClusterSettings from the file's ``cluster`` section and the options."""
+    return collect(ClusterSettings, CLUSTER_OPTS, kw, section)
 
-    if workers is None and not scheduler:
-        workers = default_workers(method)
-    client = make_client(scheduler, workers, threads_per_worker, memory_limit)
+
+@contextmanager
+def _client(cluster: ClusterSettings, method: str, device: str = "cpu"):
+    from ssai3d_dask.restoration.cluster import close_client, connect
+
+    client = connect(cluster, method, device)
     try:
         yield client
     finally:
         close_client(client)
 
 
-def _print_dry_run(ds, model_dir, out, settings, resume, workers, threads_per_worker, adapted=None, extra=()):
+def _print_dry_run(ds, model_dir, out, settings, resume, cluster: ClusterSettings, adapted=None, extra=()):
     from ssai3d_dask.restoration.cluster import default_workers
     from ssai3d_dask.restoration.dryrun import dry_run, format_report
     from ssai3d_dask.restoration.pipeline import prepare_restore, slice_models
@@ -87,8 +89,8 @@ def _print_dry_run(ds, model_dir, out, settings, resume, workers, threads_per_wo
         extra = [f"dataset      {n} slices ({ds.axes}: {ds.lead_shape}); the figures above are for the first, "
                  f"the whole run costs about {n} times them", *extra]
     job = prepare_restore(vol, model_dir, settings, adapted=adapted)
-    click.echo(format_report(dry_run(job, out, resume), workers or default_workers(settings.method.name),
-                             threads_per_worker))
+    click.echo(format_report(dry_run(job, out, resume), cluster.workers or default_workers(settings.method.name),
+                             cluster.threads_per_worker or 1))
     for line in extra:
         click.echo(line)
     click.echo("dry run: nothing was written")
@@ -108,8 +110,8 @@ def _print_dry_run(ds, model_dir, out, settings, resume, workers, threads_per_wo
 @stack(voxel_option, channels_option, times_option)
 @restore_options
 @friendly_errors
-def restore(path, out, model_dir, voxel_size, channel, time_, dry_run, scheduler, workers, threads_per_worker,
-            memory_limit, overwrite, resume, config_file, print_cfg, **kw):
+def restore(path, out, model_dir, voxel_size, channel, time_, dry_run, overwrite, resume, config_file, print_cfg,
+            **kw):
     """Restore PATH to isotropic voxels into the multiscale OME-Zarr OUT, block by block on a Dask cluster.
 
     Every method runs through the same block plan (halos, resume, pyramid), so baselines scale like the
@@ -119,14 +121,16 @@ def restore(path, out, model_dir, voxel_size, channel, time_, dry_run, scheduler
     from ssai3d_dask.io.omezarr import check_output
     from ssai3d_dask.restoration.pipeline import restore as run_restore
 
-    settings = restore_settings(kw, config_sections(config_file).get("restore"))
+    sections = config_sections(config_file)
+    cluster = cluster_settings(kw, sections.get("cluster"))
+    settings = restore_settings(kw, sections.get("restore"))
     if print_cfg:
-        return print_config({"restore": settings})
+        return print_config({"restore": settings, "cluster": cluster})
     ds = open_dataset(path, voxel_size, channel, time_)
     if dry_run:
-        return _print_dry_run(ds, model_dir, out, settings, resume, workers, threads_per_worker)
+        return _print_dry_run(ds, model_dir, out, settings, resume, cluster)
     check_output(out, overwrite, resume, [ds.source] + ([model_dir] if model_dir else []))
-    with _client(scheduler, workers, threads_per_worker, memory_limit, settings.method.name) as client:
+    with _client(cluster, settings.method.name, settings.resolved_device()) as client:
         click.echo(str(run_restore(ds, model_dir, out, settings, overwrite=overwrite, resume=resume, client=client,
                                    progress=cli_progress())))
 
@@ -134,16 +138,17 @@ def restore(path, out, model_dir, voxel_size, channel, time_, dry_run, scheduler
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--model-dir", type=click.Path(path_type=Path), default=None,
-              help="Where to keep the adapted model (default: OUT with .model appended).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="MODEL_DIR: where the adapted model goes (default: OUT with .model appended).")
+@former("--model-dir", "model_dir", "--model", type=click.Path(path_type=Path))
 @stack(voxel_option, channels_option, times_option)
 @click.option("--adapt-per-time", is_flag=True,
               help="Adapt every time point on its own (default: one model per channel, reused over time).")
 @adapt_options
 @run_restore_options
 @friendly_errors
-def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, dry_run, scheduler, workers,
-        threads_per_worker, memory_limit, overwrite, resume, config_file, print_cfg, **kw):
+def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, dry_run, overwrite, resume, config_file,
+        print_cfg, **kw):
     """Adapt the shipped model to PATH, then restore PATH into OUT: the whole job in one command.
 
     On a 4D/5D input every channel and time point is restored into one OME-Zarr with the input's axes;
@@ -160,17 +165,17 @@ def run(path, out, model_dir, voxel_size, channel, time_, adapt_per_time, dry_ru
     adapt = collect(AdaptSettings, ADAPT_OPTS, kw, sections.get("adapt"))
     kw.update({k: v for k, v in shared.items() if v is not None})
     settings = restore_settings(kw, sections.get("restore"))  # bad sizes fail now, not after adapting
+    cluster = cluster_settings(kw, sections.get("cluster"))
     if settings.method.name != DEFAULT_METHOD:
         raise SettingsError(f"run adapts an SSAI-3D model; the settings ask for method {settings.method.name}: use "
                             f"`ssai3d restore` for it")
     if print_cfg:
-        return print_config({"adapt": adapt, "restore": settings})
+        return print_config({"adapt": adapt, "restore": settings, "cluster": cluster})
     ds = open_dataset(path, voxel_size, channel, time_)
     check_output(out, overwrite, resume, [ds.source])  # before a cluster starts
     if dry_run:
         stand_in, note = adaptation_stand_in(ds, adapt)
-        return _print_dry_run(ds, None, out, settings, resume, workers, threads_per_worker, adapted=stand_in,
-                              extra=[note])
-    with _client(scheduler, workers, threads_per_worker, memory_limit, DEFAULT_METHOD) as client:
+        return _print_dry_run(ds, None, out, settings, resume, cluster, adapted=stand_in, extra=[note])
+    with _client(cluster, DEFAULT_METHOD, settings.resolved_device()) as client:
         click.echo(str(run_all(ds, out, model_dir, adapt, settings, adapt_per_time=adapt_per_time,
                                overwrite=overwrite, resume=resume, client=client, progress=cli_progress())))

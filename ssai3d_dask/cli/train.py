@@ -10,7 +10,8 @@ import click
 
 from ssai3d_dask.cli.app import cli_progress, friendly_errors, main
 from ssai3d_dask.cli.options import (Opt, channel_option, channels_option, collect, config_option, config_sections,
-                                     print_config, print_config_option, settings_options, stack, time_option,
+                                     positional, print_config, print_config_option, settings_options, stack,
+                                     time_option,
                                      times_option, voxel_option)
 from ssai3d_dask.errors import Ssai3dError
 from ssai3d_dask.settings import AdaptSettings, CareSettings, CycleGANSettings, PretrainSettings
@@ -58,7 +59,7 @@ def pretrain(out, config_file, print_cfg, **kw):
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="MODEL_DIR to write.")
+@positional("out_dir", old="--out", metavar="MODEL_DIR", type=click.Path(path_type=Path))
 @stack(voxel_option, channels_option, times_option)
 @adapt_options
 @click.option("--adapt-per-time", is_flag=True, help="One adaptation per time point too (MODEL_DIR/t3/c0).")
@@ -66,7 +67,7 @@ def pretrain(out, config_file, print_cfg, **kw):
 @stack(config_option, print_config_option)
 @friendly_errors
 def adapt(path, out_dir, voxel_size, channel, time_, adapt_per_time, overwrite, config_file, print_cfg, **kw):
-    """Adapt the base model to a stack from its own lateral planes; write MODEL_DIR.
+    """Adapt the base model to the stack PATH from its own lateral planes; write MODEL_DIR.
 
     MODEL_DIR holds model.pt, manifest.json (layers chosen with all 14 metrics, normalisation, PSF bank,
     settings, timings) and validation.png; for several channels, one such folder per channel (c0, c1, ...).
@@ -83,13 +84,13 @@ def adapt(path, out_dir, voxel_size, channel, time_, adapt_per_time, overwrite, 
 
 
 def _baseline_command(name: str, section: str, settings_cls, opts, overwrite_help: str):
-    """A command that trains a baseline from scratch on PATH into --out MODEL_DIR (train-care, train-cyclegan):
+    """A command that trains a baseline from scratch on PATH into MODEL_DIR (train-care, train-cyclegan):
     the decorated function documents it and returns the training function (imported when the command runs)."""
 
     def decorate(trainer):
         @main.command(name, help=trainer.__doc__)
         @click.argument("path", type=click.Path(path_type=Path))
-        @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="MODEL_DIR to write.")
+        @positional("out_dir", old="--out", metavar="MODEL_DIR", type=click.Path(path_type=Path))
         @stack(voxel_option, channel_option, time_option)
         @settings_options(settings_cls, opts)
         @click.option("--overwrite", is_flag=True, help=overwrite_help)

@@ -120,7 +120,7 @@ class MultiscaleWriter:
         if ngff_version not in ("0.4", "0.5"):
             raise VolumeError(f"NGFF version {ngff_version!r} unsupported; use 0.4 or 0.5")
         if shards is not None and ngff_version == "0.4":
-            raise VolumeError("sharding needs zarr v3 (NGFF 0.5); use --no-shards or --ngff-version 0.5")
+            raise VolumeError("sharding needs zarr v3 (NGFF 0.5); use --no-sharding or --ngff-version 0.5")
         self.fmt = FormatV05() if ngff_version == "0.5" else FormatV04()
         self.zarr_format = 3 if ngff_version == "0.5" else 2
         self.levels = pyramid_layout(self.shape, self.voxel_size_um, chunks, region_shape, shards, max_levels)

@@ -186,7 +186,7 @@ def slice_folders(model_dir: str | Path | None, keys, channels, check: Callable 
     if missing:
         have = sorted(str(p.relative_to(root).parent) for p in root.glob(f"**/{MODEL_FILE}"))
         raise SettingsError(f"{model_dir} has no model for {', '.join(missing)} (it holds {', '.join(have) or 'none'}); "
-                            f"adapt those channels (`ssai3d adapt INPUT --out {model_dir} --channel ...`) or select "
+                            f"adapt those channels (`ssai3d adapt INPUT {model_dir} --channel ...`) or select "
                             f"the channels it has with --channel")
     for folder in dict.fromkeys(found.values()):
         check(folder)

@@ -7,6 +7,7 @@ import os
 import threading
 
 from ssai3d_dask.errors import SettingsError
+from ssai3d_dask.settings import BATCH_SYSTEMS
 
 logger = logging.getLogger(__name__)
 
@@ -34,43 +35,84 @@ def default_workers(method: str | None = None) -> int:
 
 def make_client(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int | None = None,
                 memory_limit: str | None = None, processes: bool = True):
-    """Connect to ``scheduler`` or start an embedded LocalCluster sized to this machine.
+    """Connect to ``scheduler`` (an address or a scheduler file) or start an embedded LocalCluster sized to
+    this machine.
 
     Without GPUs: ``workers`` defaults to min(4, cores // 2) (at least 1), each
     with ``threads_per_worker`` (default 1; torch uses the remaining cores).
     With GPUs: one worker per GPU, each advertising a ``GPU`` resource.
     """
-    import dask
-    from distributed import Client, LocalCluster
+    from ssai3d_dask.settings import ClusterSettings
+
+    if scheduler:
+        return connect(ClusterSettings(cluster=scheduler))
+    return connect(ClusterSettings(workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit),
+                   processes=processes)
+
+
+def connect(settings, method: str | None = None, device: str = "cpu", processes: bool = True):
+    """A client on the cluster ``settings`` names (:class:`~ssai3d_dask.settings.ClusterSettings`): a
+    LocalCluster, batch jobs through dask-jobqueue (:func:`batch_cluster`), or a running scheduler."""
+    from distributed import Client
 
     # distributed configures its loggers when first imported (after the CLI set levels): keep it quiet
     # unless we are debugging.
     if not logger.isEnabledFor(logging.DEBUG):
         logging.getLogger("distributed").setLevel(logging.WARNING)
-
-    if workers is not None and workers < 1:
-        raise SettingsError(f"--workers must be at least 1, got {workers}")
-    if threads_per_worker is not None and threads_per_worker < 1:
-        raise SettingsError(f"--threads-per-worker must be at least 1, got {threads_per_worker}")
-    if memory_limit is not None and memory_limit != "auto":
-        from dask.utils import parse_bytes
-
-        try:
-            if parse_bytes(memory_limit) <= 0:
-                raise ValueError("not positive")
-        except (ValueError, TypeError):
-            raise SettingsError(f"--memory-limit {memory_limit!r} is not a size; give e.g. 4GiB, 500MB or auto") from None
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as exc:
-            raise SettingsError(f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__}); check the "
-                                f"address and that the scheduler runs, or drop --scheduler for a local cluster") from exc
-        logger.info("connected to %s (dashboard %s)", scheduler, client.dashboard_link)
+    if settings.cluster == "local":
+        return _local_client(settings, method, processes)
+    if settings.cluster in BATCH_SYSTEMS:
+        cluster = batch_cluster(settings, device)
+        client = Client(cluster)
+        logger.info("%s: %s jobs submitted; dashboard %s", settings.cluster,
+                    f"up to {settings.jobs or 1} (adaptive)" if settings.adaptive else settings.jobs or 1,
+                    client.dashboard_link)
         return client
+    target = settings.cluster
+    try:
+        client = (Client(scheduler_file=target, timeout="10s") if target.endswith(".json")
+                  else Client(target, timeout="10s"))
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise SettingsError(f"cannot reach the Dask scheduler at {target} ({type(exc).__name__}); check the "
+                            f"address and that the scheduler runs, or drop --cluster for a local cluster") from exc
+    logger.info("connected to %s (dashboard %s)", target, client.dashboard_link)
+    return client
+
+
+def batch_cluster(settings, device: str = "cpu", start: bool = True):
+    """A dask-jobqueue cluster for ``settings.cluster`` (slurm, pbs or lsf), configured by the user's
+    ``jobqueue.yaml`` (queue, cores, memory, walltime, job directives), scaled to ``settings.jobs`` jobs
+    (adaptively up to it with ``settings.adaptive``). On CUDA each worker advertises one ``GPU`` resource,
+    which the region tasks ask for. With ``start`` False nothing is submitted (``cluster.job_script()`` shows
+    what would be)."""
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise SettingsError(f"--cluster {settings.cluster} needs dask-jobqueue: pip install 'ssai3d-dask[cluster]' "
+                            f"(and a jobqueue.yaml describing your queue)") from None
+    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster,
+           "lsf": dask_jobqueue.LSFCluster}[settings.cluster]
+    kwargs = {"worker_extra_args": ["--resources", "GPU=1"]} if device == "cuda" else {}
+    try:
+        cluster = cls(**kwargs)
+    except ValueError as exc:  # cores or memory missing from jobqueue.yaml
+        raise SettingsError(f"--cluster {settings.cluster}: {exc}. Describe the jobs in ~/.config/dask/jobqueue.yaml "
+                            f"(jobqueue: {settings.cluster}: cores, memory, queue, walltime)") from exc
+    if start and settings.adaptive:
+        cluster.adapt(minimum_jobs=1, maximum_jobs=settings.jobs or 1)
+    elif start:
+        cluster.scale(jobs=settings.jobs or 1)
+    return cluster
+
+
+def _local_client(settings, method: str | None, processes: bool):
+    import dask
+    from distributed import Client, LocalCluster
+
     n_gpu = gpu_count()
     cores = os.cpu_count() or 1
-    workers = workers or default_workers()
+    workers = settings.workers or default_workers(method)
+    threads_per_worker = settings.threads_per_worker
     kwargs = {"resources": {"GPU": 1}} if n_gpu else {}
     # Worker environment: intra-op threads so that all workers together use the cores once, and no
     # MALLOC_TRIM_THRESHOLD_ (distributed's default sets it; any explicit malloc tuning turns off glibc's
@@ -84,7 +126,7 @@ def make_client(scheduler: str | None = None, workers: int | None = None, thread
 
         threads_per_worker = TASKS_PER_GPU
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker or 1, processes=processes,
-                           memory_limit=memory_limit or "auto", dashboard_address=":0", **kwargs)
+                           memory_limit=settings.memory_limit or "auto", dashboard_address=":0", **kwargs)
     client = Client(cluster)
     logger.info("LocalCluster: %d workers x %d threads%s; dashboard %s", workers, threads_per_worker or 1,
                 f", {n_gpu} GPUs" if n_gpu else "", client.dashboard_link)

@@ -14,6 +14,7 @@ A settings file (YAML or TOML) holds one section per command::
     adapt:   {n_patches: 256, finetune: {iterations: 300}}
     restore: {method: {name: rl, psf_sigma_um: [0.4, 0.1, 0.1]}, chunks: [64, 128, 128]}
     care:    {psf_sigma_um: [0.4, 0.05, 0.05]}
+    cluster: {cluster: slurm, jobs: 8}
 
 ``--config FILE`` reads it (options on the command line win), ``--print-config`` writes the effective
 settings in the same form.
@@ -28,12 +29,13 @@ from typing import Any
 from ssai3d_dask.errors import SettingsError
 from ssai3d_dask.settings.adaptation import (CYCLEGAN_PRESETS, AdaptSettings, CareSettings, CycleGANSettings,
                                              FinetuneSettings, PretrainSettings)
+from ssai3d_dask.settings.cluster import BATCH_SYSTEMS, ClusterSettings
 from ssai3d_dask.settings.base import (CONFIG_VERSION, Device, Precision, Settings, flag_of,
                                        resolve_device)
 from ssai3d_dask.settings.restoration import (DEFAULT_METHOD, METHOD_SETTINGS, METHODS, InterpMethod, NetworkMethod, RestoreSettings,
                                               RLMethod)
 
-__all__ = ["CONFIG_VERSION", "CYCLEGAN_PRESETS", "DEFAULT_METHOD", "METHOD_SETTINGS", "METHODS", "SECTIONS", "AdaptSettings",
+__all__ = ["BATCH_SYSTEMS", "ClusterSettings", "CONFIG_VERSION", "CYCLEGAN_PRESETS", "DEFAULT_METHOD", "METHOD_SETTINGS", "METHODS", "SECTIONS", "AdaptSettings",
            "CareSettings", "CycleGANSettings", "Device", "FinetuneSettings", "InterpMethod", "NetworkMethod",
            "Precision", "PretrainSettings", "RLMethod", "RestoreSettings", "Settings", "dump_config", "flag_of",
            "read_config", "resolve_device"]
@@ -42,7 +44,8 @@ __all__ = ["CONFIG_VERSION", "CYCLEGAN_PRESETS", "DEFAULT_METHOD", "METHOD_SETTI
 
 #: Section name -> settings model.
 SECTIONS: dict[str, type[Settings]] = {"adapt": AdaptSettings, "restore": RestoreSettings, "care": CareSettings,
-                                       "cyclegan": CycleGANSettings, "pretrain": PretrainSettings}
+                                       "cyclegan": CycleGANSettings, "pretrain": PretrainSettings,
+                                       "cluster": ClusterSettings}
 
 
 def read_config(path: str | Path) -> dict[str, dict]:

@@ -51,32 +51,32 @@ class AdaptSettings(_PatchSettings):
 
     base: str = Field("base", description="Base model: 'base' (shipped), a preset, or a checkpoint path (ours "
                                           "or an official NAFNet .pth).")
-    n_patches: int = Field(256, ge=4, description="Lateral patches to sample from the stack.", json_schema_extra={"flag": "--patches"})
+    n_patches: int = Field(256, ge=4, description="Lateral patches to sample from the stack.", json_schema_extra={"former_flag": "--patches"})
     patch_px: int = Field(96, ge=16, multiple_of=16, description="Patch size in px (multiple of 16; unless "
-                                                                   "given, shrunk to fit a narrower stack).", json_schema_extra={"flag": "--patch"})
+                                                                   "given, shrunk to fit a narrower stack).", json_schema_extra={"former_flag": "--patch"})
     psf_bank: Literal["auto", "wide", "paper"] = Field(
         "auto", description="Training blur. 'auto': the stack's own axial blur, estimated from the data (`ssai3d info "
-                            "--psf`), times --psf-lean, as one PSF along z (angle 0); --sigmas (a measured axial "
-                            "blur, leaned the same way) or --angles replace the estimate or the orientation. 'wide': "
-                            "the paper's 25-PSF bank (--sigmas x --angles), widened when 1.25x the "
+                            "--psf`), times --psf-lean, as one PSF along z (angle 0); --sigmas-px (a measured axial "
+                            "blur, leaned the same way) or --angles-deg replace the estimate or the orientation. 'wide': "
+                            "the paper's 25-PSF bank (--sigmas-px x --angles-deg), widened when 1.25x the "
                             "estimate passes its centre (for a PSF that tilts or changes across the field). 'paper': "
-                            "--sigmas x --angles exactly. Both fall back to 'paper' when the stack is too small to "
+                            "--sigmas-px x --angles-deg exactly. Both fall back to 'paper' when the stack is too small to "
                             "estimate.")
     sigmas_px: tuple[float, ...] | None = Field(None, min_length=1,
                                                 description="PSF bank: axial Gaussian sd in px [default: the estimate "
                                                             "(auto, times --psf-lean); 3,4,5,6,7 (wide, paper)]. "
                                                             "With a measured PSF, give sqrt(sd_z^2 - sd_x^2) in "
                                                             "lateral px (auto leans it too; paper takes it as is).",
-                                                json_schema_extra={"flag": "--sigmas"})
+                                                json_schema_extra={"former_flag": "--sigmas"})
     psf_lean: float = Field(1.15, ge=1.0, le=2.0,
                             description="--psf-bank auto trains on this multiple of the axial blur (estimated, or "
-                                        "given by --sigmas): a network adapted on one blur under-corrects a wider "
+                                        "given by --sigmas-px): a network adapted on one blur under-corrects a wider "
                                         "one far more than it over-corrects a narrower one (1.0: the blur as it is, "
                                         "for structure elongated along z).")
     angles_deg: tuple[float, ...] | None = Field(None, min_length=1,
                                                  description="PSF bank: orientations in degrees [default: 0 (auto); "
                                                              "-45,-22.5,0,22.5,45 (wide, paper)].",
-                                                 json_schema_extra={"flag": "--angles"})
+                                                 json_schema_extra={"former_flag": "--angles"})
     denoise: Literal["auto", "on", "off"] = Field("auto", description="Denoise lateral planes (and axial slices at "
                                                                       "inference); auto decides from the noise level.")
     input_noise: Literal["auto", "off"] = Field(
@@ -97,7 +97,7 @@ class AdaptSettings(_PatchSettings):
     @model_validator(mode="after")
     def _positive_widths(self):
         if self.sigmas_px is not None and min(self.sigmas_px) <= 0:
-            raise ValueError(f"PSF bank widths (--sigmas) must be positive, got {list(self.sigmas_px)}")
+            raise ValueError(f"PSF bank widths (--sigmas-px) must be positive, got {list(self.sigmas_px)}")
         return self
 
     def patch_multiple(self) -> int:
@@ -109,14 +109,14 @@ class CareSettings(_PatchSettings):
 
     psf_sigma_um: tuple[float, float, float] = Field(description="The known optical PSF: Gaussian sd (z, y, x) in "
                                                                  "micrometres (required).")
-    n_patches: int = Field(256, ge=4, description="Lateral patches to sample.", json_schema_extra={"flag": "--patches"})
+    n_patches: int = Field(256, ge=4, description="Lateral patches to sample.", json_schema_extra={"former_flag": "--patches"})
     patch_px: int = Field(64, ge=16, description="Patch size in px (multiple of 2**depth; unless given, shrunk "
-                                                  "to fit a narrower stack).", json_schema_extra={"flag": "--patch"})
+                                                  "to fit a narrower stack).", json_schema_extra={"former_flag": "--patch"})
     iterations: int = Field(1000, ge=1, description="Training steps.")
     batch_size: int = Field(16, ge=1, description="Pairs per step.")
     lr: float = Field(4e-4, gt=0, description="Adam learning rate (CSBDeep's default).")
-    base: int = Field(16, ge=1, description="U-Net channels at the first level.", json_schema_extra={"flag": "--unet-base"})
-    depth: int = Field(4, ge=1, le=6, description="U-Net levels.", json_schema_extra={"flag": "--unet-depth"})
+    base: int = Field(16, ge=1, description="U-Net channels at the first level.", json_schema_extra={"former_flag": "--unet-base"})
+    depth: int = Field(4, ge=1, le=6, description="U-Net levels.", json_schema_extra={"former_flag": "--unet-depth"})
     seed: int = Field(0, ge=0, description="Seeds sampling and training.")
     device: Device = Field("auto", description="Where to train.")
     precision: Precision = Field("auto", description=_PRECISION_HELP + " Weights and loss stay fp32.")
@@ -126,7 +126,7 @@ class CareSettings(_PatchSettings):
         if min(self.psf_sigma_um) <= 0:
             raise ValueError(f"--psf-sigma-um needs three positive numbers (z y x), got {list(self.psf_sigma_um)}")
         if self.patch_px % (2 ** self.depth):
-            raise ValueError(f"--patch {self.patch_px} must be a multiple of {2 ** self.depth} (U-Net depth)")
+            raise ValueError(f"--patch-px {self.patch_px} must be a multiple of {2 ** self.depth} (U-Net depth)")
         return self
 
     def patch_multiple(self) -> int:
@@ -155,9 +155,9 @@ class CycleGANSettings(Settings):
     preset: Literal["small", "paper"] = Field("small", description="Network sizes: small (0.8M parameters in all, "
                                                                    "for a CPU) or paper (8.6M, for a GPU).")
     volume_px: int = Field(32, ge=16, description="Edge of the training sub-volumes in isotropic voxels "
-                                                  "(multiple of 2**depth).", json_schema_extra={"flag": "--volume"})
+                                                  "(multiple of 2**depth).", json_schema_extra={"former_flag": "--volume"})
     n_volumes: int = Field(64, ge=4, description="Sub-volumes sampled from the stack (the training pool).",
-                           json_schema_extra={"flag": "--volumes"})
+                           json_schema_extra={"former_flag": "--volumes"})
     iterations: int = Field(1500, ge=1, description="Training steps (each: generators, then discriminators).")
     batch_size: int = Field(2, ge=1, description="Sub-volumes per step.")
     slices: int = Field(8, ge=1, description="Slices per sub-volume shown to each discriminator per step.")
@@ -175,10 +175,10 @@ class CycleGANSettings(Settings):
     def _consistent(self):
         m = 2 ** CYCLEGAN_PRESETS[self.preset]["g"][1]
         if self.volume_px % m:
-            raise ValueError(f"--volume {self.volume_px} must be a multiple of {m} (the {self.preset} generator's "
+            raise ValueError(f"--volume-px {self.volume_px} must be a multiple of {m} (the {self.preset} generator's "
                              f"depth)")
         if self.mip >= self.volume_px:
-            raise ValueError(f"--mip {self.mip} must be smaller than --volume {self.volume_px}")
+            raise ValueError(f"--mip {self.mip} must be smaller than --volume-px {self.volume_px}")
         return self
 
     def check_volume(self, vol) -> None:
@@ -187,8 +187,8 @@ class CycleGANSettings(Settings):
         _check_patch(self.volume_px, 2 ** CYCLEGAN_PRESETS[self.preset]["g"][1], vol)
         zo = isotropic_geometry(vol.shape, vol.voxel_size_um).out_shape[0]
         if zo < self.volume_px:
-            raise SettingsError(f"the stack is {zo} planes deep on the isotropic grid, less than --volume "
-                                f"{self.volume_px}; pass a smaller --volume")
+            raise SettingsError(f"the stack is {zo} planes deep on the isotropic grid, less than --volume-px "
+                                f"{self.volume_px}; pass a smaller --volume-px")
 
 
 class PretrainSettings(Settings):
@@ -198,11 +198,11 @@ class PretrainSettings(Settings):
     iterations: int = Field(6000, ge=1, description="Training steps.")
     batch_size: int = Field(8, ge=1, description="Images per step.")
     patch_px: int | None = Field(None, ge=16, multiple_of=16, description="Training patch size in px (default: "
-                                                                          "the preset's).", json_schema_extra={"flag": "--patch"})
+                                                                          "the preset's).", json_schema_extra={"former_flag": "--patch"})
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine decay).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     seed: int = Field(0, ge=0, description="Seeds crops and degradations.")
-    device: Literal["cpu", "cuda"] = Field("cpu", description="Where to train.")
+    device: Device = Field("auto", description="Where to train: auto picks CUDA when a GPU is visible.")
     precision: Precision = Field("auto", description=_PRECISION_HELP + " Weights and loss stay fp32.")
     init: str | None = Field(None, description="Warm start from this checkpoint ('base' = the shipped model) with a "
                                                "fresh optimiser and schedule; use another --seed so it sees new crops.")

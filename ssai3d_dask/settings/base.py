@@ -78,7 +78,7 @@ def _check_patch(patch_px: int, multiple: int, vol) -> None:
                           f"({max(16, multiple)} px); the stack must be at least that wide in y and x")
     if patch_px > min(vol.shape[1:]):
         raise SettingsError(f"patch size {patch_px} px exceeds the lateral size {tuple(vol.shape[1:])}; "
-                            f"pass a smaller --patch (multiple of {multiple})")
+                            f"pass a smaller --patch-px (multiple of {multiple})")
     if vol.anisotropy < 0.95:
         raise VolumeError(f"z step ({vol.voxel_size_um[0]} um) is finer than x ({vol.voxel_size_um[2]} um); "
                           f"check --voxel-size (z, y, x order)")

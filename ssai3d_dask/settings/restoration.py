@@ -27,13 +27,13 @@ class RLMethod(Settings):
     name: Literal["rl"] = "rl"
     psf_sigma_um: tuple[float, float, float] | None = Field(None, description="Gaussian PSF sd (z, y, x) in um "
                                                             "(the interpolation's z blur is added).")
-    psf_file: str | None = Field(None, description="A measured 3D PSF (.tif/.npy, z y x) at the output voxel size.", json_schema_extra={"flag": "--psf"})
+    psf_file: str | None = Field(None, description="A measured 3D PSF (.tif/.npy, z y x) at the output voxel size.", json_schema_extra={"former_flag": "--psf"})
     iterations: int = Field(30, ge=1, description="Richardson-Lucy iterations.", json_schema_extra={"flag": "--rl-iterations"})
 
     @model_validator(mode="after")
     def _one_psf(self):
         if (self.psf_sigma_um is None) == (self.psf_file is None):
-            raise ValueError("method rl needs the PSF: give --psf-sigma-um DZ DY DX or --psf FILE (one of them)")
+            raise ValueError("method rl needs the PSF: give --psf-sigma-um DZ DY DX or --psf-file FILE (one of them)")
         if self.psf_sigma_um is not None and min(self.psf_sigma_um) <= 0:
             raise ValueError(f"--psf-sigma-um needs three positive numbers (z y x), got {list(self.psf_sigma_um)}")
         return self
@@ -104,7 +104,7 @@ class RestoreSettings(Settings):
                                                 "(unsharded) for older viewers.")
     shards: tuple[int, int, int] | None = Field(None, description="Output shard shape (zarr v3): whole --chunks "
                                                 "dividing --region (default: one shard per region).")
-    sharding: bool = Field(True, description="Shard the output (zarr v3); off writes one file per chunk.", json_schema_extra={"flag": "--no-shards"})
+    sharding: bool = Field(True, description="Shard the output (zarr v3); off writes one file per chunk.", json_schema_extra={"former_flag": "--no-shards"})
     in_flight: int | None = Field(None, ge=1, description="Tasks in flight on a cluster (default: twice its "
                                                           "threads, or GPUs).")
 
@@ -147,7 +147,7 @@ class RestoreSettings(Settings):
             if self.ngff_version == "0.4" and self.sharding:
                 raise ValueError("--shards needs NGFF 0.5 (zarr v3); NGFF 0.4 (zarr v2) has no shards")
             if not self.sharding:
-                raise ValueError("--shards and --no-shards contradict each other; give one")
+                raise ValueError("--shards and --no-sharding contradict each other; give one")
             region = self.region or self.shards
             if any(s <= 0 or s % c or r % s for s, c, r in zip(self.shards, self.chunks, region)):
                 raise ValueError(f"--shards {self.shards} must be a whole number of --chunks {self.chunks} and "
