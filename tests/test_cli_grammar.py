@@ -95,3 +95,14 @@ def test_json_prints_or_writes_the_same_record(tmp_path):
     assert json.loads(printed.stdout) == json.loads((tmp_path / "info.json").read_text())
     ev = _run("evaluate", sim / "truth.ome.zarr", "--truth", sim / "truth.ome.zarr", "--json")
     assert ev.exit_code == 0 and json.loads(ev.stdout)["prediction"]["ssim"] == pytest.approx(1.0)
+
+
+def test_a_closed_pipe_is_not_reported_as_a_bug(tmp_path):
+    import subprocess
+    import sys
+
+    sim = tmp_path / "sim"
+    assert _run("simulate", "beads", sim, "--shape", "16", "32", "32", "--anisotropy", "2").exit_code == 0
+    res = subprocess.run(f"{sys.executable} -m ssai3d_dask.cli info {sim / 'raw.ome.zarr'} | head -1", shell=True,
+                         capture_output=True, text=True, timeout=120)
+    assert "path:" in res.stdout and "bug" not in res.stderr and "Traceback" not in res.stderr

@@ -56,6 +56,11 @@ def friendly_errors(fn):
             raise UserError(str(exc)) from exc
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
             raise
+        except BrokenPipeError:  # the reader of our output went away (`ssai3d info X | head`): not a bug
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(128 + signal.SIGPIPE)
         except Exception:  # a bug: show everything needed to fix it
             click.echo(traceback.format_exc(), err=True)
             click.echo("This is a bug in ssai3d-dask, not a problem with your input. Please report it on the "

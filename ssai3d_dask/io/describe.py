@@ -47,6 +47,13 @@ def describe(path: str | os.PathLike, voxel_size_um=None, channel=None, time=Non
         if ms:
             levels = [list(node[d["path"]].shape) for d in ms["datasets"]]
     size = disk_usage_bytes(path)
+    if vol.reader is not None and hasattr(vol.reader, "key"):  # HDF5 (BigDataViewer, Imaris): its pyramid, its file
+        from ssai3d_dask.io.hdf5 import read_image
+
+        img = read_image(path)
+        c = img.channels[vol.selection.get("channel", 0)]
+        levels = [list(img.shape(c, lv)) for lv in range(len(img.levels[c]))]
+        size = disk_usage_bytes(Path(img.path)) + (path.stat().st_size if Path(img.path) != path.resolve() else 0)
     return {
         "path": str(path),
         "shape (z, y, x)": list(vol.shape),
