@@ -41,6 +41,10 @@ run_restore_options = stack(settings_options(RestoreSettings, [o for o in RESTOR
                             _run_options)
 
 
+_in_out = stack(click.argument("path", type=click.Path(path_type=Path)),
+                click.argument("out", type=click.Path(path_type=Path)))
+
+
 def restore_settings(kw: dict, section: dict | None) -> RestoreSettings:
     """RestoreSettings from the file's section and the options; the method and its rl parameters merged."""
     section = copy.deepcopy(section or {})
@@ -97,8 +101,7 @@ def _print_dry_run(ds, model_dir, out, settings, resume, cluster: ClusterSetting
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@_in_out
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
               help="MODEL_DIR from `ssai3d adapt` (--method ssai3d), `ssai3d train-care` (--method care) or "
                    "`ssai3d train-cyclegan` (--method cyclegan).")
@@ -136,8 +139,7 @@ def restore(path, out, model_dir, voxel_size, channel, time_, dry_run, overwrite
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@_in_out
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
               help="MODEL_DIR: where the adapted model goes (default: OUT with .model appended).")
 @former("--model-dir", "model_dir", "--model", type=click.Path(path_type=Path))

@@ -20,7 +20,7 @@ import zarr
 
 from ssai3d_dask.errors import VolumeError
 from ssai3d_dask.io.tiff import TIFF_SUFFIXES
-from ssai3d_dask.io.volume import HDF5_SUFFIXES, Volume, _is_zarr, checked_datasets, open_volume, open_zarr_node, read_multiscales
+from ssai3d_dask.io.volume import LIGHTSHEET_SUFFIXES, Volume, _is_zarr, checked_datasets, open_volume, open_zarr_node, read_multiscales
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +99,11 @@ def input_axes(path: str | Path, level: int = 0) -> tuple[dict[str, int], list[s
         except Exception:  # open_volume gives the readable error
             return sizes, labels, time_meta
         sizes = {a: int(n) for a, n in zip(axes, shape) if a in "tc"}
-    elif p.is_file() and p.suffix.lower() in HDF5_SUFFIXES:
-        from ssai3d_dask.io.hdf5 import hdf5_axes
+    elif p.is_file() and p.suffix.lower() in LIGHTSHEET_SUFFIXES:
+        from ssai3d_dask.io.lightsheet import lightsheet_axes
 
         try:
-            sizes, labels = hdf5_axes(p)
+            sizes, labels = lightsheet_axes(p)
         except VolumeError:  # open_volume gives the readable error
             return sizes, labels, time_meta
     if "c" in sizes and len(labels) != sizes["c"]:

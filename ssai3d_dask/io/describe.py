@@ -8,7 +8,7 @@ from pathlib import Path
 import zarr
 
 from ssai3d_dask.geometry import isotropic_geometry
-from ssai3d_dask.io.volume import open_volume, open_zarr_node, read_multiscales
+from ssai3d_dask.io.volume import LIGHTSHEET_SUFFIXES, open_volume, open_zarr_node, read_multiscales
 
 
 def disk_usage_bytes(path: Path) -> int:
@@ -47,8 +47,8 @@ def describe(path: str | os.PathLike, voxel_size_um=None, channel=None, time=Non
         if ms:
             levels = [list(node[d["path"]].shape) for d in ms["datasets"]]
     size = disk_usage_bytes(path)
-    if vol.reader is not None and hasattr(vol.reader, "key"):  # HDF5 (BigDataViewer, Imaris): its pyramid, its file
-        from ssai3d_dask.io.hdf5 import read_image
+    if path.is_file() and path.suffix.lower() in LIGHTSHEET_SUFFIXES:  # BigDataViewer, Imaris: pyramid, container
+        from ssai3d_dask.io.lightsheet import read_image
 
         img = read_image(path)
         c = img.channels[vol.selection.get("channel", 0)]

@@ -93,6 +93,16 @@ class Source:
         return None
 
 
+class FileSource(Source):
+    """A source whose handle names its voxel type (``dtype_str``) and opens the file where it runs."""
+
+    dtype_str: str
+
+    @property
+    def dtype(self) -> np.dtype:  # type: ignore[override]
+        return np.dtype(self.dtype_str)
+
+
 def _spatial_index(axes: str, fixed: dict[int, int], crop: Crop) -> tuple:
     it = iter(crop)
     return tuple(fixed[i] if i in fixed else next(it) for i, _ in enumerate(axes))
@@ -243,7 +253,7 @@ def list_array_keys(arr) -> list[str]:
 
 
 @dataclass(frozen=True)
-class TiffSource(Source):
+class TiffSource(FileSource):
     """One series of a TIFF/BigTIFF file, read page by page (:class:`ssai3d_dask.io.tiff.TiffPages`)."""
 
     path: str
@@ -264,10 +274,6 @@ class TiffSource(Source):
         kept = {a: self.series_shape[i] for i, a in enumerate(self.axes) if i not in fixed}
         return tuple(int(kept[a]) for a in SPATIAL)  # type: ignore[return-value]
 
-    @property
-    def dtype(self) -> np.dtype:  # type: ignore[override]
-        return np.dtype(self.dtype_str)
-
     def read(self, crop: Crop) -> np.ndarray:
         fixed = dict(self.fixed)
         index = _spatial_index(self.axes, fixed, _crop_in_array_order(self.axes, fixed, crop))
@@ -275,7 +281,7 @@ class TiffSource(Source):
 
 
 @dataclass(frozen=True)
-class PlaneFolderSource(Source):
+class PlaneFolderSource(FileSource):
     """A folder of 2D TIFF planes in natural sort order; the worker lists the folder itself (once)."""
 
     folder: str
@@ -286,10 +292,6 @@ class PlaneFolderSource(Source):
     @property
     def shape(self) -> tuple[int, int, int]:  # type: ignore[override]
         return (self.n_planes, *self.plane_shape)  # type: ignore[return-value]
-
-    @property
-    def dtype(self) -> np.dtype:  # type: ignore[override]
-        return np.dtype(self.dtype_str)
 
     def _files(self) -> list[Path]:
 

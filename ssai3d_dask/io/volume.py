@@ -25,8 +25,8 @@ from ssai3d_dask.io.tiff import TIFF_SUFFIXES, UNIT_TO_UM, TiffPages, list_plane
 logger = logging.getLogger(__name__)
 
 SPATIAL = ("z", "y", "x")
-#: Suffixes of the HDF5 inputs (:mod:`ssai3d_dask.io.hdf5`, read with h5py).
-HDF5_SUFFIXES = (".xml", ".h5", ".hdf5", ".ims")
+#: Suffixes of the light-sheet inputs (:mod:`ssai3d_dask.io.lightsheet`: BigDataViewer XML/HDF5, Imaris).
+LIGHTSHEET_SUFFIXES = (".xml", ".h5", ".hdf5", ".ims")
 
 
 @dataclass
@@ -123,7 +123,7 @@ def open_volume(
     ----------
     path : str or Path
         OME-Zarr image, Zarr array or group, TIFF/BigTIFF file, a folder of 2D TIFF planes, a BigDataViewer
-        dataset (its .xml, or the .h5 beside it) or an Imaris .ims file (:mod:`ssai3d_dask.io.hdf5`).
+        dataset (its .xml, or the .h5 beside it) or an Imaris .ims file (:mod:`ssai3d_dask.io.lightsheet`).
     voxel_size_um : (dz, dy, dx), optional
         Overrides the file's voxel size; required where the file has none.
     channel, time : int, optional
@@ -147,14 +147,14 @@ def open_volume(
         vol = _open_tiff_folder(p, voxel_size_um)
     elif p.suffix.lower() in TIFF_SUFFIXES:
         vol = _open_tiff(p, voxel_size_um, channel, time)
-    elif p.suffix.lower() in HDF5_SUFFIXES:
-        from ssai3d_dask.io.hdf5 import open_hdf5
+    elif p.suffix.lower() in LIGHTSHEET_SUFFIXES:
+        from ssai3d_dask.io.lightsheet import open_lightsheet
 
-        vol = open_hdf5(p, voxel_size_um, channel, time, level)
+        vol = open_lightsheet(p, voxel_size_um, channel, time, level)
     else:
         raise VolumeError(
             f"unsupported input {p.name!r}; give an OME-Zarr/Zarr folder, a .tif/.tiff file, a folder of TIFF "
-            f"planes, a BigDataViewer .xml (HDF5) or an Imaris .ims file"
+            f"planes, a BigDataViewer .xml (HDF5 or N5) or an Imaris .ims file"
         )
     logger.debug("opened %s: shape %s %s, voxel %s um", p, vol.shape, vol.dtype, vol.voxel_size_um)
     return vol

@@ -20,6 +20,21 @@ _PRECISION_HELP = ("Network arithmetic: auto = bf16 autocast where the device co
                    "CPUs with AMX-BF16 or AVX512-BF16), fp32 elsewhere.")
 
 
+def check_size(value: str | None, flag: str) -> str | None:
+    """A memory size option (``4GiB``, ``500MB``) or ``auto``/None, else a ValueError naming ``flag``."""
+    if value is None or value == "auto":
+        return value
+    from dask.utils import parse_bytes
+
+    try:
+        ok = parse_bytes(value) > 0
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{flag} {value!r} is not a size; give e.g. 4GiB, 500MB or auto")
+    return value
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
     if device != "auto":

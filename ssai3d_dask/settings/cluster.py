@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from ssai3d_dask.settings.base import Settings
+from ssai3d_dask.settings.base import Settings, check_size
 
 #: --cluster values that submit workers as batch jobs (dask-jobqueue's cluster classes).
 BATCH_SYSTEMS = ("slurm", "pbs", "lsf")
@@ -42,17 +42,7 @@ class ClusterSettings(Settings):
     @field_validator("memory_limit")
     @classmethod
     def _size(cls, v: str | None) -> str | None:
-        if v is None or v == "auto":
-            return v
-        from dask.utils import parse_bytes
-
-        try:
-            ok = parse_bytes(v) > 0
-        except (ValueError, TypeError):
-            ok = False
-        if not ok:
-            raise ValueError(f"--memory-limit {v!r} is not a size; give e.g. 4GiB, 500MB or auto")
-        return v
+        return check_size(v, "--memory-limit")
 
     @property
     def is_local(self) -> bool:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
-from ssai3d_dask.settings.base import _PRECISION_HELP, Device, Precision, Settings, resolve_device
+from ssai3d_dask.settings.base import _PRECISION_HELP, Device, Precision, Settings, check_size, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +134,7 @@ class RestoreSettings(Settings):
                 raise ValueError(f"{name} {tuple(vals)} must be positive multiples of 16 (the network's down-sampling)")
         if self.region is not None and any(r % c for r, c in zip(self.region, self.chunks)):
             raise ValueError(f"--region {self.region} must be a whole number of --chunks {self.chunks}")
-        if self.region_memory != "auto":
-            from dask.utils import parse_bytes
-
-            try:
-                ok = parse_bytes(self.region_memory) > 0
-            except (ValueError, TypeError):
-                ok = False
-            if not ok:
-                raise ValueError(f"--region-memory {self.region_memory!r} is not a size; give e.g. 4GiB or auto")
+        check_size(self.region_memory, "--region-memory")
         if self.shards is not None:
             if self.ngff_version == "0.4" and self.sharding:
                 raise ValueError("--shards needs NGFF 0.5 (zarr v3); NGFF 0.4 (zarr v2) has no shards")

@@ -1,4 +1,4 @@
-"""BigDataViewer (HDF5 + XML) and Imaris inputs: channels, time points, voxel size and pyramid read from the
+"""BigDataViewer (XML with HDF5 or N5) and Imaris inputs: channels, time points, voxel size and pyramid read from the
 files; a restore from them equals one from the same voxels in OME-Zarr; bad files get one-line errors."""
 
 import numpy as np
@@ -41,6 +41,48 @@ def write_bdv(folder, data=DATA, voxel=(2.0, 0.5, 0.5), unit="µm"):
     return folder / "d.xml"
 
 
+def write_n5_block(path, block):
+    """One raw N5 block as the N5 specification stores it: mode 0, rank, the block's size (x y z) as big-endian
+    integers, then the voxels big-endian with x varying fastest (written here without tensorstore)."""
+    import struct
+
+    z, y, x = block.shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack(">HH3I", 0, 3, x, y, z) + block.astype(">u2").tobytes())
+
+
+def write_bdv_n5(folder, data=DATA, voxel=(2.0, 0.5, 0.5), block=(4, 8, 4)):
+    """A BigDataViewer dataset in an N5 container, laid out as BigStitcher writes it (2 levels)."""
+    import json
+
+    xml = write_bdv(folder, data, voxel)
+    text = xml.read_text().replace('<ImageLoader format="bdv.hdf5"><hdf5 type="relative">d.h5</hdf5>',
+                                   '<ImageLoader format="bdv.n5" version="1.0"><n5 type="relative">d.n5</n5>')
+    xml.write_text(text, encoding="utf-8")
+    root = folder / "d.n5"
+    root.mkdir()
+    (root / "attributes.json").write_text(json.dumps({"n5": "2.5.0"}))
+    bz, by, bx = block
+    for c in range(data.shape[1]):
+        (root / f"setup{c}").mkdir()
+        (root / f"setup{c}" / "attributes.json").write_text(
+            json.dumps({"downsamplingFactors": [[1, 1, 1], [2, 2, 1]], "dataType": "uint16"}))
+        for t in range(data.shape[0]):
+            for level, step in ((0, 1), (1, 2)):
+                v = data[t, c, :, ::step, ::step]
+                ds = root / f"setup{c}" / f"timepoint{t}" / f"s{level}"
+                ds.mkdir(parents=True)
+                (ds / "attributes.json").write_text(json.dumps(
+                    {"dimensions": list(v.shape[::-1]), "blockSize": [bx, by, bz], "dataType": "uint16",
+                     "compression": {"type": "raw"}}))
+                for k in range(0, v.shape[0], bz):
+                    for j in range(0, v.shape[1], by):
+                        for i in range(0, v.shape[2], bx):
+                            write_n5_block(ds / str(i // bx) / str(j // by) / str(k // bz),
+                                           v[k:k + bz, j:j + by, i:i + bx])
+    return xml
+
+
 def _chars(text):
     return np.array(list(str(text)), dtype="S1")
 
@@ -65,9 +107,12 @@ def write_ims(path, data=DATA, voxel=(2.0, 0.5, 0.5)):
     return path
 
 
-@pytest.mark.parametrize("kind", ["bdv", "ims"])
+@pytest.mark.parametrize("kind", ["bdv", "ims", "n5"])
 def test_channels_times_voxel_size_and_pyramid_come_from_the_file(tmp_path, kind):
-    path = write_bdv(tmp_path / "b") if kind == "bdv" else write_ims(tmp_path / "i.ims")
+    if kind == "n5":
+        pytest.importorskip("tensorstore")
+    path = {"bdv": lambda: write_bdv(tmp_path / "b"), "ims": lambda: write_ims(tmp_path / "i.ims"),
+            "n5": lambda: write_bdv_n5(tmp_path / "n")}[kind]()
     vol = open_volume(path, channel=1, time=1)
     assert vol.shape == (12, 40, 36) and vol.dtype == np.uint16
     assert vol.voxel_size_um == (2.0, 0.5, 0.5)
@@ -79,7 +124,7 @@ def test_channels_times_voxel_size_and_pyramid_come_from_the_file(tmp_path, kind
     np.testing.assert_array_equal(coarse.data.compute(), DATA[0, 0, :, ::2, ::2])
     ds = open_dataset(path)
     assert ds.axes == "tc" and ds.lead_shape == (2, 2)
-    assert ds.labels == (["ch0", "ch1"] if kind == "bdv" else ["dye0", "dye1"])
+    assert ds.labels == (["dye0", "dye1"] if kind == "ims" else ["ch0", "ch1"])
     with pytest.raises(VolumeError, match="choose one with --channel"):
         open_volume(path, time=0)
     from ssai3d_dask.io.describe import describe
@@ -105,10 +150,10 @@ def test_bad_hdf5_inputs_say_what_is_wrong(tmp_path):
     (tmp_path / "lone.h5").write_bytes(b"")
     with pytest.raises(VolumeError, match="without its BigDataViewer XML"):
         open_volume(tmp_path / "lone.h5")
-    (tmp_path / "n5.xml").write_text('<SpimData><SequenceDescription><ImageLoader format="bdv.n5"/>'
-                                     '</SequenceDescription></SpimData>')
-    with pytest.raises(VolumeError, match="format bdv.hdf5"):
-        open_volume(tmp_path / "n5.xml")
+    (tmp_path / "zarr.xml").write_text('<SpimData><SequenceDescription><ImageLoader format="bdv.multimg.zarr"/>'
+                                       '</SequenceDescription></SpimData>')
+    with pytest.raises(VolumeError, match="formats bdv.hdf5 and bdv.n5"):
+        open_volume(tmp_path / "zarr.xml")
     with h5py.File(tmp_path / "x.ims", "w") as f:
         f["a"] = 1
     with pytest.raises(VolumeError, match="not an Imaris file"):

@@ -1,20 +1,23 @@
-"""BigDataViewer (HDF5 + XML) and Imaris (``.ims``) inputs, read lazily with h5py (``ssai3d-dask[hdf5]``).
+"""The light-sheet formats: BigDataViewer (XML with HDF5 or N5) and Imaris (``.ims``), read lazily
+(h5py for HDF5, ``ssai3d-dask[hdf5]``; tensorstore for N5, ``ssai3d-dask[n5]``).
 
-BigDataViewer (mesoSPIM, BigStitcher): the XML (``SpimData``) names the HDF5 file and each view setup's
-size and voxel size; the HDF5 file holds ``t{T:05d}/s{S:02d}/{level}/cells`` (z, y, x; 16-bit data are
+BigDataViewer (mesoSPIM, BigStitcher): the XML (``SpimData``) names the container and each view setup's
+size and voxel size. An HDF5 container holds ``t{T:05d}/s{S:02d}/{level}/cells`` (z, y, x; 16-bit data are
 stored as int16 and read as uint16, as BigDataViewer does) and ``s{S:02d}/resolutions`` (each pyramid
-level's factors, x y z). Setups are channels, timepoints are time points.
+level's factors, x y z); an N5 container (BigStitcher) ``setup{S}/timepoint{T}/s{level}`` with the factors
+in ``setup{S}``'s ``downsamplingFactors``. Setups are channels, timepoints are time points.
 
 Imaris: ``DataSet/ResolutionLevel {l}/TimePoint {t}/Channel {c}/Data`` (z, y, x, padded to whole chunks);
 the image size and its physical extent (hence the voxel size) are attributes of ``DataSetInfo/Image``,
 channel names those of ``DataSetInfo/Channel {c}``.
 
-Workers read their own crops through :class:`H5Source` (a path and a dataset name, picklable), which opens
-the file once per process.
+Workers read their own crops through :class:`H5Source` or :class:`N5Source` (a path and a dataset name,
+picklable), which open the container once per process.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ import dask.array as da
 import numpy as np
 
 from ssai3d_dask.errors import VolumeError
-from ssai3d_dask.io.source import Crop, Source, _cached
+from ssai3d_dask.io.source import Crop, FileSource, _cached
 
 #: File suffixes these readers open.
 BDV_SUFFIXES = (".xml", ".h5", ".hdf5")
@@ -48,7 +51,7 @@ def _open_file(path: str):
 
 
 @dataclass(frozen=True)
-class H5Source(Source):
+class H5Source(FileSource):
     """One (z, y, x) dataset of an HDF5 file (its first ``shape`` voxels: Imaris pads to whole chunks)."""
 
     path: str
@@ -60,10 +63,6 @@ class H5Source(Source):
     @property
     def shape(self) -> tuple[int, int, int]:  # type: ignore[override]
         return self.shape3
-
-    @property
-    def dtype(self) -> np.dtype:  # type: ignore[override]
-        return np.dtype(self.dtype_str)
 
     def read(self, crop: Crop) -> np.ndarray:
         block = np.asarray(_open_file(self.path)[self.key][tuple(crop)])
@@ -81,11 +80,54 @@ class H5Source(Source):
         return 3
 
 
+def _tensorstore():
+    try:
+        import tensorstore
+    except ImportError:
+        raise VolumeError("reading N5 (BigStitcher) needs tensorstore: pip install 'ssai3d-dask[n5]'") from None
+    return tensorstore
+
+
+def _open_n5(path: str):
+    ts = _tensorstore()
+    stamp = os.stat(Path(path) / "attributes.json").st_mtime_ns
+    return _cached(("n5", path, stamp), lambda: ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": path}},
+                                                         read=True).result())
+
+
 @dataclass(frozen=True)
-class H5Image:
+class N5Source(FileSource):
+    """One N5 dataset (a folder; stored x, y, z as N5 does), read as (z, y, x) through tensorstore."""
+
+    path: str
+    shape3: tuple[int, int, int]
+    dtype_str: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:  # type: ignore[override]
+        return self.shape3
+
+    def read(self, crop: Crop) -> np.ndarray:
+        z, y, x = crop
+        return np.asarray(_open_n5(self.path)[x, y, z].read().result()).transpose(2, 1, 0)
+
+    def storage_unit(self) -> tuple[int, int, int] | None:
+        block = json.loads((Path(self.path) / "attributes.json").read_text()).get("blockSize")
+        return tuple(int(b) for b in block[::-1]) if block else None  # type: ignore[return-value]
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self.read(tuple(index))
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+
+@dataclass(frozen=True)
+class LightsheetImage:
     """What a reader found: the (t, c) entries, each one's dataset at each level, sizes and voxel sizes."""
 
-    path: str  # the HDF5 file
+    path: str  # the HDF5 file or the N5 folder
     source: str  # what the user gave (the XML for BigDataViewer)
     times: list[int]
     channels: list[int]
@@ -94,6 +136,14 @@ class H5Image:
     levels: dict[int, list[tuple[int, int, int]]]  # channel -> per level, factors (z, y, x)
     key: Any  # (t, c, level) -> dataset name
     shape: Any  # (c, level) -> (z, y, x) of the image (without padding)
+    n5: bool = False
+
+
+def _dataset(f, path, key: str):
+    """The dataset ``key`` of the open file ``f`` (at ``path``), or an error saying the file is incomplete."""
+    if key not in f:
+        raise VolumeError(f"{path} has no dataset {key}; the file is incomplete (export it again)")
+    return f[key]
 
 
 def _bdv_xml_for(p: Path) -> Path:
@@ -110,7 +160,7 @@ def _float_list(text: str | None) -> list[float]:
     return [float(v) for v in (text or "").split()]
 
 
-def read_bdv(p: Path) -> H5Image:
+def read_bdv(p: Path) -> LightsheetImage:
     """Read a BigDataViewer XML and the HDF5 file it names (metadata only)."""
     xml = _bdv_xml_for(p)
     try:
@@ -119,18 +169,20 @@ def read_bdv(p: Path) -> H5Image:
         raise VolumeError(f"{xml} is not valid XML ({exc}); export the BigDataViewer dataset again") from exc
     seq = root.find("SequenceDescription")
     loader = seq.find("ImageLoader") if seq is not None else None
-    if loader is None or not str(loader.get("format", "")).startswith("bdv.hdf5"):
-        fmt = None if loader is None else loader.get("format")
-        raise VolumeError(f"{xml} is not a BigDataViewer HDF5 dataset (image loader {fmt!r}); ssai3d reads "
-                          f"format bdv.hdf5 (for N5, convert with BigStitcher's 'resave as HDF5' or to OME-Zarr)")
-    node = loader.find("hdf5")
+    fmt = None if loader is None else str(loader.get("format", ""))
+    if fmt not in ("bdv.hdf5", "bdv.n5"):
+        raise VolumeError(f"{xml} is not a BigDataViewer dataset ssai3d reads (image loader {fmt!r}); ssai3d reads "
+                          f"formats bdv.hdf5 and bdv.n5 (resave others as HDF5 in BigStitcher, or convert to OME-Zarr)")
+    n5 = fmt == "bdv.n5"
+    node = loader.find("n5" if n5 else "hdf5")
     h5 = Path(node.text.strip()) if node is not None and node.text else None
     if h5 is None:
-        raise VolumeError(f"{xml} names no HDF5 file in its ImageLoader")
+        raise VolumeError(f"{xml} names no {'N5 folder' if n5 else 'HDF5 file'} in its ImageLoader")
     if not h5.is_absolute() or node.get("type") == "relative":
         h5 = xml.parent / h5
     if not h5.exists():
-        raise VolumeError(f"{xml} names {h5}, which does not exist; move the .h5 back beside the XML")
+        raise VolumeError(f"{xml} names {h5}, which does not exist; move the {'.n5' if n5 else '.h5'} back "
+                          f"beside the XML")
     setups, voxel = [], {}
     labels = []
     for vs in seq.iter("ViewSetup"):
@@ -151,6 +203,8 @@ def read_bdv(p: Path) -> H5Image:
         times = list(range(int(tp.findtext("first")), int(tp.findtext("last")) + 1))
     else:
         times = [int(t) for t in (tp.findtext("integerpattern") or tp.findtext("list") or "0").replace(",", " ").split()]
+    if n5:
+        return _bdv_n5(h5.resolve(), xml, times, setups, labels, voxel)
     f = _open_file(str(h5.resolve()))
     levels = {}
     for s in setups:
@@ -162,12 +216,34 @@ def read_bdv(p: Path) -> H5Image:
         return f"t{t:05d}/s{c:02d}/{level}/cells"
 
     def shape(c, level):
-        k = key(times[0], c, level)
-        if k not in f:
-            raise VolumeError(f"{h5} has no dataset {k} (level {level} of setup {c}); the file is incomplete")
-        return tuple(int(n) for n in f[k].shape)
+        return tuple(int(n) for n in _dataset(f, h5, key(times[0], c, level)).shape)
 
-    return H5Image(str(h5.resolve()), str(xml), times, setups, labels, voxel, levels, key, shape)
+    return LightsheetImage(str(h5.resolve()), str(xml), times, setups, labels, voxel, levels, key, shape)
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VolumeError(f"{path} cannot be read as JSON ({exc}); the N5 container is damaged") from exc
+
+
+def _bdv_n5(root: Path, xml: Path, times, setups, labels, voxel) -> LightsheetImage:
+    """A BigDataViewer dataset in an N5 container (BigStitcher's layout)."""
+    levels = {s: [tuple(int(round(v)) for v in row[::-1])
+                  for row in _json(root / f"setup{s}" / "attributes.json").get("downsamplingFactors", [[1, 1, 1]])]
+              for s in setups}
+
+    def key(t, c, level):
+        return f"setup{c}/timepoint{t}/s{level}"
+
+    def shape(c, level):
+        meta = root / key(times[0], c, level) / "attributes.json"
+        if not meta.exists():
+            raise VolumeError(f"{root} has no dataset {key(times[0], c, level)}; the container is incomplete")
+        return tuple(int(n) for n in _json(meta)["dimensions"][::-1])
+
+    return LightsheetImage(str(root), str(xml), times, setups, labels, voxel, levels, key, shape, n5=True)
 
 
 def _ims_attr(node, name: str) -> str | None:
@@ -179,7 +255,7 @@ def _ims_attr(node, name: str) -> str | None:
     return b"".join(bytes(x) for x in np.asarray(v).ravel()).decode() if np.asarray(v).dtype.kind == "S" else str(v)
 
 
-def read_ims(p: Path) -> H5Image:
+def read_ims(p: Path) -> LightsheetImage:
     """Read an Imaris file's structure and metadata (no voxels)."""
     f = _open_file(str(p.resolve()))
     if "DataSet" not in f or "DataSetInfo/Image" not in f:
@@ -210,18 +286,15 @@ def read_ims(p: Path) -> H5Image:
 
     levels = {c: [factors(lv) for lv in range(n_levels)] for c in channels}
 
-    def shape(c, level):
-        k = key(times[0], c, level)
-        if k not in f:
-            raise VolumeError(f"{p} has no dataset {k}; the file is incomplete")
-        stored = f[k].shape
+    def shape(c, level):  # the image without the padding to whole chunks
+        stored = _dataset(f, p, key(times[0], c, level)).shape
         return tuple(min(-(-n // fa), s) for n, fa, s in zip(size, levels[c][level], stored))
 
-    return H5Image(str(p.resolve()), str(p), times, channels, labels, dict.fromkeys(channels, voxel), levels, key,
+    return LightsheetImage(str(p.resolve()), str(p), times, channels, labels, dict.fromkeys(channels, voxel), levels, key,
                    shape)
 
 
-def read_image(p: Path) -> H5Image:
+def read_image(p: Path) -> LightsheetImage:
     return read_ims(p) if p.suffix.lower() in IMS_SUFFIXES else read_bdv(p)
 
 
@@ -235,7 +308,7 @@ def _pick(what: str, flag: str, entries: list[int], want: int | None, source: st
     return entries[want]
 
 
-def open_hdf5(p: Path, voxel_override, channel: int | None, time: int | None, level: int):
+def open_lightsheet(p: Path, voxel_override, channel: int | None, time: int | None, level: int):
     """A :class:`~ssai3d_dask.io.volume.Volume` of one (t, c) of a BigDataViewer or Imaris file."""
     from ssai3d_dask.io.volume import Volume, validate_voxel_size
 
@@ -245,16 +318,17 @@ def open_hdf5(p: Path, voxel_override, channel: int | None, time: int | None, le
     if not 0 <= level < len(img.levels[c]):
         raise VolumeError(f"--level {level} out of range for {img.source}: it has levels 0..{len(img.levels[c]) - 1}")
     key = img.key(t, c, level)
-    f = _open_file(img.path)
-    if key not in f:
-        raise VolumeError(f"{img.path} has no dataset {key}; the file is incomplete")
-    stored = np.dtype(f[key].dtype)
-    dtype = np.dtype(np.uint16) if stored == np.int16 and p.suffix.lower() != ".ims" else stored
     shape = img.shape(c, level)
-    src = H5Source(img.path, key, shape, dtype.str, stored.str)
+    if img.n5:
+        dtype = np.dtype(_json(Path(img.path) / key / "attributes.json")["dataType"])
+        src = N5Source(str(Path(img.path) / key), shape, dtype.str)
+    else:
+        stored = np.dtype(_dataset(_open_file(img.path), img.path, key).dtype)
+        dtype = np.dtype(np.uint16) if stored == np.int16 and p.suffix.lower() != ".ims" else stored
+        src = H5Source(img.path, key, shape, dtype.str, stored.str)
     chunks = src.storage_unit() or (min(shape[0], 64), *shape[1:])
     data = da.from_array(src, chunks=tuple(min(a, b) for a, b in zip(chunks, shape)), meta=np.empty((0, 0, 0), dtype),
-                         name=f"h5-{img.path}-{key}-{os.stat(img.path).st_mtime_ns}")
+                         name=f"{type(src).__name__}-{img.path}-{key}-{os.stat(img.path).st_mtime_ns}")
     if voxel_override is not None:
         voxel = validate_voxel_size(voxel_override, img.source)
     elif c in img.voxel_um:
@@ -269,13 +343,7 @@ def open_hdf5(p: Path, voxel_override, channel: int | None, time: int | None, le
     return Volume(data, voxel, img.source, selection, src)
 
 
-def hdf5_axes(p: Path) -> tuple[dict[str, int], list[str | None]]:
+def lightsheet_axes(p: Path) -> tuple[dict[str, int], list[str | None]]:
     """Sizes of the time and channel axes (``{"t": 3, "c": 2}``) and the channel labels."""
     img = read_image(p)
     return {"t": len(img.times), "c": len(img.channels)}, list(img.labels)
-
-
-def is_hdf5_input(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in BDV_SUFFIXES + IMS_SUFFIXES
-
-
