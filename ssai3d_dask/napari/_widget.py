@@ -132,7 +132,8 @@ class RestoreWidget(QWidget):
 
     def _add(self, name: str, result):
         levels, voxel, out = result
-        self.viewer.add_image(levels, multiscale=len(levels) > 1, scale=voxel, name=f"{name} isotropic",
+        data = levels if len(levels) > 1 else levels[0]  # a small result has one level: not multiscale
+        self.viewer.add_image(data, multiscale=len(levels) > 1, scale=voxel, name=f"{name} isotropic",
                               metadata={"path": str(Path(out))})
         self.status.setText(f"written to {out}")
         self.result_path = out
