@@ -17,6 +17,7 @@ picklable), which open the container once per process.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -37,21 +38,38 @@ _UNIT_UM = {"um": 1.0, "µm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 
             "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "m": 1e6}
 
 
-def _h5py():
+def _optional(module: str, what: str, extra: str):
+    """Import an optional reader library, or say which extra installs it."""
     try:
-        import h5py
+        return importlib.import_module(module)
     except ImportError:
-        raise VolumeError("reading HDF5 (BigDataViewer, Imaris) needs h5py: pip install 'ssai3d-dask[hdf5]'") from None
-    return h5py
+        raise VolumeError(f"reading {what} needs {module}: pip install 'ssai3d-dask[{extra}]'") from None
 
 
 def _open_file(path: str):
-    h5py = _h5py()
+    h5py = _optional("h5py", "HDF5 (BigDataViewer, Imaris)", "hdf5")
     return _cached(("h5", path, os.stat(path).st_mtime_ns), lambda: h5py.File(path, "r"))
 
 
+class _ContainerSource(FileSource):
+    """A (z, y, x) dataset of a container file, also readable by ``dask.array.from_array`` (``[...]``)."""
+
+    shape3: tuple[int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:  # type: ignore[override]
+        return self.shape3
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    def __getitem__(self, index) -> np.ndarray:  # what dask's from_array reads blocks with
+        return self.read(tuple(index))
+
+
 @dataclass(frozen=True)
-class H5Source(FileSource):
+class H5Source(_ContainerSource):
     """One (z, y, x) dataset of an HDF5 file (its first ``shape`` voxels: Imaris pads to whole chunks)."""
 
     path: str
@@ -59,10 +77,6 @@ class H5Source(FileSource):
     shape3: tuple[int, int, int]
     dtype_str: str
     stored_str: str  # the dtype in the file (int16 where BigDataViewer stores uint16)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:  # type: ignore[override]
-        return self.shape3
 
     def read(self, crop: Crop) -> np.ndarray:
         block = np.asarray(_open_file(self.path)[self.key][tuple(crop)])
@@ -72,40 +86,21 @@ class H5Source(FileSource):
         chunks = _open_file(self.path)[self.key].chunks
         return tuple(int(c) for c in chunks) if chunks else None  # type: ignore[return-value]
 
-    def __getitem__(self, index) -> np.ndarray:  # what dask's from_array reads blocks with
-        return self.read(tuple(index))
-
-    @property
-    def ndim(self) -> int:
-        return 3
-
-
-def _tensorstore():
-    try:
-        import tensorstore
-    except ImportError:
-        raise VolumeError("reading N5 (BigStitcher) needs tensorstore: pip install 'ssai3d-dask[n5]'") from None
-    return tensorstore
-
 
 def _open_n5(path: str):
-    ts = _tensorstore()
+    ts = _optional("tensorstore", "N5 (BigStitcher)", "n5")
     stamp = os.stat(Path(path) / "attributes.json").st_mtime_ns
     return _cached(("n5", path, stamp), lambda: ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": path}},
                                                          read=True).result())
 
 
 @dataclass(frozen=True)
-class N5Source(FileSource):
+class N5Source(_ContainerSource):
     """One N5 dataset (a folder; stored x, y, z as N5 does), read as (z, y, x) through tensorstore."""
 
     path: str
     shape3: tuple[int, int, int]
     dtype_str: str
-
-    @property
-    def shape(self) -> tuple[int, int, int]:  # type: ignore[override]
-        return self.shape3
 
     def read(self, crop: Crop) -> np.ndarray:
         z, y, x = crop
@@ -114,13 +109,6 @@ class N5Source(FileSource):
     def storage_unit(self) -> tuple[int, int, int] | None:
         block = json.loads((Path(self.path) / "attributes.json").read_text()).get("blockSize")
         return tuple(int(b) for b in block[::-1]) if block else None  # type: ignore[return-value]
-
-    def __getitem__(self, index) -> np.ndarray:
-        return self.read(tuple(index))
-
-    @property
-    def ndim(self) -> int:
-        return 3
 
 
 @dataclass(frozen=True)
