@@ -392,6 +392,46 @@ def test_fine_tuning_stops_on_a_plateau_and_keeps_the_best_weights():
     assert h["val_psnr_after"] == pytest.approx(best, abs=1e-3)
 
 
+def test_random_crop_cuts_the_same_square_of_each_pair():
+    from ssai3d_dask.adaptation.finetune import random_crop
+
+    blurred = torch.arange(3 * 48 * 48, dtype=torch.float32).reshape(3, 1, 48, 48)
+    sharp = blurred * 2
+    b, s = random_crop(blurred, sharp, 16, np.random.default_rng(0))
+    assert b.shape == s.shape == (3, 1, 16, 16) and torch.equal(s, b * 2)
+    # each crop is a contiguous square of its own pair (row steps of 48, column steps of 1) ...
+    for i, crop in enumerate(b[:, 0]):
+        assert int(crop[0, 0]) // (48 * 48) == i
+        assert torch.equal(crop - crop[0, 0], (torch.arange(16)[:, None] * 48 + torch.arange(16)).float())
+    # ... at its own place; 0 or a size not smaller than the pair keeps whole pairs
+    assert len({int(c[0, 0]) % (48 * 48) for c in b[:, 0]}) > 1
+    assert random_crop(blurred, sharp, 0, np.random.default_rng(0))[0] is blurred
+    assert random_crop(blurred, sharp, 48, np.random.default_rng(0))[1] is sharp
+
+
+def test_training_crop_holds_the_blur_or_falls_back_to_whole_pairs():
+    from ssai3d_dask.adaptation.finetune import training_crop
+
+    assert training_crop(64, 96, (0.29,), 3.0) == 64  # a narrow blur: crops
+    assert training_crop(64, 96, (13.9,), 5.56) == 0  # the real beads' blur (+-3 sd = 83 px): whole pairs
+    assert training_crop(64, 96, (2.0,), 9.0) == 0  # 64 px would hold 7 z steps of 9 px
+    assert training_crop(64, 64, (1.0,), 1.0) == training_crop(0, 96, (1.0,), 1.0) == 0
+
+
+def test_fine_tuning_evaluates_and_keeps_the_weight_average():
+    """With --ema the curve is the moving average's and the model ends with it (here: no patience, one cosine,
+    so the last point is the result); with --ema 0 the weights themselves, which differ."""
+    results = {}
+    for ema in (0.9, 0.0):
+        model, patches, synth, val = _plateau_setup()
+        h = finetune(model, None, patches, synth, FinetuneSettings(iterations=12, batch_size=4, lr=1e-3, patience=0,
+                                                                    eval_every=4, ema=ema, crop_px=16,
+                                                                    device="cpu"), val=val, progress=False)
+        assert h["steps"] == 12 and h["val_psnr_after"] == pytest.approx(h["val_curve"][-1][1], abs=1e-3)
+        results[ema] = h["val_psnr_after"]
+    assert abs(results[0.9] - results[0.0]) > 1e-3
+
+
 def test_fine_tuning_learning_rate_holds_then_decays():
     """The rate's multiple: 1 until the decay starts (the step budget's end by default, earlier on a stall),
     then a cosine to 1/100 over the cooldown."""

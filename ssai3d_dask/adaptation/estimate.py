@@ -33,7 +33,8 @@ def adaptation_stand_in(ds, adapt_settings) -> tuple:
     device = resolve_device(ft.device)
     precision = resolve_precision(ft.precision, device)
     prepare(model, device)
-    x = torch.rand(ft.batch_size, 1, adapt_settings.patch_px, adapt_settings.patch_px, device=device)
+    px = min(ft.crop_px or adapt_settings.patch_px, adapt_settings.patch_px)  # what a step trains on
+    x = torch.rand(ft.batch_size, 1, px, px, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-9)
     steps = []
     for _ in range(3):  # the step as fine-tuning runs it: same device, precision and layout
@@ -50,7 +51,7 @@ def adaptation_stand_in(ds, adapt_settings) -> tuple:
     step = min(steps[1:])
     bounded = "at most " if ft.patience or ft.max_minutes is not None else ""
     note = (f"adaptation   {bounded}{ft.iterations} fine-tuning steps x {step:.2f} s (measured, batch {ft.batch_size}, "
-            f"{adapt_settings.patch_px} px) = ~{ft.iterations * step / 60:.0f} min, plus sampling, denoiser "
+            f"{px} px) = ~{ft.iterations * step / 60:.0f} min, plus sampling, denoiser "
             f"calibration and zero-shot metrics; restore times above use the base model as a stand-in"
             + ("; with --denoise auto the denoiser (if chosen) adds its cost" if adapt_settings.denoise == "auto" else ""))
     return stand_in, note

@@ -113,7 +113,13 @@ def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth
             write_with(checkpoint, lambda tmp: torch.save(state(), tmp))
         return done
 
-    history["seconds"] = before + fit(model, lambda _: synth(batches(patches, settings.batch_size, rng), rng),
+    crop = training_crop(settings.crop_px, patches.shape[-1], synth.bank.sigmas_px, synth.z_factor)
+    history["crop_px"] = crop or int(patches.shape[-1])
+
+    def batch(_: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return random_crop(*synth(batches(patches, settings.batch_size, rng), rng), crop, rng)
+
+    history["seconds"] = before + fit(model, batch,
                                       step_loss, opt, sched, settings.iterations, start=start, log=history["loss"],
                                       desc="fine-tune", postfix=lambda v: {"psnr": f"{-v:.2f}"}, progress=progress,
                                       precision=precision, after_step=after_step)
@@ -128,12 +134,44 @@ def finetune(model: NAFNet, layers: list[str] | None, patches: np.ndarray, synth
     return history
 
 
+#: A training crop must span this many of the widest training blur's sd (its support, +-3 sd) and this many z
+#: steps, or fine-tuning trains on whole pairs. On the real confocal beads (blur sd ~14 px, z step 5.6 px)
+#: 64-px crops left the axial/lateral FWHM at 1.63 where whole pairs reached 1.31
+#: (benchmarks/results/adaptation_time.md).
+CROP_SPAN_SD = 6.0
+CROP_SPAN_STEPS = 8.0
+
+
+def training_crop(crop_px: int, patch_px: int, sigmas_px, z_factor: float) -> int:
+    """The crop fine-tuning trains on: ``crop_px``, or 0 (whole pairs) when it is 0, not smaller than the patch,
+    or too small to hold the blur (:data:`CROP_SPAN_SD` x the widest sd) or :data:`CROP_SPAN_STEPS` z steps."""
+    need = max(CROP_SPAN_SD * max(sigmas_px), CROP_SPAN_STEPS * z_factor)
+    if not crop_px or crop_px >= patch_px or crop_px < need:
+        return 0
+    return int(crop_px)
+
+
+def random_crop(blurred: torch.Tensor, sharp: torch.Tensor, crop_px: int,
+                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random ``crop_px`` square of each (blurred, sharp) pair, at its own place per pair (whole
+    pairs when ``crop_px`` is 0 or not smaller). Cut after synthesis, so the blur and the z sampling
+    see the whole patch and the crops carry no border effect."""
+    p = sharp.shape[-1]
+    if not crop_px or crop_px >= min(sharp.shape[-2:]):
+        return blurred, sharp
+    ys = rng.integers(0, sharp.shape[-2] - crop_px + 1, len(sharp))
+    xs = rng.integers(0, p - crop_px + 1, len(sharp))
+    cut = [(slice(None), slice(y, y + crop_px), slice(x, x + crop_px)) for y, x in zip(ys, xs)]
+    return (torch.stack([b[c] for b, c in zip(blurred, cut)]).contiguous(),
+            torch.stack([s[c] for s, c in zip(sharp, cut)]).contiguous())
+
+
 class _Budget:
     """``after_step`` of fine-tuning: the validation curve every ``eval_every`` steps, the learning-rate schedule
     and the stop rule.
 
     With a patience (and a validation set), the rate stays at its peak until the validation PSNR has not improved
-    by 0.01 dB for ``patience`` steps, then decays to 1/100 along a cosine over ``cooldown`` steps, and training
+    by ``min_gain_db`` for ``patience`` steps, then decays to 1/100 along a cosine over ``cooldown`` steps, and training
     stops at the end of the decay. A step budget (``iterations``) or a time budget (``max_minutes``, at the
     measured step time) that would end first starts the decay early enough to finish it inside the budget. The
     weights of the curve's best point are restored at the end. (A rate still near its peak when a plateau stops
@@ -141,7 +179,6 @@ class _Budget:
     patience the rate follows one cosine over ``iterations`` (``lr_factor`` unused) and every step runs.
     """
 
-    MIN_DELTA_DB = 0.01
     FINAL = 0.01
 
     def __init__(self, model: NAFNet, params: list[torch.nn.Parameter], val, settings: FinetuneSettings) -> None:
@@ -153,6 +190,7 @@ class _Budget:
         self.best_step = 0
         self.kept, self.kept_step = self.best, 0  # the starting weights, kept if nothing beats them
         self.best_state = [p.detach().clone() for p in params] if self.cools else None
+        self.ema = [p.detach().clone() for p in params] if settings.ema else None
         self.steps, self.stopped_by = 0, "iterations"
         self.length = min(settings.cooldown, settings.iterations)
         # the decay starts here at the latest (the step budget), earlier on a stall or the time budget
@@ -172,8 +210,18 @@ class _Budget:
             self.cool_from, self.cool_reason = step, reason
         return step >= self.cool_from + self.length
 
+    def _average(self, step: int) -> None:
+        """Move the weight average towards the weights (its decay warms up, (1 + t) / (10 + t), so that the
+        first steps' large moves are not averaged with the starting weights for long)."""
+        decay = min(float(self.s.ema), (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(self.ema, self.params):
+                e.lerp_(p, 1.0 - decay)
+
     def __call__(self, step: int) -> bool:
         self.steps = step
+        if self.ema is not None:
+            self._average(step)
         elapsed = time.perf_counter() - self.t0
         if self.s.max_minutes is not None:
             if elapsed >= 60 * self.s.max_minutes:
@@ -202,20 +250,29 @@ class _Budget:
     def _evaluate(self, step: int) -> None:
         if self.curve and self.curve[-1][0] == step:
             return
-        psnr = -validation_loss(self.model, *self.val)
+        if self.ema is None:
+            psnr = -validation_loss(self.model, *self.val)
+        else:  # the average's weights are the ones evaluated (and kept)
+            with torch.no_grad():
+                live = [p.detach().clone() for p in self.params]
+                for p, e in zip(self.params, self.ema):
+                    p.copy_(e)
+                psnr = -validation_loss(self.model, *self.val)
+                for p, w in zip(self.params, live):
+                    p.copy_(w)
         self.curve.append((step, round(psnr, 4)))
-        if psnr > self.best + self.MIN_DELTA_DB:  # the patience's clock
+        if psnr > self.best + self.s.min_gain_db:  # the patience's clock
             self.best, self.best_step = psnr, step
         if self.cools and psnr > self.kept:  # the weights kept: the curve's maximum
             self.kept, self.kept_step = psnr, step
-            self.best_state = [p.detach().clone() for p in self.params]
+            self.best_state = [t.detach().clone() for t in (self.ema or self.params)]
 
     def state(self) -> dict:
         """What a resume needs (tensors and JSON-able values only: the file is loaded with weights_only)."""
         return {"curve": json.dumps(self.curve), "numbers": json.dumps(
                     [self.best, self.best_step, self.kept, self.kept_step, self.steps, self.stopped_by, self.cool_from,
                      self.cool_reason, time.perf_counter() - self.t0]),
-                "best_state": self.best_state or []}
+                "best_state": self.best_state or [], "ema": self.ema or []}
 
     def load(self, state: dict) -> float:
         """Continue from :meth:`state`; returns the seconds already spent."""
@@ -224,13 +281,16 @@ class _Budget:
          self.cool_reason, elapsed) = json.loads(state["numbers"])
         if self.best_state is not None:
             self.best_state = [t.to(p.device) for t, p in zip(state["best_state"], self.params)]
+        if self.ema is not None:
+            self.ema = [t.to(p.device) for t, p in zip(state["ema"], self.params)]
         self.t0 = time.perf_counter() - elapsed
         return float(elapsed)
 
     def finish(self) -> dict:
-        if self.best_state is not None and self.curve and self.curve[-1][0] != self.kept_step:
+        kept = self.best_state if self.best_state is not None else self.ema  # no patience: the last average
+        if kept is not None and (self.ema is not None or (self.curve and self.curve[-1][0] != self.kept_step)):
             with torch.no_grad():
-                for p, b in zip(self.params, self.best_state):
+                for p, b in zip(self.params, kept):
                     p.copy_(b)
         out = {"steps": self.steps, "stopped_by": self.stopped_by, "val_curve": self.curve,
                "best_step": self.kept_step if self.s.patience else None}
