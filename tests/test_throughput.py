@@ -19,10 +19,10 @@ from ssai3d_dask.settings import RestoreSettings
 def test_computed_pixel_ratio_counts_the_halo_inside_the_volume_and_the_edge_beyond_it():
     plan = make_plan((64, 1024, 1024), 2.0, (64, 128, 128), (128, 256, 256), (96, 96, 96))
     keep = np.ones(plan.grid, bool)
-    assert plan.edge == (EDGE_PAD_PX,) * 3 == (16, 16, 16)
-    # z: the one region spans the volume, so its slices have 16 rows of reflection on each side, not 96;
-    # y and x: the halo is 96 inside the volume and 16 beyond its faces
-    ez, ey = 128 + 32, np.array([16 + 256 + 96, 96 + 256 + 96, 96 + 256 + 96, 96 + 256 + 16])
+    assert plan.edge == (EDGE_PAD_PX,) * 3 == (32, 32, 32)
+    # z: the one region spans the volume, so its slices have 32 rows of reflection on each side, not 96;
+    # y and x: the halo is 96 inside the volume and 32 beyond its faces
+    ez, ey = 128 + 64, np.array([32 + 256 + 96, 96 + 256 + 96, 96 + 256 + 96, 96 + 256 + 32])
     assert [list(e) for e in plan.ext_lengths()] == [[ez], list(ey), list(ey)]
     one_pass = 256 * ez * ey.sum() * 4 / (128 * 1024 * 1024)  # the x (or y) slices of every region, over voxels
     assert computed_pixel_ratio(plan, keep, "mean") == pytest.approx(one_pass)

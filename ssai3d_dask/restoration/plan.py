@@ -36,12 +36,10 @@ class Region:
 
 
 #: Reflection beyond the volume's faces (output voxels). The halo inside the volume is what block invariance
-#: needs (the model's reach); beyond a face there is nothing to match, only the network's own zero padding to
-#: keep off the data. Measured on the semi-real axon stack (benchmarks/semireal.py, adapted model, PSNR against
-#: the truth in the 16 voxels next to each face): 40.039 / 40.023 / 40.027 / 40.025 dB with 0 / 16 / 32 / 64 px,
-#: the restore taking 23 / 25 / 34 / 57 s; 16 px stays within 0.25 % of the range of 64 px's result everywhere
-#: (0 px: 8 % at a few face voxels). A thin stack (256 output planes) runs its z slices on 288 rows, not 320.
-EDGE_PAD_PX = 16
+#: needs (the model's reach); beyond a face there is nothing to match, only the network's own border to keep
+#: away from the data: 32 px of reflection keep zero padding two down-sampling periods off the face. A thin
+#: stack (256 output planes, halo 96) runs its z slices on 320 rows instead of 448.
+EDGE_PAD_PX = 32
 
 
 @dataclass(frozen=True)
