@@ -33,14 +33,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from semireal import CASES, make_case, matched  # noqa: E402
+from beads_real import per_bead_fwhm  # noqa: E402
+from semireal import CASES, make_case, scores  # noqa: E402
 
 from ssai3d_dask.adaptation.adapt import adapt  # noqa: E402
-from ssai3d_dask.evaluation.metrics import bead_fwhm, find_beads, ssim  # noqa: E402
+from ssai3d_dask.evaluation.metrics import find_beads  # noqa: E402
 from ssai3d_dask.evaluation.simulate import ForwardModel, simulate  # noqa: E402
 from ssai3d_dask.io.volume import Volume, open_volume  # noqa: E402
 from ssai3d_dask.restoration.pipeline import restore  # noqa: E402
@@ -72,19 +72,14 @@ def load_case(name: str) -> tuple[Volume, np.ndarray | None]:
 
 
 def score(pred: np.ndarray, truth: np.ndarray | None, out: Path) -> dict:
-    if truth is None:  # the beads: axial over lateral FWHM, median over beads found in the restoration
-        vox = open_volume(out).voxel_size_um
-        pos = find_beads(pred, min_distance_px=12, threshold_rel=0.3, border_px=12)
-        z, x = [], []
-        for p in pos:
-            fw = bead_fwhm(pred, vox, positions=p[None], half_window_px=40)
-            z.append(fw["z"]["mean_um"])
-            x.append(fw["x"]["mean_um"])
-        return {"beads": len(pos), "fwhm_z_um": float(np.median(z)), "fwhm_x_um": float(np.median(x)),
-                "fwhm_ratio": float(np.median(z) / np.median(x))}
-    pred = pred[: truth.shape[0]]
-    p, rng = matched(pred, truth), float(truth.max() - truth.min())
-    return {"psnr_db": float(10 * np.log10(rng ** 2 / np.mean((p - truth) ** 2))), "ssim": float(ssim(p, truth, rng))}
+    """Against the truth: semireal.py's scores (PSNR and SSIM after a least-squares match, band errors, Fourier
+    resolution). The beads: the median axial over lateral FWHM of the beads found in the restoration."""
+    if truth is not None:
+        return scores(pred[: truth.shape[0]], truth)
+    fw = per_bead_fwhm(pred, find_beads(pred, min_distance_px=12, threshold_rel=0.3, border_px=12),
+                       open_volume(out).voxel_size_um)
+    z, x = float(np.median(fw["z"])), float(np.median(fw["x"]))
+    return {"beads": len(fw["z"]), "fwhm_z_um": z, "fwhm_x_um": x, "fwhm_ratio": z / x}
 
 
 def run_row(case: str, variant: str, work: Path) -> dict:
